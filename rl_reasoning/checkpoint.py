@@ -1,0 +1,111 @@
+"""Checkpoints that resume a run exactly: weights, optimizer, scheduler, RNG states, data position.
+
+Layout of `<run>/checkpoints/step-000010/`:
+    model.safetensors, config.json, tokenizer files   (a normal HF checkpoint: loadable as a model)
+    optimizer.pt, scheduler.pt                         (torch state dicts)
+    rng.pt                                             (python, numpy, torch and rollout-generator states)
+    trainer_state.json                                 (step, data sampler position)
+A checkpoint is written to a temporary directory and renamed into place, so a crash while
+saving never leaves a half-written checkpoint under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rollout": generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["rollout"])
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, generator, trainer_state: dict, keep: int
+) -> Path:
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(generator), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
+    """`resume`: False, True (latest checkpoint in run_dir) or a path to a checkpoint directory."""
+    if resume is False:
+        return None
+    if resume is True:
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise UserError(f"resume: no checkpoint found under {Path(run_dir) / 'checkpoints'}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"resume: {path} is not a checkpoint directory (no trainer_state.json)")
+    return path
+
+
+def load_training_state(path: Path, model, optimizer, scheduler, generator) -> dict:
+    """Restore everything but the model config; returns trainer_state.json."""
+    from safetensors.torch import load_file
+
+    weights = sorted(path.glob("model*.safetensors"))
+    state = {}
+    for w in weights:
+        state.update(load_file(str(w)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [m for m in missing if m not in tied and not m.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise UserError(f"resume: {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=False), generator)
+    return json.loads((path / "trainer_state.json").read_text())

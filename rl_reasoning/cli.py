@@ -1,0 +1,60 @@
+"""Command line: `rl-reasoning train RECIPE [key=value ...]`.
+
+Bad input (recipe, override, data, model path, reward function) ends in a one-line
+`error: ...` on stderr and exit code 2; everything already written stays on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .trainer import run
+
+    cfg = load_config(args.recipe, args.overrides)
+    run(cfg, recipe_name=Path(args.recipe).stem, quiet=args.quiet)
+    return 0
+
+
+def _prepare(args) -> int:
+    from .models import main as prepare_main
+
+    return prepare_main(args.models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rl-reasoning", description="GRPO reasoning training on a laptop CPU or one GPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train with a YAML recipe", description="Train with GRPO from a YAML recipe.")
+    train.add_argument("recipe", help="path to a YAML recipe, e.g. recipes/quickstart.yaml")
+    train.add_argument("overrides", nargs="*", help="key=value or section.key=value, e.g. optim.lr=1e-5 max_steps=20")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
+    train.set_defaults(func=_train)
+    prep = sub.add_parser("prepare", help="convert and cache models ahead of time (default: the embedded model)")
+    prep.add_argument("models", nargs="*")
+    prep.set_defaults(func=_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; checkpoints and traces written so far are intact (resume=true continues)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

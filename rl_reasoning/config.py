@@ -1,0 +1,367 @@
+"""Typed run configuration: one dataclass tree, loaded from YAML, overridden by `key=value`.
+
+The dataclasses below are the single source of truth for every knob and its default.
+Loading is strict: an unknown key, a value of the wrong type or a value outside its
+allowed set raises `ConfigError` naming the dotted key (and the valid choices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """Built-in name, local HF checkpoint dir, path to a .gguf file, or a Hub id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto = float32 on CPU, bfloat16 on CUDA. Half precision is refused on CPU."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    cache_dir: str | None = None
+    """Where converted models are cached; default $RL_REASONING_CACHE or ~/.cache/rl_reasoning."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["reasoning_gym", "jsonl"] = "reasoning_gym"
+    task: str = "basic_arithmetic"
+    """reasoning-gym dataset name (source=reasoning_gym)."""
+    task_config: dict = field(default_factory=dict)
+    """Keyword arguments for the reasoning-gym dataset (e.g. min_digits, operators)."""
+    path: str | None = None
+    """JSONL file (source=jsonl): one object per line."""
+    question_column: str = "question"
+    answer_column: str = "answer"
+    train_size: int = 10000
+    """Number of training problems (procedural tasks generate them lazily)."""
+    eval_size: int = 50
+    """Held-out problems, disjoint from training by construction."""
+    seed: int = 0
+
+
+@dataclass
+class PromptConfig:
+    template: str = "chat"
+    """'chat' (the model's chat template), 'r1zero' (raw R1-Zero text), or a custom string with {question}."""
+    system_prompt: str | None = None
+    """System message for the chat template (ignored by raw templates)."""
+    prefill: str = ""
+    """Text the assistant turn starts with (e.g. '<think>'); counted as prompt, not completion."""
+
+
+@dataclass
+class RolloutConfig:
+    num_generations: int = 8
+    """G: completions sampled per prompt."""
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    """Stop strings; the completion ends right after the first one it produces."""
+
+
+@dataclass
+class GRPOConfig:
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    """Upper clip (DAPO clip-higher); default = epsilon."""
+    beta: float = 0.0
+    """KL coefficient (k3 estimator) to a frozen reference; 0 loads no reference model."""
+    num_iterations: int = 1
+    """mu: policy updates per generation batch."""
+    mask_truncated_completions: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    warmup_steps: int = 0
+    scheduler: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = 1.0
+    """0 disables clipping (the norm is still logged)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate over the whole batch."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Held-out evaluation every N steps (0 = only at start and end)."""
+    at_start: bool = True
+    at_end: bool = True
+    max_new_tokens: int | None = None
+    """Default: rollout.max_new_tokens."""
+    batch_size: int = 64
+
+
+@dataclass
+class RewardSpec:
+    name: str
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments bound to the reward function (any other key in the YAML entry)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rewards: list[RewardSpec] = field(
+        default_factory=lambda: [RewardSpec("reasoning_gym"), RewardSpec("format", 0.5)]
+    )
+    reward_weights: list[float] | None = None
+    """TRL-style weights, one per reward; overrides the per-entry `weight`."""
+    accuracy_reward: str | None = None
+    """Which reward defines accuracy (a completion is correct when it scores >= 1). Default: the first."""
+    seed: int = 0
+    max_steps: int = 10
+    prompts_per_step: int = 2
+    output_dir: str | None = None
+    """Default: runs/<recipe name>-<timestamp>."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only at the end)."""
+    save_total_limit: int = 2
+    log_every: int = 1
+    resume: Union[bool, str] = False
+    """true = latest checkpoint in output_dir; a path = that checkpoint."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    threads: int | None = None
+    """torch intra-op threads on CPU (default: all cores)."""
+
+    def validate(self) -> None:
+        """Range checks that types alone cannot express; each error names its key."""
+        checks = [
+            ("rollout.num_generations", self.rollout.num_generations >= 2, "must be >= 2 (GRPO compares samples within a group)"),
+            ("rollout.max_new_tokens", self.rollout.max_new_tokens >= 1, "must be >= 1"),
+            ("rollout.temperature", self.rollout.temperature >= 0, "must be >= 0"),
+            ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
+            ("grpo.epsilon", self.grpo.epsilon >= 0, "must be >= 0"),
+            ("grpo.epsilon_high", self.grpo.epsilon_high is None or self.grpo.epsilon_high >= 0, "must be >= 0"),
+            ("grpo.beta", self.grpo.beta >= 0, "must be >= 0"),
+            ("grpo.num_iterations", self.grpo.num_iterations >= 1, "must be >= 1"),
+            ("optim.lr", self.optim.lr > 0, "must be > 0"),
+            ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
+            ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),
+            ("optim.max_grad_norm", self.optim.max_grad_norm >= 0, "must be >= 0"),
+            ("eval.every", self.eval.every >= 0, "must be >= 0"),
+            ("eval.batch_size", self.eval.batch_size >= 1, "must be >= 1"),
+            ("data.train_size", self.data.train_size >= 1, "must be >= 1"),
+            ("data.eval_size", self.data.eval_size >= 0, "must be >= 0"),
+            ("max_steps", self.max_steps >= 1, "must be >= 1"),
+            ("prompts_per_step", self.prompts_per_step >= 1, "must be >= 1"),
+            ("save_every", self.save_every >= 0, "must be >= 0"),
+            ("save_total_limit", self.save_total_limit >= 1, "must be >= 1"),
+            ("log_every", self.log_every >= 1, "must be >= 1"),
+            ("rewards", len(self.rewards) >= 1, "needs at least one reward"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")
+        if self.temperature_is_greedy():
+            raise ConfigError("rollout.temperature: must be > 0 for training (0 would make every group identical)")
+        if self.data.source == "jsonl" and not self.data.path:
+            raise ConfigError("data.path: required when data.source is 'jsonl'")
+        t = self.prompt.template
+        if t not in ("chat", "r1zero") and "{question}" not in t:
+            raise ConfigError("prompt.template: must be 'chat', 'r1zero', or a string containing {question}")
+        names = [r.name for r in self.rewards]
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ConfigError(
+                f"reward_weights: has {len(self.reward_weights)} values but rewards has {len(self.rewards)} entries"
+            )
+        if self.accuracy_reward is not None and self.accuracy_reward not in names:
+            raise ConfigError(f"accuracy_reward: {self.accuracy_reward!r} is not one of the rewards {names}")
+
+    def temperature_is_greedy(self) -> bool:
+        return self.rollout.temperature == 0
+
+    def weights(self) -> list[float]:
+        return list(self.reward_weights) if self.reward_weights is not None else [r.weight for r in self.rewards]
+
+    @property
+    def accuracy_reward_name(self) -> str:
+        return self.accuracy_reward or self.rewards[0].name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML recipe (or start from defaults when `path` is None) and apply overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the recipe must be a mapping of keys to values")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    cfg = from_dict(Config, raw, "")
+    cfg.validate()
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, prefix: str):
+    """Build dataclass `cls` from a mapping, checking every key and value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown key {full!r}{hint}; valid keys here: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: {e}") from None
+
+
+def _reward_spec(value: Any, key: str) -> RewardSpec:
+    if isinstance(value, str):
+        return RewardSpec(name=value)
+    if isinstance(value, dict):
+        value = dict(value)
+        if "name" not in value or not isinstance(value["name"], str):
+            raise ConfigError(f"{key}: a reward entry needs a 'name'")
+        name = value.pop("name")
+        weight = _coerce(value.pop("weight", 1.0), float, f"{key}.weight")
+        kwargs = value.pop("kwargs", {}) or {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{key}.kwargs: expected a mapping")
+        kwargs.update(value)  # remaining keys are the reward's own parameters
+        return RewardSpec(name=name, weight=weight, kwargs=kwargs)
+    raise ConfigError(f"{key}: a reward is a name or a mapping with 'name', got {_describe(value)}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is RewardSpec:
+        return _reward_spec(value, key)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, key + ".")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in [a for a in args if a is not type(None)]:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {_describe(value)} is not a valid value ({'; '.join(errors)})")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(repr, args))}")
+    if origin is list:
+        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+            if args and args[0] is RewardSpec and isinstance(value, (str, dict)):
+                value = [value]
+            elif args and args[0] is str and isinstance(value, str):
+                value = [value]
+            else:
+                raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this module
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,127 @@
+"""GRPO maths as pure tensor functions: group-relative advantages and the clipped policy loss.
+
+Notation: N = B*G completions in a generation batch, T = completion length (padded),
+l_it = per-token loss of completion i at token t, m_it = its mask (1 = trained token).
+
+Advantages (`scale_rewards`, names as in TRL):
+    A_i = r_i - mean(r in i's group), divided by (std + 1e-4) where std is the unbiased
+    standard deviation of i's group ("group"), of the whole batch ("batch"), or 1 ("none",
+    the Dr. GRPO recommendation). Completions whose reward is NaN (every reward function
+    returned None) are left out of the statistics and get advantage 0.
+
+Per-token loss, with ratio rho = exp(logp - logp_old):
+    l_it = -min(rho * A_i, clip(rho, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
+    KL_it = exp(ref - logp) - (ref - logp) - 1           (k3 estimator, Schulman 2020)
+
+Aggregation (`loss_type`), always over the whole generation batch, so splitting it into
+micro-batches for gradient accumulation gives the same gradient as one big batch:
+    grpo    : (1/N) sum_i [ sum_t m_it l_it / sum_t m_it ]     sequence-mean of token-means (GRPO paper)
+    dr_grpo : sum_it m_it l_it / (N * max_new_tokens)          constant normaliser (Dr. GRPO)
+    dapo    : sum_it m_it l_it / sum_it m_it                   token-mean over the batch (DAPO)
+Departure from TRL: none in the formulas; the normalisers are passed in explicitly (see
+`LossNormalizer`) instead of being inferred per micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+STD_EPS = 1e-4
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
+    """rewards (N,) with N = B*G, NaN = no reward -> advantages (N,)."""
+    r = rewards.view(-1, group_size)  # (B, G)
+    valid = ~torch.isnan(r)  # (B, G)
+    count = valid.sum(-1, keepdim=True)  # (B, 1)
+    r0 = torch.where(valid, r, torch.zeros_like(r))
+    mean = r0.sum(-1, keepdim=True) / count.clamp(min=1)  # (B, 1)
+    centred = torch.where(valid, r - mean, torch.zeros_like(r))  # (B, G)
+    if scale_rewards == "group":
+        var = (centred**2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)  # unbiased, (B, 1)
+        adv = centred / (var.sqrt() + STD_EPS)
+    elif scale_rewards == "batch":
+        flat = rewards[~torch.isnan(rewards)]
+        std = flat.std() if flat.numel() > 1 else torch.tensor(0.0)
+        adv = centred / (std + STD_EPS)
+    elif scale_rewards == "none":
+        adv = centred
+    else:
+        raise ValueError(f"scale_rewards must be group, batch or none, got {scale_rewards!r}")
+    adv = torch.where(count > 1, adv, torch.zeros_like(adv))  # a group of one has no baseline
+    return adv.reshape(-1)
+
+
+def group_reward_std(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-group std of valid rewards (B,); 0 for groups with fewer than two valid rewards."""
+    r = rewards.view(-1, group_size)
+    out = torch.zeros(r.shape[0])
+    for b in range(r.shape[0]):
+        row = r[b][~torch.isnan(r[b])]
+        out[b] = row.std() if row.numel() > 1 else 0.0
+    return out
+
+
+@dataclass
+class LossNormalizer:
+    """Batch-level constants of the aggregation, fixed before the micro-batches are split."""
+
+    loss_type: str
+    num_sequences: int  # N: every completion in the generation batch
+    num_tokens: int  # sum of the trained-token mask over the whole batch
+    max_new_tokens: int  # the configured completion budget (Dr. GRPO's constant)
+
+    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """per_token_loss, mask: (b, T) for one micro-batch -> its share of the batch loss (scalar)."""
+        masked = per_token_loss * mask  # (b, T)
+        if self.loss_type == "grpo":
+            per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # (b,)
+            return per_seq.sum() / self.num_sequences
+        if self.loss_type == "dr_grpo":
+            return masked.sum() / (self.num_sequences * self.max_new_tokens)
+        if self.loss_type == "dapo":
+            return masked.sum() / max(self.num_tokens, 1)
+        raise ValueError(f"loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}")
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference), >= 0: (b, T)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+def policy_loss(
+    logp: torch.Tensor,  # (b, T) current policy, with grad
+    old_logp: torch.Tensor,  # (b, T) policy that sampled the completions
+    advantages: torch.Tensor,  # (b,)
+    mask: torch.Tensor,  # (b, T) trained tokens
+    normalizer: LossNormalizer,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,  # (b, T), required when beta > 0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate loss for one micro-batch plus summed statistics for logging."""
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logp.dtype)
+    adv = advantages[:, None].to(logp.dtype)  # (b, 1)
+    ratio = torch.exp(logp - old_logp)  # (b, T)
+    clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high)  # (b, T)
+    per_token = -torch.min(ratio * adv, clipped * adv)  # (b, T)
+    stats = {"tokens": float(mask.sum())}
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp")
+        kl = k3_kl(logp, ref_logp)  # (b, T)
+        per_token = per_token + beta * kl
+        stats["kl_sum"] = float((kl.detach() * mask).sum())
+    loss = normalizer.aggregate(per_token, mask)
+    with torch.no_grad():
+        low = (ratio < 1 - epsilon) & (adv < 0)  # pessimistic bound active on the low side
+        high = (ratio > 1 + epsilon_high) & (adv > 0)
+        stats["clip_low_tokens"] = float((low * mask).sum())
+        stats["clip_high_tokens"] = float((high * mask).sum())
+        stats["ratio_sum"] = float((ratio * mask).sum())
+    return loss, stats

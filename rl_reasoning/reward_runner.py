@@ -1,0 +1,117 @@
+"""Call the configured reward functions on a batch and combine them into one reward per sample.
+
+Each function gets the completions plus every dataset column (repeated once per completion),
+and `prompts` / `step` when its signature accepts them. Its output is checked: one float or
+None per completion, no NaN. The total is the weighted sum over the components that are not
+None; a sample whose components are all None gets NaN (no advantage, not trained).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+import time
+from dataclasses import dataclass
+
+import torch
+
+import rewards as reward_registry
+
+from .config import RewardSpec
+from .errors import ConfigError, RewardError
+
+
+@dataclass
+class RewardComponent:
+    name: str
+    fn: object
+    weight: float
+    accepts_any: bool  # has **kwargs
+    accepted: frozenset
+
+
+@dataclass
+class RewardResult:
+    total: torch.Tensor  # (N,) weighted sum, NaN where every component is None
+    components: dict[str, torch.Tensor]  # name -> (N,), NaN = None
+    seconds: dict[str, float]
+
+
+def _component(spec: RewardSpec, weight: float) -> RewardComponent:
+    try:
+        fn = reward_registry.get_reward(spec.name)
+    except reward_registry.UnknownRewardError as e:
+        raise ConfigError(f"rewards: {e}") from None
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    params = sig.parameters if sig else {}
+    accepts_any = sig is None or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if spec.kwargs:
+        # Recipe parameters must be named in the signature: **kwargs also receives dataset
+        # columns, so accepting anything there would hide typos.
+        named = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        unknown = [k for k in spec.kwargs if k not in named or k == "completions"]
+        if unknown:
+            raise ConfigError(
+                f"rewards: {spec.name!r} takes no parameter {', '.join(map(repr, unknown))} "
+                f"(its parameters: {', '.join(p for p in params if p != 'completions')})"
+            )
+        fn = functools.partial(fn, **spec.kwargs)
+    return RewardComponent(spec.name, fn, weight, accepts_any, frozenset(params))
+
+
+class RewardRunner:
+    def __init__(self, specs: list[RewardSpec], weights: list[float]):
+        self.components = [_component(s, w) for s, w in zip(specs, weights)]
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"rewards: each reward may appear once, got {names}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.components]
+
+    def __call__(self, completions: list, columns: dict[str, list], prompts: list, step: int, where: str | None = None) -> RewardResult:
+        """`step` is passed to reward functions; `where` names the call in error messages (default 'step N')."""
+        n = len(completions)
+        where = where or f"step {step}"
+        extra = {"prompts": prompts, "step": step}
+        values, seconds = {}, {}
+        for comp in self.components:
+            kwargs = {k: v for k, v in {**columns, **extra}.items() if comp.accepts_any or k in comp.accepted}
+            start = time.perf_counter()
+            try:
+                out = comp.fn(completions, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any failure of user code is reported, not swallowed
+                raise RewardError(
+                    f"reward {comp.name!r} raised {type(e).__name__}: {e} ({where})"
+                ) from e
+            seconds[comp.name] = time.perf_counter() - start
+            values[comp.name] = self._check(comp.name, out, n, where)
+        stacked = torch.stack([values[c.name] * c.weight for c in self.components])  # (R, N)
+        all_none = torch.isnan(stacked).all(0)
+        total = torch.nansum(stacked, 0).masked_fill(all_none, float("nan"))  # (N,)
+        return RewardResult(total=total, components=values, seconds=seconds)
+
+    @staticmethod
+    def _check(name: str, out, n: int, where: str) -> torch.Tensor:
+        if not isinstance(out, (list, tuple)):
+            raise RewardError(f"reward {name!r} returned {type(out).__name__}, expected a list of {n} floats ({where})")
+        if len(out) != n:
+            raise RewardError(f"reward {name!r} returned {len(out)} values for {n} completions ({where})")
+        vals = []
+        for i, v in enumerate(out):
+            if v is None:
+                vals.append(float("nan"))
+                continue
+            if not isinstance(v, numbers.Real) and not (torch.is_tensor(v) and v.numel() == 1):
+                raise RewardError(f"reward {name!r} returned {v!r} for sample {i}, expected a float or None ({where})")
+            v = float(v)
+            if math.isnan(v) or math.isinf(v):
+                raise RewardError(f"reward {name!r} returned {v} for sample {i} ({where}); use None to skip a sample")
+            vals.append(v)
+        return torch.tensor(vals, dtype=torch.float32)

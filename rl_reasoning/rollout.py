@@ -1,0 +1,236 @@
+"""The rollout engine: sample G completions per prompt with a KV cache.
+
+How it works (and where it departs from `model.generate`):
+- Shared-prefix prefill: each prompt is run through the model once; its KV cache is then
+  repeated G times (`batch_repeat_interleave`) instead of prefilling G copies.
+- Finished rows leave the batch: once a quarter of the rows in the batch are done (EOS or a
+  stop string), the cache, mask and positions are compacted to the rows still running.
+- Stop strings are checked incrementally, on the decoded tail of each new token only.
+- Log-probs: for every sampled token we record log softmax(logits / T) over the *full*
+  vocabulary, which is exactly what the GRPO loss recomputes with gradients; top-p only
+  changes which token is drawn. Greedy decoding (T = 0) records log-probs at T = 1.
+- Determinism: all randomness comes from the `torch.Generator` passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class SamplingParams:
+    num_generations: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RolloutBatch:
+    """N = P * G completions; row i belongs to prompt i // G."""
+
+    prompt_ids: torch.Tensor  # (N, Lp) left-padded with pad_id
+    prompt_mask: torch.Tensor  # (N, Lp) 1 = real prompt token
+    completion_ids: torch.Tensor  # (N, Lc) right-padded with pad_id
+    completion_mask: torch.Tensor  # (N, Lc) 1 = sampled token (EOS / stop token included)
+    logprobs: torch.Tensor  # (N, Lc) sampling log-probs log softmax(logits/T)[token]; 0 at padding
+    entropies: torch.Tensor  # (N, Lc) entropy of softmax(logits/T) at each sampled position; 0 at padding
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or stop string
+    texts: list[str]  # decoded completions, special tokens removed, cut after the stop string
+    group_size: int
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (N,)
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids and mask, padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore padding: 0 at each row's first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one token per row. Returns (tokens (n,), logprobs (n,), entropies (n,))."""
+    logits = logits.float()  # (n, V)
+    scaled = logits / temperature if temperature > 0 else logits
+    logp = torch.log_softmax(scaled, dim=-1)  # (n, V)
+    entropy = -(logp.exp() * logp).sum(-1)  # (n,)
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        probs = logp.exp()
+        if top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            cumulative = sorted_probs.cumsum(-1)
+            drop = cumulative - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
+
+
+class RolloutEngine:
+    """Samples completions from a causal LM; stateless apart from the model it wraps."""
+
+    compact_fraction = 0.25  # compact the batch once this share of its rows has finished
+
+    def __init__(self, model, tokenizer, eos_token_ids: list[int], pad_token_id: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
+        self.pad_token_id = pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
+    ) -> RolloutBatch:
+        G, T_max = params.num_generations, params.max_new_tokens
+        P = len(prompts)
+        N = P * G
+        device = self.device
+        was_training = self.model.training
+        self.model.eval()
+
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)  # (P, Lp)
+        ids_d, mask_d = prompt_ids.to(device), prompt_mask.to(device)
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=ids_d,
+            attention_mask=mask_d,
+            position_ids=positions_from_mask(mask_d),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        if G > 1:
+            cache.batch_repeat_interleave(G)
+        logits = out.logits[:, -1].repeat_interleave(G, dim=0)  # (N, V)
+        attn = mask_d.repeat_interleave(G, dim=0)  # (n, L) for the rows in the batch
+        next_pos = attn.sum(-1)  # (n,) position id of the next token
+
+        tokens_out = torch.full((N, T_max), self.pad_token_id, dtype=torch.long)
+        logp_out = torch.zeros((N, T_max))
+        ent_out = torch.zeros((N, T_max))
+        lengths = torch.zeros(N, dtype=torch.long)
+        truncated = torch.zeros(N, dtype=torch.bool)
+        rows = torch.arange(N)  # batch row -> completion index
+        running = torch.ones(N, dtype=torch.bool)  # per batch row: still generating
+        eos = self.eos_token_ids.to(device)
+        stop_window = max((len(s) for s in params.stop), default=0) + 2
+
+        for t in range(T_max):
+            tok, lp, ent = sample_tokens(logits, params.temperature, params.top_p, generator)
+            tok_c, lp_c, ent_c = tok.cpu(), lp.cpu(), ent.cpu()
+            live = rows[running]
+            tokens_out[live, t] = tok_c[running]
+            logp_out[live, t] = lp_c[running]
+            ent_out[live, t] = ent_c[running]
+            lengths[live] += 1
+
+            done = running & torch.isin(tok, eos).cpu()
+            if params.stop:
+                for b in torch.nonzero(running & ~done).flatten().tolist():
+                    i = rows[b].item()
+                    tail = self.tokenizer.decode(tokens_out[i, max(0, t + 1 - stop_window) : t + 1])
+                    if any(s in tail for s in params.stop):
+                        done[b] = True
+            running &= ~done
+            if t == T_max - 1:
+                truncated[rows[running]] = True
+                break
+            if not running.any():
+                break
+            finished_in_batch = int((~running).sum())
+            if finished_in_batch >= max(1, int(self.compact_fraction * len(rows))):
+                keep = torch.nonzero(running).flatten()
+                cache.batch_select_indices(keep.to(device))
+                rows, running = rows[keep], running[keep]
+                attn, next_pos, tok = attn[keep.to(device)], next_pos[keep.to(device)], tok[keep.to(device)]
+            attn = torch.cat([attn, attn.new_ones((len(rows), 1))], dim=1)
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=attn,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+
+        if was_training:
+            self.model.train()
+        width = max(int(lengths.max()), 1)
+        completion_ids = tokens_out[:, :width]
+        completion_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return RolloutBatch(
+            prompt_ids=prompt_ids.repeat_interleave(G, dim=0),
+            prompt_mask=prompt_mask.repeat_interleave(G, dim=0),
+            completion_ids=completion_ids,
+            completion_mask=completion_mask,
+            logprobs=logp_out[:, :width] * completion_mask,
+            entropies=ent_out[:, :width] * completion_mask,
+            truncated=truncated,
+            texts=[self.decode(completion_ids[i, : lengths[i]], params.stop) for i in range(N)],
+            group_size=G,
+        )
+
+    def decode(self, ids: torch.Tensor, stop: list[str]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((text.find(s) + len(s) for s in stop if s in text), default=None)
+        return text[:cut] if cut is not None else text
+
+
+def completion_logprobs(
+    model,
+    prompt_ids: torch.Tensor,  # (B, Lp) left-padded
+    prompt_mask: torch.Tensor,  # (B, Lp)
+    completion_ids: torch.Tensor,  # (B, Lc) right-padded
+    completion_mask: torch.Tensor,  # (B, Lc)
+    temperature: float,
+) -> torch.Tensor:
+    """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc).
+
+    Only the Lc + 1 last positions go through the LM head, and the log-softmax is taken as
+    logit - logsumexp, so the (B, Lc, V) log-prob tensor is never materialised twice.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
+    Lc = completion_ids.shape[1]
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        logits_to_keep=Lc + 1,
+        use_cache=False,
+    ).logits[:, :-1].float()  # (B, Lc, V): position j predicts completion token j
+    if temperature > 0:
+        logits = logits / temperature
+    picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Lc)
+    return picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)

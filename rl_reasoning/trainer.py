@@ -1,0 +1,508 @@
+"""The GRPO training loop: prompts -> rollout -> rewards -> advantages -> mu updates -> log -> checkpoint.
+
+One training step consumes `prompts_per_step` (B) problems and samples G completions for each.
+The policy is updated `grpo.num_iterations` (mu) times on that batch, each update one optimizer
+step accumulated over length-sorted micro-batches. Departures from TRL's GRPOTrainer:
+- Old log-probs are the rollout's own sampling log-probs (computed at the same temperature
+  as the loss), for every mu, so no extra forward pass is ever run for them.
+- When beta = 0, completions whose advantage is exactly 0 (e.g. groups where every sample got
+  the same reward) are not run through the model: their loss and gradient are exactly 0. They
+  still count in the loss normalisers and the optimizer still steps, so the update is the same.
+- Completions whose rewards are all None are masked out (no advantage, no loss).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rewards.format import is_well_formatted
+
+from . import checkpoint as ckpt
+from .config import Config, RewardSpec, dump_config
+from .data import PromptSampler, load_task
+from .errors import ConfigError, UserError
+from .evaluation import CORRECT, evaluate, problem_columns
+from .grpo import LossNormalizer, group_advantages, group_reward_std, policy_loss
+from .jsonl import JsonlWriter, read_records, truncate_after_step
+from .models import eos_token_ids, load_model
+from .prompts import encode_prompt, render_prompt
+from .reward_runner import RewardRunner
+from .rollout import RolloutBatch, RolloutEngine, SamplingParams, completion_logprobs
+
+RUN_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
+
+
+def quiet_library_progress_bars() -> None:
+    """transformers' 'Loading weights' / 'Writing model shards' bars would bury our own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    return Path("runs") / f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: Config, recipe_name: str = "run", quiet: bool = False):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.quiet = quiet
+        self.run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(recipe_name)
+        if cfg.resume is True and not cfg.output_dir:
+            raise ConfigError("resume: true needs output_dir (the run to resume); or pass resume=<checkpoint dir>")
+        if isinstance(cfg.resume, str) and not cfg.output_dir:
+            self.run_dir = Path(cfg.resume).resolve().parent.parent
+        if cfg.resume is False and (self.run_dir / "metrics.jsonl").exists():
+            raise UserError(f"output_dir {self.run_dir} already holds a run; pass resume=true or choose another output_dir")
+
+        quiet_library_progress_bars()
+        use_cuda = torch.cuda.is_available()
+        if not use_cuda:
+            torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        for tracker in cfg.report_to:
+            if tracker == "tensorboard" and not _importable("tensorboard") and not _importable("tensorboardX"):
+                raise ConfigError("report_to: tensorboard is not installed (pip install tensorboard)")
+            if tracker == "wandb" and not _importable("wandb"):
+                raise ConfigError("report_to: wandb is not installed (pip install wandb)")
+        self.accelerator = Accelerator(cpu=not use_cuda, log_with=cfg.report_to or None, project_dir=str(self.run_dir))
+        seed_everything(cfg.seed)
+
+        # Everything that can fail on bad input is checked before the model is loaded.
+        self.rewards = RewardRunner(cfg.rewards, cfg.weights())
+        acc_index = self.rewards.names.index(cfg.accuracy_reward_name)
+        acc_spec = cfg.rewards[acc_index]
+        self.accuracy = RewardRunner([RewardSpec(acc_spec.name, 1.0, acc_spec.kwargs)], [1.0])
+        self.data = load_task(cfg.data)
+        self.sampler = PromptSampler(self.data, cfg.seed)
+
+        loaded = load_model(cfg.model.name, self.accelerator.device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+        self.tokenizer = loaded.tokenizer
+        model = loaded.model
+        model.config.use_cache = False
+        self.ref_model = None
+        if cfg.grpo.beta > 0:
+            import copy
+
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.optim.scheduler == "constant" else "cosine",
+            optimizer,
+            num_warmup_steps=cfg.optim.warmup_steps,
+            **({} if cfg.optim.scheduler == "constant" else {"num_training_steps": cfg.max_steps * cfg.grpo.num_iterations}),
+        )
+        # The scheduler is not prepared: accelerate would step it once per process.
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        self.engine = RolloutEngine(
+            self.accelerator.unwrap_model(self.model), self.tokenizer, eos_token_ids(model, self.tokenizer), self.tokenizer.pad_token_id
+        )
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sampling = SamplingParams(
+            num_generations=cfg.rollout.num_generations,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            stop=list(cfg.rollout.stop),
+        )
+        self.step = 0
+        self.eval_history: list[dict] = []
+        self.is_main = self.accelerator.is_main_process
+
+        resume_from = ckpt.find_resume_checkpoint(cfg.resume, self.run_dir)
+        if resume_from is not None:
+            state = ckpt.load_training_state(
+                resume_from, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, self.generator
+            )
+            self.step = state["step"]
+            self.sampler.load_state_dict(state["sampler"])
+            if self.is_main:
+                for name in RUN_FILES:
+                    truncate_after_step(self.run_dir / name, self.step)
+            self.eval_history = list(read_records(self.run_dir / "eval.jsonl"))
+            self._print(f"resumed from {resume_from} at step {self.step}")
+        self.resumed_from = resume_from
+
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            self.metrics_file = JsonlWriter(self.run_dir / "metrics.jsonl")
+            self.traces_file = JsonlWriter(self.run_dir / "traces.jsonl")
+            self.eval_file = JsonlWriter(self.run_dir / "eval.jsonl")
+            self.eval_traces_file = JsonlWriter(self.run_dir / "eval_traces.jsonl")
+            if cfg.report_to:
+                self.accelerator.init_trackers("rl_reasoning", config=_flat(cfg.to_dict()))
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if cfg.eval.at_start and self.step == 0 and self.data.held_out:
+            self.run_eval()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="GRPO", unit="step", disable=self.quiet or not self.is_main, dynamic_ncols=True)
+        last = {}
+        try:
+            while self.step < cfg.max_steps:
+                metrics = self.train_step()
+                self.step += 1
+                metrics["step"] = self.step
+                last = metrics
+                self._log(metrics)
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{metrics['reward/mean']:.3f}",
+                    acc=f"{metrics['accuracy']:.2f}",
+                    fmt=f"{metrics['format_rate']:.2f}",
+                    len=f"{metrics['completions/mean_length']:.0f}",
+                    s=f"{metrics['time/step']:.1f}",
+                )
+                if self.step % cfg.log_every == 0 and not self.quiet:
+                    bar.write(_summary_line(metrics))
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.max_steps and self.data.held_out:
+                    self.run_eval()
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+        if cfg.eval.at_end and self.data.held_out and (not self.eval_history or self.eval_history[-1]["step"] != self.step):
+            self.run_eval()
+        final_checkpoint = self.save()
+        summary = self.summary(last, final_checkpoint)
+        if self.is_main:
+            import json
+
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.close()
+        return summary
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        G = cfg.rollout.num_generations
+        t_start = time.perf_counter()
+        problems = self.sampler.next_batch(cfg.prompts_per_step)
+        prompt_texts = [render_prompt(self.tokenizer, p["question"], cfg.prompt) for p in problems]
+        prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts]
+
+        rollout = self.engine.generate(prompt_ids, self.sampling, self.generator)
+        t_gen = time.perf_counter()
+
+        completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
+        columns = problem_columns(problems, G)
+        rewards = self.rewards(completions, columns, [t for t in prompt_texts for _ in range(G)], self.step + 1)
+        t_rew = time.perf_counter()
+
+        advantages = group_advantages(rewards.total, G, cfg.grpo.scale_rewards)  # (N,)
+        mask = rollout.completion_mask.clone()  # (N, T)
+        mask[torch.isnan(rewards.total)] = 0
+        if cfg.grpo.mask_truncated_completions:
+            mask[rollout.truncated] = 0
+        update_stats = self.update(rollout, advantages, mask)
+        t_upd = time.perf_counter()
+
+        metrics = self._step_metrics(rollout, rewards, advantages, completions, columns, update_stats)
+        metrics.update(
+            {
+                "time/generation": t_gen - t_start,
+                "time/reward": t_rew - t_gen,
+                "time/update": t_upd - t_rew,
+                "time/step": t_upd - t_start,
+                "throughput/generated_tokens_per_s": float(rollout.lengths.sum()) / max(t_gen - t_start, 1e-9),
+                "throughput/tokens_per_s": float(rollout.lengths.sum() + rollout.prompt_mask.sum()) / max(t_upd - t_start, 1e-9),
+            }
+        )
+        for name, seconds in rewards.seconds.items():
+            metrics[f"time/reward/{name}"] = seconds
+        self._write_traces(problems, prompt_texts, completions, rollout, rewards, advantages)
+        return metrics
+
+    # ------------------------------------------------------------------ the update
+
+    def update(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor) -> dict:
+        """mu optimizer steps on one generation batch; returns summed statistics."""
+        cfg = self.cfg
+        N = len(rollout)
+        normalizer = LossNormalizer(cfg.grpo.loss_type, N, int(mask.sum()), cfg.rollout.max_new_tokens)
+        lengths = mask.sum(-1)  # (N,)
+        trainable = lengths > 0
+        if cfg.grpo.beta == 0 and self.accelerator.num_processes == 1:
+            trainable &= advantages != 0  # zero advantage and no KL: exactly zero gradient
+        rows = torch.nonzero(trainable).flatten()
+        total_len = rollout.prompt_mask.sum(-1) + lengths
+        rows = rows[torch.argsort(total_len[rows], stable=True)]  # length buckets: little padding
+        micro = [rows[i : i + cfg.optim.micro_batch_size] for i in range(0, len(rows), cfg.optim.micro_batch_size)]
+
+        ref_logps = {}
+        if self.ref_model is not None:
+            with torch.no_grad():
+                for k, idx in enumerate(micro):
+                    ref_logps[k] = completion_logprobs(self.ref_model, *self._micro_inputs(rollout, mask, idx), cfg.rollout.temperature)
+
+        totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm"), 0.0)
+        self.model.train()
+        for _ in range(cfg.grpo.num_iterations):
+            self.optimizer.zero_grad(set_to_none=False)  # zeros, not None: AdamW steps even with no trained rows
+            for k, idx in enumerate(micro):
+                p_ids, p_mask, c_ids, c_mask = self._micro_inputs(rollout, mask, idx)
+                width = c_ids.shape[1]
+                logp = completion_logprobs(self.model, p_ids, p_mask, c_ids, c_mask, cfg.rollout.temperature)  # (b, T)
+                loss, stats = policy_loss(
+                    logp,
+                    rollout.logprobs[idx, :width].to(logp.device),
+                    advantages[idx].to(logp.device),
+                    c_mask,
+                    normalizer,
+                    epsilon=cfg.grpo.epsilon,
+                    epsilon_high=cfg.grpo.epsilon_high,
+                    beta=cfg.grpo.beta,
+                    ref_logp=ref_logps.get(k),
+                )
+                if k < len(micro) - 1:
+                    with self.accelerator.no_sync(self.model):
+                        self.accelerator.backward(loss)
+                else:
+                    self.accelerator.backward(loss)
+                totals["loss"] += float(loss.detach())
+                for key, value in stats.items():
+                    totals[key] += value
+            max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            totals["grad_norm"] += float(grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+        mu = cfg.grpo.num_iterations
+        totals = {k: v / mu for k, v in totals.items()}
+        totals["trained_sequences"] = len(rows)
+        return totals
+
+    def _micro_inputs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
+        """Slice rows `idx`, trimming left padding of prompts and right padding of completions."""
+        device = self.accelerator.device
+        p_mask = rollout.prompt_mask[idx]
+        p_width = int(p_mask.sum(-1).max())
+        c_mask = mask[idx]
+        c_width = max(int(rollout.completion_mask[idx].sum(-1).max()), 1)
+        return (
+            rollout.prompt_ids[idx, -p_width:].to(device),  # (b, Lp')
+            p_mask[:, -p_width:].to(device),  # (b, Lp')
+            rollout.completion_ids[idx, :c_width].to(device),  # (b, T')
+            c_mask[:, :c_width].to(device),  # (b, T')
+        )
+
+    # ------------------------------------------------------------------ metrics, traces, eval, checkpoints
+
+    def _step_metrics(self, rollout, rewards, advantages, completions, columns, stats) -> dict:
+        G = rollout.group_size
+        total = rewards.total
+        lengths = rollout.lengths.float()
+        completion_tokens = rollout.completion_mask.sum()
+        acc = rewards.components[self.cfg.accuracy_reward_name]
+        m = {
+            "reward/mean": _nanmean(total),
+            "reward/std": _nanstd(total),
+            "accuracy": float((acc >= CORRECT).float().mean()),
+            "format_rate": sum(is_well_formatted(c) for c in completions) / len(completions),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/max_length": float(lengths.max()),
+            "completions/min_length": float(lengths.min()),
+            "completions/truncated_frac": float(rollout.truncated.float().mean()),
+            "groups/zero_std_frac": float((group_reward_std(total, G) == 0).float().mean()),
+            "advantage/abs_mean": float(advantages.abs().mean()),
+            "entropy": float(rollout.entropies.sum() / completion_tokens.clamp(min=1)),
+            "loss": stats["loss"],
+            "clip/low_frac": stats["clip_low_tokens"] / max(stats["tokens"], 1),
+            "clip/high_frac": stats["clip_high_tokens"] / max(stats["tokens"], 1),
+            "ratio/mean": stats["ratio_sum"] / stats["tokens"] if stats["tokens"] else 1.0,
+            "grad_norm": stats["grad_norm"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "update/trained_sequences": stats["trained_sequences"],
+            "tokens/generated": int(completion_tokens),
+        }
+        m["clip/region_frac"] = m["clip/low_frac"] + m["clip/high_frac"]
+        if self.cfg.grpo.beta > 0:
+            m["kl"] = stats["kl_sum"] / max(stats["tokens"], 1)
+        for name, values in rewards.components.items():
+            m[f"rewards/{name}/mean"] = _nanmean(values)
+            m[f"rewards/{name}/std"] = _nanstd(values)
+            m[f"rewards/{name}/frac_none"] = float(torch.isnan(values).float().mean())
+        return m
+
+    def _write_traces(self, problems, prompt_texts, completions, rollout, rewards, advantages) -> None:
+        if not self.is_main:
+            return
+        G = rollout.group_size
+        records = []
+        for i, completion in enumerate(completions):
+            p = i // G
+            comps = {name: (None if torch.isnan(v[i]) else float(v[i])) for name, v in rewards.components.items()}
+            total = rewards.total[i]
+            records.append(
+                {
+                    "step": self.step + 1,
+                    "prompt_id": problems[p]["id"],
+                    "group_index": i % G,
+                    "prompt": prompt_texts[p],
+                    "completion": completion,
+                    "answer": problems[p]["answer"],
+                    "rewards": comps,
+                    "reward": None if torch.isnan(total) else float(total),
+                    "correct": bool(rewards.components[self.cfg.accuracy_reward_name][i] >= CORRECT),
+                    "advantage": float(advantages[i]),
+                    "length": int(rollout.lengths[i]),
+                    "truncated": bool(rollout.truncated[i]),
+                }
+            )
+        self.traces_file.write(records)
+
+    def run_eval(self) -> dict:
+        cfg = self.cfg
+        metrics, records = evaluate(
+            self.engine,
+            self.tokenizer,
+            self.data.held_out,
+            cfg.prompt,
+            self.accuracy,
+            cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+            list(cfg.rollout.stop),
+            cfg.eval.batch_size,
+            self.step,
+        )
+        metrics["step"] = self.step
+        self.eval_history.append(metrics)
+        if self.is_main:
+            self.eval_file.write([metrics])
+            self.eval_traces_file.write(records)
+            if cfg.report_to:
+                self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=self.step)
+        self._print(
+            f"[eval @ step {self.step}] accuracy {metrics['eval/accuracy']:.1%}  format {metrics['eval/format_rate']:.1%}  "
+            f"mean length {metrics['eval/mean_length']:.0f} tokens  ({metrics['eval/num_problems']} held-out problems, "
+            f"{metrics['eval/seconds']:.0f} s)"
+        )
+        return metrics
+
+    def save(self) -> Path:
+        path = ckpt.checkpoint_dir(self.run_dir, self.step)
+        if self.is_main:
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.accelerator.unwrap_model(self.model),
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                self.generator,
+                {"sampler": self.sampler.state_dict()},
+                keep=self.cfg.save_total_limit,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _log(self, metrics: dict) -> None:
+        if not self.is_main:
+            return
+        self.metrics_file.write([metrics])
+        if self.cfg.report_to:
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+
+    def summary(self, last: dict, final_checkpoint: Path) -> dict:
+        first_eval = self.eval_history[0] if self.eval_history else None
+        last_eval = self.eval_history[-1] if self.eval_history else None
+        out = {
+            "run_dir": str(self.run_dir),
+            "steps": self.step,
+            "final_checkpoint": str(final_checkpoint),
+            "metrics": str(self.run_dir / "metrics.jsonl"),
+            "traces": str(self.run_dir / "traces.jsonl"),
+            "eval_before": first_eval,
+            "eval_after": last_eval,
+        }
+        if first_eval and last_eval:
+            self._print(
+                f"\nheld-out accuracy: {first_eval['eval/accuracy']:.1%} (step {first_eval['step']}) -> "
+                f"{last_eval['eval/accuracy']:.1%} (step {last_eval['step']});  format "
+                f"{first_eval['eval/format_rate']:.1%} -> {last_eval['eval/format_rate']:.1%}"
+            )
+        self._print(
+            f"metrics:     {out['metrics']}\ntraces:      {out['traces']}\ncheckpoint:  {final_checkpoint}\n"
+            f"evaluation:  {self.run_dir / 'eval.jsonl'} (completions in eval_traces.jsonl)"
+        )
+        return out
+
+    def close(self) -> None:
+        if self.is_main:
+            for f in (self.metrics_file, self.traces_file, self.eval_file, self.eval_traces_file):
+                f.close()
+            if self.cfg.report_to:
+                self.accelerator.end_training()
+
+    def _print(self, text: str) -> None:
+        if not self.quiet and self.accelerator.is_main_process:
+            print(text, flush=True)
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    v = x[~torch.isnan(x)]
+    return float(v.mean()) if v.numel() else float("nan")
+
+
+def _nanstd(x: torch.Tensor) -> float:
+    v = x[~torch.isnan(x)]
+    return float(v.std()) if v.numel() > 1 else 0.0
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _summary_line(m: dict) -> str:
+    return (
+        f"step {m['step']:>4}  reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  acc {m['accuracy']:.2f}  "
+        f"fmt {m['format_rate']:.2f}  len {m['completions/mean_length']:.0f}  trunc {m['completions/truncated_frac']:.2f}  "
+        f"zero-std {m['groups/zero_std_frac']:.2f}  loss {m['loss']:+.4f}  |g| {m['grad_norm']:.3f}  "
+        f"gen {m['time/generation']:.1f}s rew {m['time/reward']:.1f}s upd {m['time/update']:.1f}s  "
+        f"{m['throughput/generated_tokens_per_s']:.0f} tok/s"
+    )
+
+
+def run(cfg: Config, recipe_name: str = "run", quiet: bool = False) -> dict:
+    """Build a trainer and train; math.isnan guards keep the summary JSON-friendly."""
+    trainer = GRPOTrainer(cfg, recipe_name=recipe_name, quiet=quiet)
+    summary = trainer.train()
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}

@@ -1,0 +1,132 @@
+"""GRPO maths on hand-computed tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rl_reasoning.grpo import LossNormalizer, group_advantages, group_reward_std, k3_kl, policy_loss
+
+
+def test_group_advantages_scaled_by_group_std():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(r, group_size=4, scale_rewards="group")
+    std = math.sqrt(((0.5**2) * 4) / 3)  # unbiased std of [1,0,0,1]
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]) / torch.tensor([std + 1e-4] * 4 + [1e-4] * 4)
+    torch.testing.assert_close(adv, expected)
+
+
+def test_group_advantages_batch_and_none():
+    r = torch.tensor([1.0, 0.0, 3.0, 3.0])
+    none = group_advantages(r, 2, "none")
+    torch.testing.assert_close(none, torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    batch = group_advantages(r, 2, "batch")
+    std = torch.tensor([1.0, 0.0, 3.0, 3.0]).std()
+    torch.testing.assert_close(batch, torch.tensor([0.5, -0.5, 0.0, 0.0]) / (std + 1e-4))
+
+
+def test_nan_rewards_are_left_out():
+    r = torch.tensor([1.0, float("nan"), 0.0, 5.0, float("nan"), float("nan")])
+    adv = group_advantages(r, 3, "none")
+    torch.testing.assert_close(adv, torch.tensor([0.5, 0.0, -0.5, 0.0, 0.0, 0.0]))
+    std = group_reward_std(r, 3)
+    torch.testing.assert_close(std, torch.tensor([math.sqrt(0.5), 0.0]))
+
+
+def test_k3_kl_values():
+    logp = torch.tensor([[0.0, -1.0]])
+    ref = torch.tensor([[0.0, -2.0]])
+    # delta = ref - logp = [0, -1] -> exp(-1) + 1 - 1
+    torch.testing.assert_close(k3_kl(logp, ref), torch.tensor([[0.0, math.exp(-1)]]))
+
+
+# Two sequences, three token slots; the second sequence has two real tokens.
+LOGP = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+def _norm(loss_type):
+    return LossNormalizer(loss_type, num_sequences=2, num_tokens=5, max_new_tokens=4)
+
+
+@pytest.mark.parametrize(
+    "loss_type, expected",
+    [
+        # on-policy ratio = 1: per-token loss = -A; A = [1, -2]
+        ("grpo", ((-1 * 3) / 3 + (2 * 2) / 2) / 2),  # mean over sequences of token means = (-1 + 2) / 2
+        ("dr_grpo", (-1 * 3 + 2 * 2) / (2 * 4)),  # token sum / (N * max_new_tokens)
+        ("dapo", (-1 * 3 + 2 * 2) / 5),  # token sum / tokens in batch
+    ],
+)
+def test_loss_aggregation_on_policy(loss_type, expected):
+    adv = torch.tensor([1.0, -2.0])
+    loss, stats = policy_loss(LOGP, LOGP, adv, MASK, _norm(loss_type))
+    assert float(loss) == pytest.approx(expected)
+    assert stats["clip_low_tokens"] == 0 and stats["clip_high_tokens"] == 0 and stats["tokens"] == 5
+
+
+def test_clipping_and_clip_higher():
+    old = torch.zeros(1, 4)
+    # ratios: e^0.5=1.65, e^0.1=1.105, e^-0.5=0.61, e^0.25=1.28
+    logp = torch.tensor([[0.5, 0.1, -0.5, 0.25]])
+    mask = torch.ones(1, 4)
+    norm = LossNormalizer("dapo", 1, 4, 4)
+    pos = torch.tensor([1.0])
+    loss, stats = policy_loss(logp, old, pos, mask, norm, epsilon=0.2, epsilon_high=0.28)
+    # A > 0: min(r*A, clip(r, 0.8, 1.28)*A) -> [1.28, 1.105, 0.61, 1.28]  (0.61 is below 0.8 but min keeps r)
+    expected = -(1.28 + math.exp(0.1) + math.exp(-0.5) + 1.28) / 4
+    assert float(loss) == pytest.approx(expected, abs=1e-6)
+    assert stats["clip_high_tokens"] == 2 and stats["clip_low_tokens"] == 0
+    # Symmetric clipping clips the 1.28 ratio too
+    loss_sym, stats_sym = policy_loss(logp, old, pos, mask, norm, epsilon=0.2)
+    assert float(loss_sym) == pytest.approx(-(1.2 + math.exp(0.1) + math.exp(-0.5) + 1.2) / 4, abs=1e-6)
+    assert stats_sym["clip_high_tokens"] == 2
+    # A < 0: max(r*|A|, clip*|A|) form -> ratio 0.61 clipped to 0.8 (low clip active), large ratios unclipped
+    neg = torch.tensor([-1.0])
+    loss_neg, stats_neg = policy_loss(logp, old, neg, mask, norm, epsilon=0.2, epsilon_high=0.28)
+    expected_neg = (math.exp(0.5) + math.exp(0.1) + 0.8 + math.exp(0.25)) / 4
+    assert float(loss_neg) == pytest.approx(expected_neg, abs=1e-6)
+    assert stats_neg["clip_low_tokens"] == 1 and stats_neg["clip_high_tokens"] == 0
+
+
+def test_clipped_tokens_get_no_gradient():
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[0.5, 0.0]], requires_grad=True)
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), LossNormalizer("dapo", 1, 2, 2), epsilon=0.2)
+    loss.backward()
+    assert logp.grad[0, 0] == 0  # ratio 1.65 > 1.2 with A > 0: clipped
+    assert logp.grad[0, 1] == pytest.approx(-0.5)  # d(-r*A/2)/dlogp at r=1
+
+
+def test_kl_term_added_with_beta():
+    logp = torch.tensor([[0.0, -1.0]])
+    ref = torch.tensor([[0.0, -2.0]])
+    mask = torch.ones(1, 2)
+    norm = LossNormalizer("dapo", 1, 2, 2)
+    loss, stats = policy_loss(logp, logp, torch.tensor([0.0]), mask, norm, beta=0.5, ref_logp=ref)
+    assert float(loss) == pytest.approx(0.5 * math.exp(-1) / 2)
+    assert stats["kl_sum"] == pytest.approx(math.exp(-1))
+    with pytest.raises(ValueError):
+        policy_loss(logp, logp, torch.tensor([0.0]), mask, norm, beta=0.5)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_micro_batches_sum_to_the_full_batch_gradient(loss_type):
+    torch.manual_seed(0)
+    N, T = 6, 5
+    base = torch.randn(N, T)
+    old = base + 0.1 * torch.randn(N, T)
+    adv = torch.randn(N)
+    mask = (torch.rand(N, T) > 0.3).long()
+    mask[:, 0] = 1
+    norm = LossNormalizer(loss_type, N, int(mask.sum()), T)
+
+    full = base.clone().requires_grad_(True)
+    policy_loss(full, old, adv, mask, norm, epsilon=0.2, epsilon_high=0.3)[0].backward()
+
+    split = base.clone().requires_grad_(True)
+    for idx in (torch.tensor([0, 3]), torch.tensor([1, 2, 5]), torch.tensor([4])):
+        policy_loss(split[idx], old[idx], adv[idx], mask[idx], norm, epsilon=0.2, epsilon_high=0.3)[0].backward()
+    torch.testing.assert_close(full.grad, split.grad)

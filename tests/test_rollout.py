@@ -1,0 +1,140 @@
+"""Rollout engine on the tiny random model: shapes, masks, EOS, stop strings, truncation, seeds, log-probs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs
+
+
+def prompts_for(tokenizer, questions):
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+QUESTIONS = ["What is 3 + 4?", "Calculate 12 - 5, and then check the answer carefully please.", "9 * 8"]
+
+
+def engine_for(model, tokenizer, eos=None):
+    return RolloutEngine(model, tokenizer, eos if eos is not None else [tokenizer.eos_token_id], tokenizer.pad_token_id)
+
+
+def test_shapes_masks_and_grouping(tiny):
+    model, tok = tiny
+    engine = engine_for(model, tok)
+    prompts = prompts_for(tok, QUESTIONS)
+    batch = engine.generate(prompts, SamplingParams(num_generations=4, max_new_tokens=12), torch.Generator().manual_seed(0))
+    N = len(QUESTIONS) * 4
+    assert batch.completion_ids.shape[0] == N and batch.prompt_ids.shape[0] == N
+    assert batch.completion_mask.shape == batch.completion_ids.shape == batch.logprobs.shape == batch.entropies.shape
+    # prompts are repeated G times, in group order, left-padded
+    for i in range(N):
+        real = batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist()
+        assert real == prompts[i // 4]
+        assert batch.prompt_mask[i, -1] == 1
+    # the mask is a prefix of ones; padding has zero log-prob and the pad id
+    lengths = batch.completion_mask.sum(-1)
+    for i in range(N):
+        L = int(lengths[i])
+        assert batch.completion_mask[i, :L].all() and not batch.completion_mask[i, L:].any()
+        assert (batch.logprobs[i, L:] == 0).all() and (batch.completion_ids[i, L:] == tok.pad_token_id).all()
+        assert (batch.logprobs[i, :L] <= 0).all()
+    assert len(batch.texts) == N
+
+
+def test_truncation_flag_when_no_eos(tiny):
+    model, tok = tiny
+    engine = engine_for(model, tok, eos=[10**6])  # an id outside the vocabulary: nothing can end early
+    batch = engine.generate(prompts_for(tok, QUESTIONS[:2]), SamplingParams(num_generations=2, max_new_tokens=7), torch.Generator().manual_seed(1))
+    assert batch.truncated.all()
+    assert (batch.completion_mask.sum(-1) == 7).all()
+
+
+def test_eos_ends_completion_and_is_trained(tiny):
+    model, tok = tiny
+    # Declare half the vocabulary "EOS": completions end early, at different lengths.
+    eos_ids = list(range(0, len(tok), 2))
+    engine = engine_for(model, tok, eos=eos_ids)
+    batch = engine.generate(prompts_for(tok, QUESTIONS), SamplingParams(num_generations=4, max_new_tokens=20), torch.Generator().manual_seed(2))
+    lengths = batch.completion_mask.sum(-1)
+    assert lengths.min() < 20 and len(set(lengths.tolist())) > 1
+    for i in range(len(batch)):
+        L = int(lengths[i])
+        last = int(batch.completion_ids[i, L - 1])
+        if not batch.truncated[i]:
+            assert last in eos_ids  # the EOS token is part of the completion (and of its mask)
+            assert all(int(t) not in eos_ids for t in batch.completion_ids[i, : L - 1])
+        else:
+            assert L == 20
+
+
+def test_greedy_is_deterministic_and_argmax(tiny):
+    model, tok = tiny
+    engine = engine_for(model, tok)
+    prompts = prompts_for(tok, QUESTIONS[:1])
+    params = SamplingParams(num_generations=1, max_new_tokens=5, temperature=0.0)
+    a = engine.generate(prompts, params)
+    b = engine.generate(prompts, params)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    ids = torch.tensor([prompts[0]])
+    for t in range(5):
+        nxt = model(ids).logits[0, -1].argmax()
+        assert int(nxt) == int(a.completion_ids[0, t])
+        ids = torch.cat([ids, nxt.view(1, 1)], 1)
+
+
+def test_stop_string_cuts_completion(tiny):
+    model, tok = tiny
+    engine = engine_for(model, tok)
+    prompts = prompts_for(tok, QUESTIONS[:1])
+    free = engine.generate(prompts, SamplingParams(num_generations=1, max_new_tokens=30, temperature=0.0))
+    text = free.texts[0]
+    assert len(text) > 10
+    stop = text[4:7]
+    stopped = engine.generate(prompts, SamplingParams(num_generations=1, max_new_tokens=30, temperature=0.0, stop=[stop]))
+    assert stopped.texts[0] == text[: text.find(stop) + len(stop)]
+    assert not stopped.truncated[0]
+    L = int(stopped.completion_mask.sum())
+    assert L < int(free.completion_mask.sum())
+    assert torch.equal(stopped.completion_ids[0, :L], free.completion_ids[0, :L])
+    assert stop in tok.decode(stopped.completion_ids[0, :L]) and stop not in tok.decode(stopped.completion_ids[0, : L - 1])
+
+
+def test_same_seed_same_samples_other_seed_differs(tiny):
+    model, tok = tiny
+    engine = engine_for(model, tok)
+    prompts = prompts_for(tok, QUESTIONS)
+    params = SamplingParams(num_generations=3, max_new_tokens=10, temperature=1.0, top_p=0.9)
+    a = engine.generate(prompts, params, torch.Generator().manual_seed(5))
+    b = engine.generate(prompts, params, torch.Generator().manual_seed(5))
+    c = engine.generate(prompts, params, torch.Generator().manual_seed(6))
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_shared_prefix_equals_repeated_prompts(tiny):
+    """Prefilling once and expanding the cache gives the same samples as prefilling G copies."""
+    model, tok = tiny
+    engine = engine_for(model, tok, eos=list(range(0, len(tok), 3)))
+    prompts = prompts_for(tok, QUESTIONS)
+    shared = engine.generate(prompts, SamplingParams(num_generations=3, max_new_tokens=12), torch.Generator().manual_seed(9))
+    repeated = engine.generate([p for p in prompts for _ in range(3)], SamplingParams(num_generations=1, max_new_tokens=12), torch.Generator().manual_seed(9))
+    assert torch.equal(shared.completion_ids, repeated.completion_ids)
+    torch.testing.assert_close(shared.logprobs, repeated.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_logprobs_match_teacher_forcing(tiny, temperature):
+    model, tok = tiny
+    # Variable lengths (so batch compaction happens) and variable prompt lengths (left padding).
+    engine = engine_for(model, tok, eos=list(range(0, len(tok), 4)))
+    batch = engine.generate(prompts_for(tok, QUESTIONS), SamplingParams(num_generations=4, max_new_tokens=16, temperature=temperature), torch.Generator().manual_seed(3))
+    assert len(set(batch.completion_mask.sum(-1).tolist())) > 1
+    with torch.no_grad():
+        forced = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, temperature)
+    mask = batch.completion_mask.bool()
+    assert (forced[mask] - batch.logprobs[mask]).abs().max() < 1e-4
