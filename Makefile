@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
-export RL_REASONING_CACHE ?= $(CURDIR)/.cache
 
 .PHONY: setup model train test test-fast clean
 

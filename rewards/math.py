@@ -27,7 +27,7 @@ def math_reward(completions, answer, fallback: str = "none", **_) -> list[float 
     out: list[float | None] = []
     for completion, gold in zip(completions, answer):
         gold_parsed = _parse(str(gold))
-        if not gold_parsed:
+        if not any(not isinstance(x, str) for x in gold_parsed):  # only the raw string came back
             out.append(None)
             continue
         predicted = extract_answer(completion_text(completion), fallback=fallback)

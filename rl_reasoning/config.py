@@ -261,7 +261,7 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
 def from_dict(cls: type, raw: Any, prefix: str):
     """Build dataclass `cls` from a mapping, checking every key and value."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {_describe(raw)}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -53,6 +53,8 @@ class ReasoningGymProblems(Sequence):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> dict:
+        if not 0 <= idx < len(self):
+            raise IndexError(idx)  # reasoning-gym itself generates for any index
         entry = self.dataset[idx]
         return {
             "question": entry["question"],

@@ -64,7 +64,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         quantized = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
-        model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):  # the de-quantized copy is a plain fp32 model
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(quantized.state_dict())
         del quantized
         model.save_pretrained(tmp)
@@ -86,6 +89,7 @@ def resolve_model_dir(name: str, cache_dir: str | None = None) -> str:
     if name in EMBEDDED_MODELS:
         target = cache_root(cache_dir) / "models" / name
         if not (target / "config.json").is_file():
+            print(f"converting {name} from GGUF to an fp32 checkpoint in {target} (once, ~45 s)", flush=True)
             convert_gguf(embedded_gguf_path(name), target)
         return str(target)
     path = Path(name).expanduser()
