@@ -14,19 +14,17 @@ How it works (and where it departs from `model.generate`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
+from .config import RolloutConfig
 
-@dataclass
-class SamplingParams:
-    num_generations: int = 1
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
+
+# The engine reads the recipe's `rollout` section directly (num_generations, max_new_tokens,
+# temperature, top_p, stop): one definition of the sampling knobs.
+SamplingParams = RolloutConfig
 
 
 @dataclass

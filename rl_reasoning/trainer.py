@@ -35,7 +35,7 @@ from .jsonl import JsonlWriter, read_records, truncate_after_step
 from .models import eos_token_ids, load_model
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import RewardRunner
-from .rollout import RolloutBatch, RolloutEngine, SamplingParams, completion_logprobs
+from .rollout import RolloutBatch, RolloutEngine, completion_logprobs
 
 RUN_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
 
@@ -121,13 +121,6 @@ class GRPOTrainer:
             self.accelerator.unwrap_model(self.model), self.tokenizer, eos_token_ids(model, self.tokenizer), self.tokenizer.pad_token_id
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.sampling = SamplingParams(
-            num_generations=cfg.rollout.num_generations,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            stop=list(cfg.rollout.stop),
-        )
         self.step = 0
         self.eval_history: list[dict] = []
         self.is_main = self.accelerator.is_main_process
@@ -208,7 +201,7 @@ class GRPOTrainer:
         prompt_texts = [render_prompt(self.tokenizer, p["question"], cfg.prompt) for p in problems]
         prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts]
 
-        rollout = self.engine.generate(prompt_ids, self.sampling, self.generator)
+        rollout = self.engine.generate(prompt_ids, cfg.rollout, self.generator)
         t_gen = time.perf_counter()
 
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
