@@ -37,6 +37,7 @@ class RewardResult:
     total: torch.Tensor  # (N,) weighted sum, NaN where every component is None
     components: dict[str, torch.Tensor]  # name -> (N,), NaN = None
     seconds: dict[str, float]
+    metrics: dict[str, dict]  # name -> extra metrics a reward reported (rewards.scored.ScoredList)
 
 
 def _component(spec: RewardSpec, weight: float) -> RewardComponent:
@@ -80,7 +81,7 @@ class RewardRunner:
         n = len(completions)
         where = where or f"step {step}"
         extra = {"prompts": prompts, "step": step}
-        values, seconds = {}, {}
+        values, seconds, metrics = {}, {}, {}
         for comp in self.components:
             kwargs = {k: v for k, v in {**columns, **extra}.items() if comp.accepts_any or k in comp.accepted}
             start = time.perf_counter()
@@ -92,10 +93,11 @@ class RewardRunner:
                 ) from e
             seconds[comp.name] = time.perf_counter() - start
             values[comp.name] = self._check(comp.name, out, n, where)
+            metrics[comp.name] = dict(getattr(out, "metrics", {}) or {})
         stacked = torch.stack([values[c.name] * c.weight for c in self.components])  # (R, N)
         all_none = torch.isnan(stacked).all(0)
         total = torch.nansum(stacked, 0).masked_fill(all_none, float("nan"))  # (N,)
-        return RewardResult(total=total, components=values, seconds=seconds)
+        return RewardResult(total=total, components=values, seconds=seconds, metrics=metrics)
 
     @staticmethod
     def _check(name: str, out, n: int, where: str) -> torch.Tensor:

@@ -228,8 +228,6 @@ class GRPOTrainer:
                 "throughput/tokens_per_s": float(rollout.lengths.sum() + rollout.prompt_mask.sum()) / max(t_upd - t_start, 1e-9),
             }
         )
-        for name, seconds in rewards.seconds.items():
-            metrics[f"time/reward/{name}"] = seconds
         self._write_traces(problems, prompt_texts, completions, rollout, rewards, advantages)
         return metrics
 
@@ -342,6 +340,9 @@ class GRPOTrainer:
             m[f"rewards/{name}/mean"] = _nanmean(values)
             m[f"rewards/{name}/std"] = _nanstd(values)
             m[f"rewards/{name}/frac_none"] = float(torch.isnan(values).float().mean())
+            m[f"time/reward/{name}"] = rewards.seconds[name]
+            for key, value in rewards.metrics[name].items():
+                m[f"rewards/{name}/{key}"] = float(value)
         return m
 
     def _write_traces(self, problems, prompt_texts, completions, rollout, rewards, advantages) -> None:
