@@ -15,16 +15,22 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
+from .code import code_reward
 from .format import format_reward
+from .length import length_reward
 from .math import math_reward
 from .reasoning_gym import reasoning_gym_reward
+from .repetition import repetition_reward
 
 RewardFn = Callable[..., list]
 
 REGISTRY: dict[str, RewardFn] = {
     "math": math_reward,
+    "code": code_reward,
     "format": format_reward,
     "reasoning_gym": reasoning_gym_reward,
+    "length": length_reward,
+    "repetition": repetition_reward,
 }
 
 ENTRY_POINT_GROUP = "rl_reasoning.rewards"

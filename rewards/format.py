@@ -1,7 +1,8 @@
 """Format rewards for the think/answer structure used by DeepSeek-R1-Zero.
 
 `strict`: 1 when the whole completion is `<think>...</think>` followed by `<answer>...</answer>`
-(whitespace allowed between and around), else 0. `tag_count`: 0.25 for each of the four
+(whitespace allowed between and around), else 0. `soft`: 1 when such a pair appears anywhere
+(text before or after allowed). `tag_count`: 0.25 for each of the four
 tags that appears exactly once, in order-insensitive fashion (open-r1's tag_count idea), so a
 model that has never produced the format still gets a gradient towards it.
 """
@@ -13,6 +14,7 @@ import re
 from .extract import completion_text
 
 STRICT = re.compile(r"^\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)*</answer>\s*$", re.DOTALL)
+SOFT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
@@ -26,9 +28,11 @@ def tag_count_score(text: str) -> float:
 
 def format_reward(completions, mode: str = "strict", **_) -> list[float]:
     """Examples: '<think>1+1=2</think><answer>2</answer>' -> 1.0; 'The answer is 2' -> 0.0 (strict) / 0.0 (tag_count)."""
-    if mode not in ("strict", "tag_count"):
-        raise ValueError(f"format reward: mode must be 'strict' or 'tag_count', got {mode!r}")
+    if mode not in ("strict", "soft", "tag_count"):
+        raise ValueError(f"format reward: mode must be 'strict', 'soft' or 'tag_count', got {mode!r}")
     texts = [completion_text(c) for c in completions]
     if mode == "strict":
         return [1.0 if is_well_formatted(t) else 0.0 for t in texts]
+    if mode == "soft":
+        return [1.0 if SOFT.search(t) else 0.0 for t in texts]
     return [1.0 if is_well_formatted(t) else tag_count_score(t) for t in texts]

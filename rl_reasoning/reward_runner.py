@@ -76,11 +76,15 @@ class RewardRunner:
     def names(self) -> list[str]:
         return [c.name for c in self.components]
 
-    def __call__(self, completions: list, columns: dict[str, list], prompts: list, step: int, where: str | None = None) -> RewardResult:
+    def __call__(
+        self, completions: list, columns: dict[str, list], prompts: list, step: int, where: str | None = None, completion_ids: list | None = None
+    ) -> RewardResult:
         """`step` is passed to reward functions; `where` names the call in error messages (default 'step N')."""
         n = len(completions)
         where = where or f"step {step}"
         extra = {"prompts": prompts, "step": step}
+        if completion_ids is not None:
+            extra["completion_ids"] = completion_ids  # TRL passes these too
         values, seconds, metrics = {}, {}, {}
         for comp in self.components:
             kwargs = {k: v for k, v in {**columns, **extra}.items() if comp.accepts_any or k in comp.accepted}

@@ -206,7 +206,8 @@ class GRPOTrainer:
 
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
         columns = problem_columns(problems, G)
-        rewards = self.rewards(completions, columns, [t for t in prompt_texts for _ in range(G)], self.step + 1)
+        completion_ids = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths)]
+        rewards = self.rewards(completions, columns, [t for t in prompt_texts for _ in range(G)], self.step + 1, completion_ids=completion_ids)
         t_rew = time.perf_counter()
 
         advantages = group_advantages(rewards.total, G, cfg.grpo.scale_rewards)  # (N,)

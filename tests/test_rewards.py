@@ -63,7 +63,7 @@ def test_registry_dotted_path_and_unknown_name():
     assert rewards.get_reward("rewards.math.math_reward") is math_reward
     with pytest.raises(rewards.UnknownRewardError) as err:
         rewards.get_reward("accuracy")
-    assert "valid names: format, math, reasoning_gym" in str(err.value)
+    assert "valid names: code, format, length, math, reasoning_gym, repetition" in str(err.value)
     with pytest.raises(rewards.UnknownRewardError, match="cannot import module"):
         rewards.get_reward("no_such_pkg.mod:fn")
 
@@ -111,3 +111,53 @@ def test_runner_rejects_bad_outputs():
         RewardRunner([RewardSpec("format"), RewardSpec("format")], [1.0, 1.0])
     with pytest.raises(ConfigError, match="'math' takes no parameter 'strict'"):
         RewardRunner([RewardSpec("math", 1.0, {"strict": True})], [1.0])
+
+
+def test_format_soft_mode():
+    assert format_reward(["Sure! <think>a</think> <answer>1</answer> done", "<answer>1</answer>"], mode="soft") == [1.0, 0.0]
+
+
+def test_cosine_length_reward_orders_completions():
+    from rewards.length import length_reward
+
+    right, wrong = "<answer>4</answer>", "<answer>5</answer>"
+    ids = [[0] * 10, [0] * 90, [0] * 10, [0] * 90]
+    out = length_reward([right, right, wrong, wrong], answer=["4"] * 4, max_len=100, completion_ids=ids)
+    short_right, long_right, short_wrong, long_wrong = out
+    assert short_right > long_right > 0 > long_wrong > short_wrong
+    assert short_right == pytest.approx(0.5 + 0.25 * (1 + __import__("math").cos(0.1 * __import__("math").pi)))
+    # without token ids the length is counted in words
+    assert length_reward([right], answer=["4"], max_len=100) == [pytest.approx(1.0, abs=1e-3)]
+
+
+def test_overlong_penalty():
+    from rewards.length import length_reward
+
+    out = length_reward(["x"] * 4, mode="overlong", max_len=100, cache_len=20, completion_ids=[[0] * 50, [0] * 80, [0] * 90, [0] * 120])
+    assert out == [0.0, 0.0, pytest.approx(-0.5), -1.0]
+    with pytest.raises(ValueError):
+        length_reward(["x"], mode="overlong", max_len=10, cache_len=20)
+
+
+def test_repetition_penalty():
+    from rewards.repetition import repetition_reward
+
+    loop, varied = "a b c " * 4, "the cat sat on the mat"
+    assert repetition_reward([loop, varied, "too short"]) == [pytest.approx(-0.7), 0.0, 0.0]
+    assert repetition_reward(["!!!! " * 50], ngram_size=2)[0] < -0.95
+
+
+def test_rewards_from_an_installed_package_entry_point(tmp_path, monkeypatch):
+    """A separate pip package adds a reward through the `rl_reasoning.rewards` entry-point group."""
+    (tmp_path / "myplug_mod.py").write_text("def shout(completions, **kw):\n    return [float(c.isupper()) for c in completions]\n")
+    dist = tmp_path / "myplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rl_reasoning.rewards]\nshout = myplug_mod:shout\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "shout" in rewards.available_rewards()
+    fn = rewards.get_reward("shout")
+    assert fn(["HEY", "hey"]) == [1.0, 0.0]
+    with pytest.raises(rewards.UnknownRewardError) as err:
+        rewards.get_reward("nope")
+    assert "shout" in str(err.value)
