@@ -20,6 +20,8 @@ def _train(args) -> int:
     from .trainer import run
 
     cfg = load_config(args.recipe, args.overrides)
+    # A reward module next to the recipe (e.g. recipes/my_rewards.py) is importable by name.
+    sys.path.insert(0, str(Path(args.recipe).resolve().parent))
     run(cfg, recipe_name=Path(args.recipe).stem, quiet=args.quiet)
     return 0
 
