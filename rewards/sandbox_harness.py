@@ -60,32 +60,40 @@ def _blocked_ancestor(path):
     return None
 
 
-def expose_interpreter():
-    """The interpreter may live under a directory 'nobody' cannot enter (e.g. /root/.pyenv).
-    In our private mount namespace, hide that directory under an empty tmpfs and bind the
-    interpreter's prefix back into it, read-only. Everything else there (~/.ssh...) stays hidden."""
+def _under(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def isolate_filesystem(tmp_mb, drop_privileges):
+    """In our private mount namespace: give every world-writable place (/tmp, /var/tmp, /dev/shm...)
+    a private size-capped tmpfs, hide directories 'nobody' cannot enter (e.g. /root, with ~/.ssh)
+    under an empty tmpfs, and bind the interpreter back, read-only, wherever one of those covered it
+    (a venv in /tmp/checkout, a pyenv under /root). The originals are reached through file
+    descriptors opened before anything was covered."""
     prefixes = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)})
-    plan = [(p, _blocked_ancestor(p)) for p in prefixes]
-    plan = [(p, b) for p, b in plan if b]
-    for n, (prefix, _) in enumerate(plan):
-        os.makedirs("/tmp/.interpreter-%d" % n)
-        _mount("--bind", prefix, "/tmp/.interpreter-%d" % n)
-    for blocked in sorted({b for _, b in plan}):
-        _mount("-t", "tmpfs", "-o", "mode=755,size=1m", "tmpfs", blocked)
-    for n, (prefix, _) in enumerate(plan):
-        os.makedirs(prefix, exist_ok=True)
-        _mount("--bind", "/tmp/.interpreter-%d" % n, prefix)
-        _mount("-o", "remount,bind,ro", prefix)
+    handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in prefixes}
+    blocked = sorted({b for p in prefixes if (b := _blocked_ancestor(p))}) if drop_privileges else []
+    covered = []
+    for shared in WORLD_WRITABLE:
+        if os.path.isdir(shared) and not os.path.islink(shared):
+            _mount("-t", "tmpfs", "-o", "size=%dm,mode=1777" % tmp_mb, "tmpfs", shared)
+            covered.append(shared)
+    for b in blocked:
+        if not any(_under(b, c) for c in covered):
+            _mount("-t", "tmpfs", "-o", "mode=755,size=1m", "tmpfs", b)
+            covered.append(b)
+    for prefix, fd in handles.items():
+        if any(_under(prefix, c) for c in covered):
+            os.makedirs(prefix, mode=0o755, exist_ok=True)
+            _mount("--no-canonicalize", "--bind", "/proc/%d/fd/%d" % (os.getpid(), fd), prefix)
+            _mount("-o", "remount,bind,ro", prefix)
+        os.close(fd)
 
 
 def isolate(limits):
     """Private /tmp, fresh work dir, rlimits, then drop root. Runs before any candidate code."""
     if os.geteuid() == 0 and limits.get("private_tmp"):
-        for shared in WORLD_WRITABLE:  # private, size-capped copies of every world-writable place
-            if os.path.isdir(shared):
-                _mount("-t", "tmpfs", "-o", "size=%dm,mode=1777" % limits["tmp_mb"], "tmpfs", shared)
-        if limits.get("drop_privileges"):
-            expose_interpreter()
+        isolate_filesystem(limits["tmp_mb"], limits.get("drop_privileges"))
     work = "/tmp/work" if limits.get("private_tmp") else limits["work_dir"]
     os.makedirs(work, exist_ok=True)
     if os.geteuid() == 0 and limits.get("drop_privileges"):
