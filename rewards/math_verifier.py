@@ -60,12 +60,14 @@ def refuse_reason(text: str) -> str | None:
 
 
 def _parse(text: str):
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+    from math_verify import LatexExtractionConfig, parse
 
+    # LaTeX extraction only: it goes through latex2sympy's grammar. math-verify's plain-expression
+    # extractor hands text to sympy's parse_expr, which is an eval, so model text never goes there.
     wrapped = text if "$" in text or "\\boxed" in text else f"${text}$"
     parsed = parse(
         wrapped,
-        extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
+        extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
         parsing_timeout=None,  # the parent enforces the deadline
     )
     return [p for p in parsed if not isinstance(p, str)]  # drop math-verify's raw-string fallback

@@ -22,3 +22,9 @@ def returns_nan(completions, **_):
 
 def skips_odd(completions, **_):
     return [None if i % 2 else float(len(c) % 5) for i, c in enumerate(completions)]
+
+
+def with_metrics(completions, **_):
+    from rewards.scored import ScoredList
+
+    return ScoredList([float(len(c) % 2) for c in completions], {"odd_frac": 0.25})

@@ -126,3 +126,32 @@ def test_metrics_count_parse_failures_and_fallback():
     assert out.metrics["gold_unparseable_frac"] == 0.25
     assert out.metrics["fallback_frac"] == 0.25
     assert out.metrics["no_answer_frac"] == 0.25
+
+
+def test_model_text_never_reaches_sympy_parse_expr(monkeypatch):
+    """sympy's parse_expr is an eval: only grammar tokens (numbers, unit names) may reach it, never model text."""
+    import re
+
+    import sympy.parsing.sympy_parser as sp
+
+    from rewards.math_verifier import compare
+
+    original, seen = sp.parse_expr, []
+
+    def spy(text, *args, **kwargs):
+        seen.append(text)
+        return original(text, *args, **kwargs)
+
+    import sys
+
+    import math_verify  # noqa: F401 - import everything that may hold its own reference first
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "parse_expr", None) is original:
+            monkeypatch.setattr(module, "parse_expr", spy)
+    assert compare("\\frac{1}{2}", "0.5") == "equal"
+    assert compare("5", "__import__('os').system('id')") in ("pred_unparseable", "different")
+    assert compare("5", "(lambda: 5)()") in ("pred_unparseable", "different")
+    assert compare("x^2+2x+1", "(x+1)^2") == "equal"
+    assert seen, "the spy saw nothing: the patch did not reach math-verify"
+    assert all(re.fullmatch(r"[A-Za-z0-9.]+", t) for t in seen if isinstance(t, str)), [t for t in seen if not re.fullmatch(r"[A-Za-z0-9.]+", str(t))]

@@ -225,3 +225,11 @@ def test_custom_reward_recipe_from_the_readme_runs(tiny_model_dir, arithmetic_js
     assert cli.main(args) == 0
     metrics = list(read_records(tmp_path / "run" / "metrics.jsonl"))[0]
     assert "rewards/my_rewards:short_and_right/mean" in metrics and "rewards/repetition/mean" in metrics
+
+
+def test_reward_metrics_reach_the_metrics_file(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=1, eval__at_start="false", eval__at_end="false",
+          rewards="[{name: 'tests.reward_fns:with_metrics'}]")
+    m = list(read_records(tmp_path / "run" / "metrics.jsonl"))[0]
+    assert m["rewards/tests.reward_fns:with_metrics/odd_frac"] == 0.25
+    assert m["time/reward/tests.reward_fns:with_metrics"] >= 0
