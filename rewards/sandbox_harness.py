@@ -64,7 +64,7 @@ def _under(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def isolate_filesystem(tmp_mb, drop_privileges):
+def isolate_filesystem(tmp_mb, drop_privileges, hide=()):
     """In our private mount namespace: give every world-writable place (/tmp, /var/tmp, /dev/shm...)
     a private size-capped tmpfs, hide directories 'nobody' cannot enter (e.g. /root, with ~/.ssh)
     under an empty tmpfs, and bind the interpreter back, read-only, wherever one of those covered it
@@ -88,12 +88,15 @@ def isolate_filesystem(tmp_mb, drop_privileges):
             _mount("--no-canonicalize", "--bind", "/proc/%d/fd/%d" % (os.getpid(), fd), prefix)
             _mount("-o", "remount,bind,ro", prefix)
         os.close(fd)
+    for path in hide:  # the trainer's working tree, site-packages: data and solutions live there
+        if os.path.isdir(path) and not any(_under(path, c) for c in covered if c not in WORLD_WRITABLE):
+            _mount("-t", "tmpfs", "-o", "mode=755,size=1m", "tmpfs", path)
 
 
 def isolate(limits):
     """Private /tmp, fresh work dir, rlimits, then drop root. Runs before any candidate code."""
     if os.geteuid() == 0 and limits.get("private_tmp"):
-        isolate_filesystem(limits["tmp_mb"], limits.get("drop_privileges"))
+        isolate_filesystem(limits["tmp_mb"], limits.get("drop_privileges"), limits.get("hide", ()))
     work = "/tmp/work" if limits.get("private_tmp") else limits["work_dir"]
     os.makedirs(work, exist_ok=True)
     if os.geteuid() == 0 and limits.get("drop_privileges"):
@@ -115,6 +118,8 @@ def isolate(limits):
 
 
 def main():
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)  # a correct result may be a big integer
     job_path, result_fd = sys.argv[1], int(sys.argv[2])
     with open(job_path) as f:
         job = json.load(f)

@@ -92,6 +92,21 @@ def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
     return path
 
 
+def set_aside_newer_checkpoints(run_dir: Path, step: int) -> list[Path]:
+    """Resuming from an older checkpoint abandons the later ones: rename them (nothing is deleted)
+    so that retention and `resume: true` only ever see checkpoints of the run being continued."""
+    moved = []
+    for path in list_checkpoints(run_dir):
+        if int(STEP_DIR.match(path.name).group(1)) > step:
+            target = path.with_name(path.name + ".abandoned")
+            n = 1
+            while target.exists():
+                target, n = path.with_name(f"{path.name}.abandoned-{n}"), n + 1
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
 def load_training_state(path: Path, model, optimizer, scheduler, generator) -> dict:
     """Restore everything but the model config; returns trainer_state.json."""
     from safetensors.torch import load_file

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value or section.key=value, e.g. optim.lr=1e-5 max_steps=20")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
     train.set_defaults(func=_train)
+    from .eval_cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     prep = sub.add_parser("prepare", help="convert and cache models ahead of time (default: the embedded model)")
     prep.add_argument("models", nargs="*")
     prep.set_defaults(func=_prepare)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,15 +34,27 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["reasoning_gym", "jsonl"] = "reasoning_gym"
+    source: Literal["reasoning_gym", "file", "jsonl", "hf", "humaneval"] = "reasoning_gym"
     task: str = "basic_arithmetic"
     """reasoning-gym dataset name (source=reasoning_gym)."""
     task_config: dict = field(default_factory=dict)
     """Keyword arguments for the reasoning-gym dataset (e.g. min_digits, operators)."""
+    mixture: list[dict] = field(default_factory=list)
+    """Weighted reasoning-gym mixture: [{task, weight, config}, ...] (replaces task/task_config)."""
     path: str | None = None
-    """JSONL file (source=jsonl): one object per line."""
-    question_column: str = "question"
-    answer_column: str = "answer"
+    """Local file (source=file): .jsonl, .json, .csv or .parquet."""
+    name: str | None = None
+    """Hugging Face dataset name (source=hf), e.g. openai/gsm8k."""
+    config_name: str | None = None
+    split: str = "train"
+    question_column: str | None = None
+    """Default: the first of question / prompt / problem."""
+    answer_column: str | None = None
+    """Default: answer, else solution."""
+    tests_column: str | None = None
+    """Default: tests, if present (for the code reward)."""
+    answer_format: Literal["auto", "raw", "gsm8k", "math"] = "auto"
+    on_bad_row: Literal["error", "skip"] = "error"
     train_size: int = 10000
     """Number of training problems (procedural tasks generate them lazily)."""
     eval_size: int = 50
@@ -107,6 +120,13 @@ class EvalConfig:
     max_new_tokens: int | None = None
     """Default: rollout.max_new_tokens."""
     batch_size: int = 64
+    """Completions generated together."""
+    num_samples: int = 0
+    """n sampled completions per problem for pass@k / maj@k (0 = greedy only)."""
+    k: list[int] = field(default_factory=list)
+    """The k of pass@k and maj@k (each <= num_samples)."""
+    temperature: float = 0.6
+    """Sampling temperature for pass@k / maj@k."""
 
 
 @dataclass
@@ -163,8 +183,18 @@ class Config:
             ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),
             ("optim.max_grad_norm", self.optim.max_grad_norm >= 0, "must be >= 0"),
+            ("optim.weight_decay", self.optim.weight_decay >= 0, "must be >= 0"),
+            ("optim.adam_beta1", 0 <= self.optim.adam_beta1 < 1, "must be in [0, 1)"),
+            ("optim.adam_beta2", 0 <= self.optim.adam_beta2 < 1, "must be in [0, 1)"),
+            ("rollout.stop", all(self.rollout.stop), "stop strings must not be empty"),
+            ("eval.max_new_tokens", self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "must be >= 1"),
+            ("threads", self.threads is None or self.threads >= 1, "must be >= 1"),
+            ("data.split", bool(self.data.split), "must not be empty"),
             ("eval.every", self.eval.every >= 0, "must be >= 0"),
             ("eval.batch_size", self.eval.batch_size >= 1, "must be >= 1"),
+            ("eval.num_samples", self.eval.num_samples >= 0, "must be >= 0"),
+            ("eval.k", all(1 <= k <= max(self.eval.num_samples, 0) for k in self.eval.k), "each k must be between 1 and eval.num_samples"),
+            ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
             ("data.train_size", self.data.train_size >= 1, "must be >= 1"),
             ("data.eval_size", self.data.eval_size >= 0, "must be >= 0"),
             ("max_steps", self.max_steps >= 1, "must be >= 1"),
@@ -179,8 +209,10 @@ class Config:
                 raise ConfigError(f"{key}: {why}")
         if self.temperature_is_greedy():
             raise ConfigError("rollout.temperature: must be > 0 for training (0 would make every group identical)")
-        if self.data.source == "jsonl" and not self.data.path:
-            raise ConfigError("data.path: required when data.source is 'jsonl'")
+        if self.data.source in ("file", "jsonl") and not self.data.path:
+            raise ConfigError(f"data.path: required when data.source is '{self.data.source}'")
+        if self.data.source == "hf" and not self.data.name:
+            raise ConfigError("data.name: required when data.source is 'hf'")
         t = self.prompt.template
         if t not in ("chat", "r1zero") and "{question}" not in t:
             raise ConfigError("prompt.template: must be 'chat', 'r1zero', or a string containing {question}")
@@ -344,14 +376,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

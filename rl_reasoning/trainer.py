@@ -27,9 +27,9 @@ from rewards.format import is_well_formatted
 
 from . import checkpoint as ckpt
 from .config import Config, RewardSpec, dump_config
-from .data import PromptSampler, load_task
+from .tasks import PromptSampler, load_task
 from .errors import ConfigError, UserError
-from .evaluation import CORRECT, evaluate, problem_columns
+from .evaluation import CORRECT, answer_fallback, evaluate, problem_columns
 from .grpo import LossNormalizer, group_advantages, group_reward_std, policy_loss
 from .jsonl import JsonlWriter, read_records, truncate_after_step
 from .models import eos_token_ids, load_model
@@ -120,7 +120,7 @@ class GRPOTrainer:
         self.engine = RolloutEngine(
             self.accelerator.unwrap_model(self.model), self.tokenizer, eos_token_ids(model, self.tokenizer), self.tokenizer.pad_token_id
         )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)  # sampling happens on the model's device
         self.step = 0
         self.eval_history: list[dict] = []
         self.is_main = self.accelerator.is_main_process
@@ -135,6 +135,7 @@ class GRPOTrainer:
             if self.is_main:
                 for name in RUN_FILES:
                     truncate_after_step(self.run_dir / name, self.step)
+                ckpt.set_aside_newer_checkpoints(self.run_dir, self.step)
             self.eval_history = list(read_records(self.run_dir / "eval.jsonl"))
             self._print(f"resumed from {resume_from} at step {self.step}")
         self.resumed_from = resume_from
@@ -240,9 +241,12 @@ class GRPOTrainer:
         N = len(rollout)
         normalizer = LossNormalizer(cfg.grpo.loss_type, N, int(mask.sum()), cfg.rollout.max_new_tokens)
         lengths = mask.sum(-1)  # (N,)
-        trainable = lengths > 0
-        if cfg.grpo.beta == 0 and self.accelerator.num_processes == 1:
-            trainable &= advantages != 0  # zero advantage and no KL: exactly zero gradient
+        if self.accelerator.num_processes > 1:
+            trainable = torch.ones_like(lengths, dtype=torch.bool)  # same micro-batch count on every rank (DDP all-reduce)
+        else:
+            trainable = lengths > 0
+            if cfg.grpo.beta == 0:
+                trainable &= advantages != 0  # zero advantage and no KL: exactly zero gradient
         rows = torch.nonzero(trainable).flatten()
         total_len = rollout.prompt_mask.sum(-1) + lengths
         rows = rows[torch.argsort(total_len[rows], stable=True)]  # length buckets: little padding
@@ -385,6 +389,11 @@ class GRPOTrainer:
             list(cfg.rollout.stop),
             cfg.eval.batch_size,
             self.step,
+            n=cfg.eval.num_samples,
+            ks=tuple(cfg.eval.k),
+            temperature=cfg.eval.temperature,
+            seed=cfg.seed,
+            answer_fallback=answer_fallback(self.accuracy),
         )
         metrics["step"] = self.step
         self.eval_history.append(metrics)

