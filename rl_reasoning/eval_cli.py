@@ -35,14 +35,19 @@ def build_config(args) -> Config:
     cfg = load_config(args.recipe, overrides)
     if args.model:
         cfg.model.name = args.model
+    keep_rewards = args.recipe is not None
     if args.task:
         if args.task == "humaneval":
             cfg.data.source = "humaneval"
         elif args.task.endswith((".jsonl", ".json", ".csv", ".parquet")):
             cfg.data.source, cfg.data.path = "file", args.task
         else:
+            if args.task != cfg.data.task or cfg.data.mixture:
+                cfg.data.task_config, cfg.data.mixture = {}, []  # the recipe's task settings belong to its task
             cfg.data.source, cfg.data.task = "reasoning_gym", args.task
-    if args.recipe is None or args.task:
+        # a recipe's task-agnostic reasoning-gym verifier still applies to another reasoning-gym task
+        keep_rewards = keep_rewards and cfg.data.source == "reasoning_gym" and cfg.accuracy_reward_name == "reasoning_gym"
+    if not keep_rewards:
         default = {"humaneval": "code", "reasoning_gym": "reasoning_gym"}.get(cfg.data.source, "math")
         cfg.rewards, cfg.accuracy_reward, cfg.reward_weights = [RewardSpec(default)], None, None
         if cfg.data.source == "humaneval":
