@@ -117,6 +117,7 @@ def evaluate(
         "eval/mean_length": sum(r["length"] for r in records) / count,
         "eval/truncated_frac": sum(r["truncated"] for r in records) / count,
         "eval/num_problems": len(records),
+        "eval/greedy_seconds": time.perf_counter() - start,
     }
     if n >= 1 and problems:
         sampled = RolloutConfig(num_generations=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
@@ -143,5 +144,6 @@ def evaluate(
         metrics["eval/sampled_format_rate"] = sum(formatted) / max(len(formatted), 1)
         metrics["eval/sampled_mean_length"] = sum(lengths) / max(len(lengths), 1)
         metrics["eval/sampled_truncated_frac"] = sum(truncated) / max(len(truncated), 1)
+        metrics["eval/sampled_seconds"] = time.perf_counter() - start - metrics["eval/greedy_seconds"]
     metrics["eval/seconds"] = time.perf_counter() - start
     return metrics, records
