@@ -287,7 +287,7 @@ def _collect(proc, read_fd, token, tests, limits, start):
         if v is None:
             # the child died or stopped reporting: killed by a limit, exited early, or crashed
             verdicts[i] = "timeout" if "wall-clock limit" in details else "runtime_error"
-    if returncode and not any(v == "pass" for v in verdicts) and returncode < 0:
+    if returncode < 0:
         details.append(f"killed by signal {-returncode}")
     decoded = {k: bytes(v).decode("utf-8", "replace") for k, v in captured.items()}
     return verdicts, details, decoded["stdout"], decoded["stderr"]

@@ -13,7 +13,6 @@ step accumulated over length-sorted micro-batches. Departures from TRL's GRPOTra
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -506,7 +505,5 @@ def _summary_line(m: dict) -> str:
 
 
 def run(cfg: Config, recipe_name: str = "run", quiet: bool = False) -> dict:
-    """Build a trainer and train; math.isnan guards keep the summary JSON-friendly."""
-    trainer = GRPOTrainer(cfg, recipe_name=recipe_name, quiet=quiet)
-    summary = trainer.train()
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    """Build a trainer, train, and return the run summary."""
+    return GRPOTrainer(cfg, recipe_name=recipe_name, quiet=quiet).train()

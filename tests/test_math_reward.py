@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rewards.math import math_reward
-from rewards.math_verifier import MathVerifierPool, refuse_reason, shared_pool
+from rewards.math_verifier import MathVerifierPool, refuse_reason
 
 CORPUS = Path(__file__).parent / "data" / "math_cases.jsonl"
 GENERATED = {"unbalanced_braces_10mb": lambda: "\\boxed{" * 1_000_000 + "{" * 4_000_000}
