@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup model train test test-fast clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
+
+.PHONY: setup model browser train test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +23,15 @@ setup: $(VENV)/.installed
 model: setup
 	$(PY) -m rl_reasoning prepare
 
+# Headless Chromium (Debian package) for the report's browser test.
+browser:
+	command -v chromium >/dev/null || $(APT) install --no-install-recommends chromium >/dev/null \
+	  || { $(APT) update >/dev/null && $(APT) install --no-install-recommends chromium >/dev/null; }
+
 train: model
 	$(VENV)/bin/rl-reasoning train recipes/quickstart.yaml $(ARGS)
 
-test: model
+test: model browser
 	$(PY) -m pytest -m "slow or not slow" $(ARGS)
 
 test-fast: setup

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval_cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+    from .traces.cli import add_parser as add_traces_parser
+    from .traces.report import add_parser as add_report_parser
+
+    add_traces_parser(sub)
+    add_report_parser(sub)
     prep = sub.add_parser("prepare", help="convert and cache models ahead of time (default: the embedded model)")
     prep.add_argument("models", nargs="*")
     prep.set_defaults(func=_prepare)

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+from .traces.alarms import AlarmConfig
 
 
 @dataclass
@@ -130,6 +131,18 @@ class EvalConfig:
 
 
 @dataclass
+class TracesConfig:
+    analyze: bool = True
+    """Run the self-correction detectors on every completion; log traces/* metrics and alarms."""
+    reflection_markers: list[str] | None = None
+    """Plain phrases replacing the default reflection markers (null = the defaults listed in the README)."""
+    extra_reflection_markers: list[str] = field(default_factory=list)
+    """Phrases added to the markers, e.g. ["let me think"]."""
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    """Thresholds of the reward-hacking and collapse alarms (window, patience, ...)."""
+
+
+@dataclass
 class RewardSpec:
     name: str
     weight: float = 1.0
@@ -146,6 +159,7 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
     rewards: list[RewardSpec] = field(
         default_factory=lambda: [RewardSpec("reasoning_gym"), RewardSpec("format", 0.5)]
     )
@@ -203,6 +217,11 @@ class Config:
             ("save_total_limit", self.save_total_limit >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("rewards", len(self.rewards) >= 1, "needs at least one reward"),
+            ("traces.alarms.window", self.traces.alarms.window >= 3, "must be >= 3"),
+            ("traces.alarms.patience", self.traces.alarms.patience >= 1, "must be >= 1"),
+            ("traces.alarms.degenerate_frac", 0 < self.traces.alarms.degenerate_frac <= 1, "must be in (0, 1]"),
+            ("traces.alarms.entropy_ratio", 0 <= self.traces.alarms.entropy_ratio < 1, "must be in [0, 1)"),
+            ("traces.reflection_markers", all(m.strip() for m in (self.traces.reflection_markers or []) + self.traces.extra_reflection_markers), "markers must not be empty"),
         ]
         for key, ok, why in checks:
             if not ok:

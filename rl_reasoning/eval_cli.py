@@ -69,6 +69,7 @@ def run_eval(args) -> dict:
     from .tasks import load_task
     from .trainer import quiet_library_progress_bars
     from .evaluation import answer_fallback, evaluate
+    from .traces import Analyzer
 
     cfg = build_config(args)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else ()
@@ -87,6 +88,7 @@ def run_eval(args) -> dict:
         engine, loaded.tokenizer, problems, cfg.prompt, scorer,
         cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, list(cfg.rollout.stop), args.batch_size or cfg.eval.batch_size, 0,
         n=args.n if ks else 0, ks=ks, temperature=args.temperature, seed=cfg.seed, answer_fallback=answer_fallback(scorer),
+        analyzer=Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers)),
     )
     task = data_cfg.task if data_cfg.source == "reasoning_gym" else (data_cfg.path or data_cfg.name or data_cfg.source)
     result = {

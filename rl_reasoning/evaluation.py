@@ -95,6 +95,7 @@ def evaluate(
     top_p: float = 1.0,
     seed: int = 0,
     answer_fallback: str = "none",
+    analyzer=None,
 ) -> tuple[dict, list[dict]]:
     """Greedy pass@1 (always) and, with n >= 1 samples, pass@k and maj@k for each k in ks. Returns (metrics, per-problem records)."""
     start = time.perf_counter()
@@ -119,6 +120,8 @@ def evaluate(
         "eval/num_problems": len(records),
         "eval/greedy_seconds": time.perf_counter() - start,
     }
+    if analyzer is not None and records:
+        metrics.update(_reflection_metrics(records, analyzer))
     if n >= 1 and problems:
         sampled = RolloutConfig(num_generations=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
         generator = torch.Generator(device=engine.device).manual_seed(seed)
@@ -147,3 +150,20 @@ def evaluate(
         metrics["eval/sampled_seconds"] = time.perf_counter() - start - metrics["eval/greedy_seconds"]
     metrics["eval/seconds"] = time.perf_counter() - start
     return metrics, records
+
+
+REFLECTION_METRICS = ("reflection_rate", "reflections_per_1k_tokens", "revision_rate", "verification_rate")
+
+
+def _reflection_metrics(records: list[dict], analyzer) -> dict:
+    """Self-correction rates of the greedy completions (see rl_reasoning.traces); adds `reflections` to each record."""
+    from .traces import step_statistics
+
+    analyses = []
+    for r in records:
+        a = analyzer(r["completion"], str(r["answer"]), r["correct"], r["length"])
+        r["reflections"] = [span.label for span in a.reflections]
+        r["revision"] = a.revision.kind if a.revision else None
+        analyses.append(a)
+    stats = step_statistics(analyses)
+    return {f"eval/{k}": stats[f"traces/{k}"] for k in REFLECTION_METRICS}

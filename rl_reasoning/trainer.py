@@ -13,6 +13,7 @@ step accumulated over length-sorted micro-batches. Departures from TRL's GRPOTra
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewards.extract import extract_answer
 from rewards.format import is_well_formatted
 
 from . import checkpoint as ckpt
@@ -35,6 +37,7 @@ from .models import eos_token_ids, load_model
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import RewardRunner
 from .rollout import RolloutBatch, RolloutEngine, completion_logprobs
+from .traces import AlarmMonitor, Analyzer, step_statistics
 
 RUN_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
 
@@ -88,11 +91,15 @@ class GRPOTrainer:
         acc_spec = cfg.rewards[acc_index]
         self.accuracy = RewardRunner([RewardSpec(acc_spec.name, 1.0, acc_spec.kwargs)], [1.0])
         self.data = load_task(cfg.data)
+        self.analyzer = Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers))
+        self.alarms = AlarmMonitor(cfg.traces.alarms)
+        self.answer_fallback = answer_fallback(self.accuracy)
         self.sampler = PromptSampler(self.data, cfg.seed)
 
         loaded = load_model(cfg.model.name, self.accelerator.device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
         self.tokenizer = loaded.tokenizer
         model = loaded.model
+        self.num_parameters = sum(p.numel() for p in model.parameters())
         model.config.use_cache = False
         self.ref_model = None
         if cfg.grpo.beta > 0:
@@ -166,6 +173,8 @@ class GRPOTrainer:
                 metrics["step"] = self.step
                 last = metrics
                 self._log(metrics)
+                for alarm in metrics.get("alarms", []):
+                    self._warn(f"step {self.step}: {alarm}", bar)
                 bar.update(1)
                 bar.set_postfix(
                     reward=f"{metrics['reward/mean']:.3f}",
@@ -218,7 +227,10 @@ class GRPOTrainer:
         update_stats = self.update(rollout, advantages, mask)
         t_upd = time.perf_counter()
 
+        correct = rewards.components[cfg.accuracy_reward_name] >= CORRECT  # (N,)
+        analyses = self._analyze(completions, problems, G, correct, rollout.lengths)
         metrics = self._step_metrics(rollout, rewards, advantages, completions, columns, update_stats)
+        metrics.update(step_statistics(analyses) if analyses else {})
         metrics.update(
             {
                 "time/generation": t_gen - t_start,
@@ -229,8 +241,19 @@ class GRPOTrainer:
                 "throughput/tokens_per_s": float(rollout.lengths.sum() + rollout.prompt_mask.sum()) / max(t_upd - t_start, 1e-9),
             }
         )
-        self._write_traces(problems, prompt_texts, completions, rollout, rewards, advantages)
+        self._write_traces(problems, prompt_texts, completions, rollout, rewards, advantages, analyses)
+        if cfg.traces.analyze:
+            metrics["alarms"] = [f"{a.name}: {a.message}" for a in self.alarms.update({**metrics, "step": self.step + 1})]
         return metrics
+
+    def _analyze(self, completions, problems, G, correct, lengths) -> list:
+        """Self-correction analysis of every completion (empty when traces.analyze is off)."""
+        if not self.cfg.traces.analyze:
+            return []
+        return [
+            self.analyzer(text, str(problems[i // G]["answer"]), bool(correct[i]), int(lengths[i]))
+            for i, text in enumerate(completions)
+        ]
 
     # ------------------------------------------------------------------ the update
 
@@ -292,6 +315,7 @@ class GRPOTrainer:
         mu = cfg.grpo.num_iterations
         totals = {k: v / mu for k, v in totals.items()}
         totals["trained_sequences"] = len(rows)
+        totals["trained_tokens"] = int(total_len[rows].sum()) if len(rows) else 0  # per optimizer step
         return totals
 
     def _micro_inputs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
@@ -336,7 +360,13 @@ class GRPOTrainer:
             "lr": self.scheduler.get_last_lr()[0],
             "update/trained_sequences": stats["trained_sequences"],
             "tokens/generated": int(completion_tokens),
+            "tokens/prompt": int(rollout.prompt_mask[::G].sum()),  # prefilled once per group
+            "tokens/trained": stats["trained_tokens"],
         }
+        m["flops/step"] = step_flops(
+            self.num_parameters, m["tokens/prompt"], m["tokens/generated"], m["tokens/trained"],
+            self.cfg.grpo.num_iterations, reference=self.cfg.grpo.beta > 0,
+        )
         m["clip/region_frac"] = m["clip/low_frac"] + m["clip/high_frac"]
         if self.cfg.grpo.beta > 0:
             m["kl"] = stats["kl_sum"] / max(stats["tokens"], 1)
@@ -349,7 +379,7 @@ class GRPOTrainer:
                 m[f"rewards/{name}/{key}"] = float(value)
         return m
 
-    def _write_traces(self, problems, prompt_texts, completions, rollout, rewards, advantages) -> None:
+    def _write_traces(self, problems, prompt_texts, completions, rollout, rewards, advantages, analyses) -> None:
         if not self.is_main:
             return
         G = rollout.group_size
@@ -372,8 +402,16 @@ class GRPOTrainer:
                     "advantage": float(advantages[i]),
                     "length": int(rollout.lengths[i]),
                     "truncated": bool(rollout.truncated[i]),
+                    "extracted_answer": extract_answer(completion, self.answer_fallback),
                 }
             )
+            if analyses:
+                a = analyses[i]
+                records[-1].update(
+                    reflections=[r.label for r in a.reflections],
+                    revision=a.revision.kind if a.revision else None,
+                    verified=bool(a.verifications),
+                )
         self.traces_file.write(records)
 
     def run_eval(self) -> dict:
@@ -392,7 +430,8 @@ class GRPOTrainer:
             ks=tuple(cfg.eval.k),
             temperature=cfg.eval.temperature,
             seed=cfg.seed,
-            answer_fallback=answer_fallback(self.accuracy),
+            answer_fallback=self.answer_fallback,
+            analyzer=self.analyzer if cfg.traces.analyze else None,
         )
         metrics["step"] = self.step
         self.eval_history.append(metrics)
@@ -430,7 +469,7 @@ class GRPOTrainer:
             return
         self.metrics_file.write([metrics])
         if self.cfg.report_to:
-            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}, step=metrics["step"])
 
     def summary(self, last: dict, final_checkpoint: Path) -> dict:
         first_eval = self.eval_history[0] if self.eval_history else None
@@ -438,6 +477,7 @@ class GRPOTrainer:
         out = {
             "run_dir": str(self.run_dir),
             "steps": self.step,
+            "model_parameters": self.num_parameters,
             "final_checkpoint": str(final_checkpoint),
             "metrics": str(self.run_dir / "metrics.jsonl"),
             "traces": str(self.run_dir / "traces.jsonl"),
@@ -466,6 +506,21 @@ class GRPOTrainer:
     def _print(self, text: str) -> None:
         if not self.quiet and self.accelerator.is_main_process:
             print(text, flush=True)
+
+    def _warn(self, text: str, bar) -> None:
+        """Alarms: above the progress bar, or through logging when the run is quiet."""
+        if not self.is_main:
+            return
+        if self.quiet:
+            logging.getLogger("rl_reasoning").warning(text)
+        else:
+            bar.write(f"warning: {text}")
+
+
+def step_flops(n_params: int, prompt_tokens: int, generated_tokens: int, trained_tokens: int, mu: int, reference: bool) -> float:
+    """Model FLOPs of one step (Kaplan et al.'s 2N per forward token, 6N per trained token; attention
+    ignored): prefill + decode, mu forward/backward passes, and a reference forward when beta > 0."""
+    return 2.0 * n_params * (prompt_tokens + generated_tokens + (trained_tokens if reference else 0)) + 6.0 * n_params * trained_tokens * mu
 
 
 def _nanmean(x: torch.Tensor) -> float:

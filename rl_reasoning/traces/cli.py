@@ -1,0 +1,383 @@
+"""`rl-reasoning traces summary|show|grep|diff RUN ...`: look at a run's completions from a terminal.
+
+Every command streams the trace file (one step or one bucket in memory), so it works on runs
+of 100k+ completions. Analyses are recomputed from the text, so old runs and other marker lists
+(`--marker`) work too. Highlighting uses ANSI colours on a terminal and ⟦brackets⟧ otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import re
+import shutil
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+from ..errors import UserError
+from ..jsonl import read_records
+from .alarms import alarms_from_metrics
+from .analysis import Analyzer, TraceAnalysis, step_statistics
+from .store import iter_steps, load, prompt_key
+
+# --------------------------------------------------------------------------- helpers
+
+
+def analyzer_from_args(args) -> Analyzer:
+    return Analyzer(args.markers or None, list(args.extra_marker or []))
+
+
+def analyze_record(analyzer: Analyzer, record: dict) -> TraceAnalysis:
+    return analyzer(record.get("completion", ""), _gold(record), record.get("correct"), record.get("length"))
+
+
+def _gold(record: dict) -> str | None:
+    answer = record.get("answer")
+    return None if answer is None else str(answer)
+
+
+def _fmt(v, rate: bool = True) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.0%}" if rate else f"{v:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Highlighter:
+    def __init__(self, color: bool):
+        self.color = color
+
+    def mark(self, text: str, kind: str) -> str:
+        if self.color:
+            code = {"wrong": "1;31", "right": "1;32", "point": "1;33;4", "match": "1;35"}[kind]
+            return f"\x1b[{code}m{text}\x1b[0m"
+        return {"wrong": "⟦✗ ", "right": "⟦✓ ", "point": "⟦", "match": "⟦"}[kind] + text + "⟧"
+
+
+def highlight_revision(text: str, analysis: TraceAnalysis, hl: Highlighter) -> str:
+    """The completion with the abandoned answer, the revision point and the final answer marked."""
+    rev = analysis.revision
+    if rev is None:
+        return text
+    before_ok = rev.kind == "right_to_wrong"
+    after_ok = rev.kind == "wrong_to_right"
+    spans = sorted(
+        {(rev.before.start, rev.before.end, "right" if before_ok else "wrong"),
+         (rev.point.start, rev.point.end, "point"),
+         (rev.after.start, rev.after.end, "right" if after_ok else "wrong")}
+    )
+    out, pos = [], 0
+    for start, end, kind in spans:
+        if start < pos:
+            continue
+        out += [text[pos:start], hl.mark(text[start:end], kind)]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _parse_steps(value: str | None) -> tuple[int | None, int | None] | None:
+    if not value:
+        return None
+    m = re.fullmatch(r"(\d*)(?::|-|\.\.)(\d*)|(\d+)", value.strip())
+    if not m:
+        raise UserError(f"--steps: expected A:B, A: or :B (e.g. 10:20), got {value!r}")
+    if m.group(3):
+        return int(m.group(3)), int(m.group(3))
+    lo, hi = m.group(1), m.group(2)
+    return (int(lo) if lo else None, int(hi) if hi else None)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary_rows(run, split: str, bucket: int, analyzer: Analyzer) -> list[dict]:
+    """One dict per bucket of `bucket` steps: reward, accuracy, length and the traces/* rates."""
+    rows, pending, lo = [], [], None
+
+    def flush():
+        if not pending:
+            return
+        records, analyses = zip(*pending)
+        stats = step_statistics(analyses)
+        rewards = [r["reward"] for r in records if r.get("reward") is not None]
+        fmt = [r["formatted"] for r in records if "formatted" in r]
+        rows.append({
+            "steps": f"{lo}" if bucket == 1 else f"{lo}–{records[-1]['step']}",
+            "completions": len(records),
+            "reward": sum(rewards) / len(rewards) if rewards else None,
+            "accuracy": sum(bool(r.get("correct")) for r in records) / len(records),
+            **({"format": sum(fmt) / len(fmt)} if fmt else {}),
+            **stats,
+        })
+        pending.clear()
+
+    for step, records in iter_steps(run, split):
+        if lo is None or step >= lo + bucket:
+            flush()
+            lo = step
+        pending.extend((r, analyze_record(analyzer, r)) for r in records)
+    flush()
+    return rows
+
+
+def _auto_bucket(run, split: str) -> int:
+    path = Path(run) / "metrics.jsonl"
+    steps = sum(1 for _ in read_records(path)) if split == "train" and path.exists() else 0
+    return max(1, math.ceil(steps / 20)) if steps else 1
+
+
+def cmd_summary(args) -> int:
+    bucket = args.bucket or _auto_bucket(args.run, args.split)
+    rows = summary_rows(args.run, args.split, bucket, analyzer_from_args(args))
+    if not rows:
+        raise UserError(f"{args.run}: no {args.split} traces yet")
+    header = ["steps", "n", "reward", "accuracy", "length", "reflect", "refl/1k tok", "revise", "w→r", "r→w", "w→w", "verify", "aha", "acc | reflect", "acc | no reflect", "degenerate"]
+    body = [
+        [
+            r["steps"], str(r["completions"]), _fmt(r["reward"], rate=False) if r["reward"] is not None else "–", _fmt(r["accuracy"]),
+            _fmt(r["traces/mean_length"], rate=False), _fmt(r["traces/reflection_rate"]), _fmt(r["traces/reflections_per_1k_tokens"], rate=False),
+            _fmt(r["traces/revision_rate"]), _fmt(r["traces/revision/wrong_to_right"]), _fmt(r["traces/revision/right_to_wrong"]),
+            _fmt(r["traces/revision/wrong_to_wrong"]), _fmt(r["traces/verification_rate"]), str(int(r["traces/aha_count"])),
+            _fmt(r["traces/accuracy_with_reflection"]), _fmt(r["traces/accuracy_without_reflection"]), _fmt(r["traces/degenerate_frac"]),
+        ]
+        for r in rows
+    ]
+    print(_table(header, body))
+    metrics = Path(args.run) / "metrics.jsonl"
+    if args.split == "train" and metrics.exists():
+        alarms = alarms_from_metrics(read_records(metrics))
+        print("\nalarms: " + ("none" if not alarms else ""))
+        for a in alarms:
+            print(f"  step {a.step}: {a.name}: {a.message}")
+    return 0
+
+
+# --------------------------------------------------------------------------- show
+
+
+def _panel(record: dict, analysis: TraceAnalysis, index: int, hl: Highlighter, width: int) -> list[str]:
+    mark = "✓" if record.get("correct") else "✗"
+    adv = record.get("advantage")
+    head = f"#{record.get('group_index', index)} {mark} reward {_fmt(record.get('reward'), rate=False) if record.get('reward') is not None else '–'}"
+    head += f" adv {adv:+.2f}" if adv is not None else ""
+    head += f" len {record.get('length', '?')}"
+    if analysis.reflections:
+        head += " refl:" + ",".join(s.label for s in analysis.reflections)
+    if analysis.revision:
+        head += f" rev:{analysis.revision.kind}"
+    body = highlight_revision(record.get("completion", ""), analysis, hl) if analysis.revision else record.get("completion", "")
+    lines = textwrap.wrap(head, width) + ["-" * width]
+    for paragraph in body.splitlines() or [""]:
+        lines += textwrap.wrap(paragraph, width, replace_whitespace=False, drop_whitespace=True) if not hl.color else _wrap_ansi(paragraph, width)
+    return lines
+
+
+def _wrap_ansi(text: str, width: int) -> list[str]:
+    """textwrap counts escape codes as characters; wrap the visible text instead (approximately)."""
+    return textwrap.wrap(text, width + text.count("\x1b[") * 4) or [""]
+
+
+def _side_by_side(panels: list[list[str]], width: int, columns: int) -> str:
+    out = []
+    for i in range(0, len(panels), columns):
+        row = panels[i : i + columns]
+        height = max(len(p) for p in row)
+        for k in range(height):
+            cells = [(p[k] if k < len(p) else "") for p in row]
+            out.append("  │  ".join(c + " " * max(0, width - _visible_len(c)) for c in cells).rstrip())
+        out.append("")
+    return "\n".join(out)
+
+
+def _visible_len(s: str) -> int:
+    return len(re.sub(r"\x1b\[[0-9;]*m", "", s))
+
+
+def cmd_show(args) -> int:
+    hl = Highlighter(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    analyzer = analyzer_from_args(args)
+    steps = (args.step, args.step) if args.step is not None else None
+    if args.aha:
+        shown = 0
+        for record in load(args.run, args.split, steps=steps, prompt_id=args.prompt):
+            a = analyze_record(analyzer, record)
+            if a.aha:
+                shown += 1
+                print(f"step {record.get('step')}  prompt {prompt_key(record)}  gold {record.get('answer')!r}  "
+                      f"'{a.revision.before.value}' → '{a.revision.after.value}' at “{a.revision.point.label}”")
+                print(highlight_revision(record.get("completion", ""), a, hl))
+                print()
+                if shown >= args.limit:
+                    break
+        print(f"{shown} wrong→right revision(s) shown" + (f" (limit {args.limit})" if shown >= args.limit else ""))
+        return 0
+    if args.step is None:
+        raise UserError("show: pass --step S (and --prompt P), or --aha")
+    records = list(load(args.run, args.split, steps=steps))
+    if not records:
+        raise UserError(f"{args.run}: no {args.split} traces at step {args.step}")
+    if args.prompt is None:
+        ids = Counter(str(prompt_key(r)) for r in records)
+        print(f"step {args.step}: {len(ids)} prompts; pick one with --prompt")
+        for pid, count in ids.items():
+            question = next(r.get("question") or r.get("prompt", "") for r in records if str(prompt_key(r)) == pid)
+            print(f"  {pid}  ({count} completions)  {_one_line(question, 80)}")
+        return 0
+    group = [r for r in records if str(prompt_key(r)) == str(args.prompt)]
+    if not group:
+        raise UserError(f"prompt {args.prompt!r} has no completions at step {args.step}; prompts there: {sorted({str(prompt_key(r)) for r in records})[:20]}")
+    first = group[0]
+    print(f"step {args.step}  prompt {args.prompt}  gold answer: {first.get('answer')!r}")
+    print(_one_line(first.get("question") or _question_of(first.get("prompt", "")), 400))
+    print()
+    term = shutil.get_terminal_size((160, 40)).columns
+    width = args.width or max(40, min(72, (term - 5 * 2) // 3))
+    columns = max(1, min(len(group), (term + 5) // (width + 5)))
+    panels = [_panel(r, analyze_record(analyzer, r), i, hl, width) for i, r in enumerate(group)]
+    print(_side_by_side(panels, width, columns))
+    return 0
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _question_of(prompt: str) -> str:
+    """The user turn of a rendered chat prompt (best effort), else the whole prompt."""
+    m = re.search(r"<\|im_start\|>user\s*(.*?)<\|im_end\|>", prompt, re.DOTALL)
+    return m.group(1) if m else prompt
+
+
+# --------------------------------------------------------------------------- grep
+
+
+def cmd_grep(args) -> int:
+    try:
+        pattern = re.compile(args.pattern, re.IGNORECASE if args.ignore_case else 0)
+    except re.error as e:
+        raise UserError(f"grep: bad pattern {args.pattern!r}: {e}") from None
+    hl = Highlighter(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    correct = True if args.correct else False if args.incorrect else None
+    found = 0
+    for record in load(args.run, args.split, steps=_parse_steps(args.steps), correct=correct):
+        reward = record.get("reward")
+        if args.min_reward is not None and (reward is None or reward < args.min_reward):
+            continue
+        if args.max_reward is not None and (reward is None or reward > args.max_reward):
+            continue
+        text = record.get("completion", "")
+        m = pattern.search(text)
+        if not m:
+            continue
+        found += 1
+        if found <= args.limit:
+            lo, hi = max(0, m.start() - args.context), min(len(text), m.end() + args.context)
+            snippet = text[lo : m.start()] + hl.mark(m.group(0), "match") + text[m.end() : hi]
+            mark = "✓" if record.get("correct") else "✗"
+            print(f"step {record.get('step')} prompt {prompt_key(record)} #{record.get('group_index', 0)} {mark} "
+                  f"reward {reward if reward is None else round(reward, 3)}: {'…' if lo else ''}{' '.join(snippet.split())}{'…' if hi < len(text) else ''}")
+    print(f"{found} matching completion(s)" + (f", first {args.limit} shown" if found > args.limit else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def cmd_diff(args) -> int:
+    analyzer = analyzer_from_args(args)
+    a_step, b_step = args.steps
+    groups = {}
+    for step in (a_step, b_step):
+        groups[step] = list(load(args.run, args.split, steps=(step, step), prompt_id=args.prompt))
+        if not groups[step]:
+            seen = sorted({r["step"] for r in load(args.run, args.split, prompt_id=args.prompt)})
+            raise UserError(f"prompt {args.prompt!r} has no {args.split} completions at step {step}; it appears at steps {seen[:30] or 'none'}"
+                            + ("" if seen or args.split == "eval" else " (training prompts rarely recur; try --split eval)"))
+    first = groups[a_step][0]
+    print(f"prompt {args.prompt}  gold answer: {first.get('answer')!r}")
+    print(_one_line(first.get("question") or _question_of(first.get("prompt", "")), 300))
+    print()
+    rows = []
+    for step in (a_step, b_step):
+        recs = groups[step]
+        analyses = [analyze_record(analyzer, r) for r in recs]
+        stats = step_statistics(analyses)
+        answers = Counter(r.get("extracted_answer") if "extracted_answer" in r else (a.claims[-1].value if a.claims else None) for r, a in zip(recs, analyses))
+        rows.append([
+            str(step), str(len(recs)), _fmt(sum(bool(r.get("correct")) for r in recs) / len(recs)),
+            _fmt(stats["traces/mean_length"], rate=False), _fmt(stats["traces/reflection_rate"]), _fmt(stats["traces/revision_rate"]),
+            ", ".join(f"{ans!r}×{n}" for ans, n in answers.most_common(5)),
+        ])
+    print(_table(["step", "n", "accuracy", "length", "reflect", "revise", "answers (most common)"], rows))
+    print()
+    before, after = groups[a_step][0].get("completion", ""), groups[b_step][0].get("completion", "")
+    print(f"first completion, step {a_step} → step {b_step}:")
+    diff = difflib.unified_diff(_words(before), _words(after), f"step {a_step}", f"step {b_step}", lineterm="", n=3)
+    print("\n".join(diff) or "(identical)")
+    return 0
+
+
+def _words(text: str) -> list[str]:
+    return [line for line in re.split(r"(?<=[.\n])\s*", text) if line]
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser, split: bool = True) -> None:
+    p.add_argument("run", help="run directory (or a traces .jsonl file)")
+    if split:
+        p.add_argument("--split", choices=("train", "eval"), default="train", help="training traces or held-out evaluation traces")
+    p.add_argument("--marker", dest="markers", action="append", help="reflection phrase replacing the default markers (repeatable)")
+    p.add_argument("--extra-marker", action="append", help="reflection phrase added to the default markers (repeatable)")
+
+
+def add_parser(sub) -> None:
+    traces = sub.add_parser("traces", help="inspect a run's reasoning traces (summary, show, grep, diff)")
+    tsub = traces.add_subparsers(dest="traces_command", required=True)
+
+    p = tsub.add_parser("summary", help="per-step-bucket reward, accuracy, length, reflection and revision rates")
+    _common(p)
+    p.add_argument("--bucket", type=int, default=0, help="steps per row (default: about 20 rows)")
+    p.set_defaults(func=cmd_summary)
+
+    p = tsub.add_parser("show", help="the G completions of one prompt side by side; --aha for wrong→right revisions")
+    _common(p)
+    p.add_argument("--step", type=int)
+    p.add_argument("--prompt", help="prompt id (training) or problem index (eval)")
+    p.add_argument("--aha", action="store_true", help="show completions that revise a wrong answer into a right one")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--width", type=int, default=0, help="column width (default: fit the terminal)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=cmd_show)
+
+    p = tsub.add_parser("grep", help="search completions with filters")
+    _common(p)
+    p.add_argument("pattern", help="a Python regular expression")
+    p.add_argument("--steps", help="step range A:B (inclusive), A: or :B")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--correct", action="store_true")
+    g.add_argument("--incorrect", action="store_true")
+    p.add_argument("--min-reward", type=float)
+    p.add_argument("--max-reward", type=float)
+    p.add_argument("-i", "--ignore-case", action="store_true")
+    p.add_argument("--context", type=int, default=60, help="characters shown around the match")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=cmd_grep)
+
+    p = tsub.add_parser("diff", help="how the answers to one prompt changed between two steps")
+    _common(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--steps", type=int, nargs=2, required=True, metavar=("A", "B"))
+    p.set_defaults(func=cmd_diff)

@@ -1,0 +1,268 @@
+"""Self-correction detectors: reflection markers, answer revisions, verifications, degenerate text.
+
+Each detector is a pure function of one completion's text (plus the gold answer where
+correctness matters). They are heuristics over surface text, tuned to be *conservative*: a
+word-problem sentence such as "the wait time is 5 minutes" or "actually 3 apples" must not
+count as reflection, so "wait" only counts as a discourse marker ("Wait,", "but wait", "wait a
+moment"). Departure from the R1 paper: the paper counts reflective *words* per 1k tokens over
+training (Fig. 9 of the R1 tech report uses "wait", "mistake", "however", "but", "retry", "error",
+"verify", "wrong", "evaluate", "check"); we count reflective *phrases* (one per occurrence,
+overlaps merged), because bare "but"/"however"/"check" fire on ordinary arithmetic prose.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Iterable, Sequence
+
+from rewards.extract import extract_answer_with_source, normalize_answer
+
+# --------------------------------------------------------------------------- reflection markers
+
+_NOT_AFTER = r"(?<!\bto )(?<!\bwill )(?<!\bwould )(?<!\bcan )(?<!\bcould )(?<!\bmust )(?<!\bshould )(?<!\bdid )(?<!\bdon't )(?<!\bcan't )(?<!\bthe )(?<!\ba )"
+DEFAULT_MARKERS: dict[str, str] = {
+    # "Wait," / "wait." / "but wait" / "wait a moment" / "wait, no" -- not "wait time", "to wait for".
+    "wait": _NOT_AFTER + r"\bwait\b(?=\s*[,.!?:;\u2026\u2014-]|\s+(?:a\s+(?:moment|minute|second|sec)\b|no\b|that\b|i\b|actually\b|let\b))",
+    "let me check": r"\blet(?:\s+me|'s|\s+us)\s+(?:re-?check|check|verify|double[- ]check|re-?verify|re-?calculate|re-?compute|re-?evaluate|re-?examine|reconsider|re-?think|think\s+again|try\s+again|go\s+back|look\s+again|see\s+again)\b",
+    "double-check": r"\b(?:double[- ]check(?:ing|ed)?|re-?check(?:ing|ed)?|re-?verif(?:y|ying|ied))\b",
+    "actually": r"\bactually\b",
+    "mistake": r"\b(?:i|we)\s+(?:made|make|have\s+made)\s+(?:a|an|one)\s+(?:mistake|error|miscalculation)\b|\bmy\s+(?:mistake|error|bad)\b|\b(?:that|this|it)(?:\s+is|'s|\s+was)\s+(?:wrong|incorrect|not\s+(?:right|correct))\b",
+    "hmm": r"\bhm+\b",
+    "on second thought": r"\bon\s+(?:second|further)\s+thought\b",
+}
+
+
+def phrase_pattern(phrase: str) -> str:
+    """A plain marker phrase as a case-insensitive, word-boundary-aware regex ('let me see' -> \\blet\\s+me\\s+see\\b)."""
+    words = [re.escape(w) for w in phrase.split()]
+    if not words:
+        raise ValueError("a reflection marker must not be empty")
+    left = r"\b" if re.match(r"\w", phrase.strip()[0]) else ""
+    right = r"\b" if re.match(r"\w", phrase.strip()[-1]) else ""
+    return left + r"\s+".join(words) + right
+
+
+def compile_markers(markers: dict[str, str] | Sequence[str] | None = None, extra: Iterable[str] = ()) -> list[tuple[str, re.Pattern]]:
+    """Markers as (name, compiled regex). A dict maps names to regexes; a list holds plain phrases."""
+    if markers is None:
+        markers = DEFAULT_MARKERS
+    if isinstance(markers, dict):
+        items = list(markers.items())
+    else:
+        items = [(m, phrase_pattern(m)) for m in markers]
+    items += [(m, phrase_pattern(m)) for m in extra]
+    return [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in items]
+
+
+_DEFAULT_COMPILED = compile_markers()
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    label: str  # the marker name, the claimed answer, ...
+
+
+def find_reflections(text: str, markers: list[tuple[str, re.Pattern]] | None = None) -> list[Span]:
+    """Reflection markers in reading order; overlapping hits ('let me double-check') count once."""
+    hits = []
+    for name, regex in markers or _DEFAULT_COMPILED:
+        hits += [Span(m.start(), m.end(), name) for m in regex.finditer(text)]
+    hits.sort(key=lambda s: (s.start, -s.end))
+    merged: list[Span] = []
+    for span in hits:
+        if merged and span.start < merged[-1].end:
+            continue
+        merged.append(span)
+    return merged
+
+
+def reflections_per_1k_tokens(count: int, tokens: int) -> float:
+    """The R1 paper's measure for one completion (or summed over a step)."""
+    return 1000.0 * count / tokens if tokens > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- stated answers
+
+_NUM = r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?"
+_CLAIM_PHRASES = re.compile(
+    r"\b(?:(?:the\s+)?(?:final\s+|correct\s+|right\s+)?(?:answer|result|total|sum|difference|product)\s*(?:is|=|:|would\s+be|will\s+be|should\s+be|must\s+be)"
+    r"|(?:so|therefore|thus|hence)\s*,?\s*(?:it\s+is|it's|we\s+get|the\s+answer\s+is|that's|that\s+is|x\s*=)?)\s*\**\s*(?P<value>" + _NUM + r")(?![\d.]*\s*[-+*/×x÷]\s*\d)",
+    re.IGNORECASE,
+)
+_ANSWER_TAG = re.compile(r"<answer>(?P<value>.*?)</answer>", re.DOTALL)
+_EQUATION_RESULT = re.compile(r"=\s*(?P<value>" + _NUM + r")")
+_LOOKAHEAD_FOR_MARKER = 60  # an equation result followed this closely by a reflection marker is a claim
+
+
+@dataclass(frozen=True)
+class Claim:
+    value: str  # normalised
+    start: int
+    end: int
+    kind: str  # 'phrase' | 'answer_tag' | 'boxed' | 'equation_before_reflection'
+
+
+def stated_answers(text: str, reflections: list[Span] | None = None) -> list[Claim]:
+    """Answers the completion commits to, in reading order.
+
+    A claim is an explicit phrase ("the answer is 7", "so 7"), an <answer> tag, a \\boxed{}, or
+    the result of an equation that a reflection marker follows closely ("3 + 5 = 9. Wait, ...").
+    Plain intermediate equations ("3 + 5 = 8, 8 * 2 = 16") are steps, not claims.
+    """
+    reflections = find_reflections(text) if reflections is None else reflections
+    claims = [Claim(normalize_answer(m["value"]), m.start("value"), m.end("value"), "phrase") for m in _CLAIM_PHRASES.finditer(text)]
+    claims += [Claim(normalize_answer(m["value"]), m.start("value"), m.end("value"), "answer_tag") for m in _ANSWER_TAG.finditer(text)]
+    for m in re.finditer(r"\\boxed\{", text):
+        value, _ = extract_answer_with_source(text[m.start() : m.start() + 400])
+        if value is not None:
+            claims.append(Claim(normalize_answer(value), m.end(), m.end() + len(value), "boxed"))
+    for m in _EQUATION_RESULT.finditer(text):
+        if any(0 <= r.start - m.end() <= _LOOKAHEAD_FOR_MARKER for r in reflections):
+            claims.append(Claim(normalize_answer(m["value"]), m.start("value"), m.end("value"), "equation_before_reflection"))
+    claims.sort(key=lambda c: c.start)
+    out: list[Claim] = []
+    for c in claims:  # a value inside an <answer> tag may also match a phrase; keep the first
+        if out and c.start < out[-1].end:
+            continue
+        out.append(c)
+    return [c for c in out if c.value]
+
+
+def _as_number(s: str) -> Fraction | None:
+    t = s.replace(",", "").replace(" ", "").rstrip(".")
+    try:
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        try:
+            f = float(t)
+        except ValueError:
+            return None
+        return Fraction(f) if math.isfinite(f) else None
+
+
+def answers_match(a: str | None, b: str | None) -> bool:
+    """Same answer: equal as numbers (7 == 7.0 == 14/2), else equal after normalisation, case-insensitive."""
+    if a is None or b is None:
+        return False
+    a, b = normalize_answer(str(a)), normalize_answer(str(b))
+    x, y = _as_number(a), _as_number(b)
+    if x is not None and y is not None:
+        return x == y
+    return a.casefold() == b.casefold()
+
+
+# --------------------------------------------------------------------------- revisions
+
+REVISION_CLASSES = ("wrong_to_right", "right_to_wrong", "wrong_to_wrong", "changed")
+
+
+@dataclass(frozen=True)
+class Revision:
+    kind: str  # one of REVISION_CLASSES ('changed' when there is no gold answer to judge by)
+    before: Claim  # the last earlier claim that differs from the final answer
+    after: Claim  # the final answer
+    point: Span  # where the model changes its mind: the first reflection marker after `before`, else `after`
+
+
+def final_claim(text: str, claims: list[Claim], fallback: str = "last_number") -> Claim | None:
+    """The answer the completion ends on: its <answer>/\\boxed{} (as the rewards extract it), else the last claim."""
+    value, source = extract_answer_with_source(text, "none")
+    if value is not None:
+        tagged = [c for c in claims if c.kind in ("answer_tag", "boxed")]
+        if tagged:
+            return tagged[-1]
+    return claims[-1] if claims else None
+
+
+def find_revision(
+    text: str,
+    gold: str | None = None,
+    final_correct: bool | None = None,
+    is_correct: Callable[[str, str], bool] = answers_match,
+    reflections: list[Span] | None = None,
+) -> Revision | None:
+    """The completion states an answer, then ends on a different one. None when it never changes its answer.
+
+    `final_correct` (e.g. the accuracy reward's verdict) overrides judging the final claim by `is_correct`.
+    """
+    reflections = find_reflections(text) if reflections is None else reflections
+    claims = stated_answers(text, reflections)
+    final = final_claim(text, claims)
+    if final is None:
+        return None
+    earlier = [c for c in claims if c.end <= final.start and not answers_match(c.value, final.value)]
+    if not earlier:
+        return None
+    before = earlier[-1]
+    point = next((r for r in reflections if before.end <= r.start < final.start), Span(final.start, final.end, final.value))
+    if gold is None and final_correct is None:
+        kind = "changed"
+    else:
+        after_ok = final_correct if final_correct is not None else is_correct(final.value, gold)
+        before_ok = is_correct(before.value, gold) if gold is not None else False
+        if after_ok and not before_ok:
+            kind = "wrong_to_right"
+        elif before_ok and not after_ok:
+            kind = "right_to_wrong"
+        elif not before_ok and not after_ok:
+            kind = "wrong_to_wrong"
+        else:
+            kind = "changed"  # two different answers both judged right (e.g. equivalent forms)
+    return Revision(kind, before, final, point)
+
+
+# --------------------------------------------------------------------------- verification
+
+_CHECK_CUE = re.compile(
+    r"\b(?:let(?:\s+me|'s|\s+us)\s+(?:double[- ]check|re-?check|check|verify|confirm)|double[- ]check(?:ing)?|re-?check(?:ing)?|to\s+verify|to\s+check|verif(?:y|ying|ication)|plug(?:ging)?\s+(?:it\s+)?back|substitut(?:e|ing)\s+back)\b"
+    r"|\bcheck(?:ing)?\s*:",
+    re.IGNORECASE,
+)
+_CONFIRMATION = re.compile(
+    r"\b(?:correct|that'?s\s+right|that\s+is\s+right|is\s+right|yes|confirmed|confirms|checks\s+out|matches|consistent|indeed|holds)\b|✓|✔",
+    re.IGNORECASE,
+)
+_DENIAL = re.compile(r"\b(?:not\s+(?:correct|right)|incorrect|wrong|doesn't\s+match|does\s+not\s+match|mistake)\b", re.IGNORECASE)
+_VERIFY_WINDOW = 160
+
+
+def find_verifications(text: str) -> list[Span]:
+    """Checks that confirm a result: a check cue ("let me verify", "check:") followed within a short
+    window by a confirmation ("correct", "yes", "checks out", "✓") or by a recomputed equation, with no
+    denial ("wrong", "not correct", "mistake") in that window. A check that finds an error is a revision."""
+    out = []
+    for cue in _CHECK_CUE.finditer(text):
+        window = text[cue.end() : cue.end() + _VERIFY_WINDOW]
+        denial = _DENIAL.search(window)
+        confirm = _CONFIRMATION.search(window) or _EQUATION_RESULT.search(window)
+        if confirm and denial is None:
+            out.append(Span(cue.start(), cue.end() + confirm.end(), "verification"))
+    return out
+
+
+# --------------------------------------------------------------------------- degenerate text
+
+_CHAR_RUN = re.compile(r"(.)\1{19,}", re.DOTALL)
+
+
+def is_degenerate(text: str, min_repeats: int = 8) -> bool:
+    """Collapsed output: a character repeated 20+ times, a word n-gram (n <= 4) repeated `min_repeats`+
+    times in a row, or long text that compresses below 10 % of its size."""
+    if _CHAR_RUN.search(text):
+        return True
+    words = text.split()
+    for n in range(1, 5):
+        for offset in range(n):
+            run = 1
+            for i in range(offset + n, len(words) - n + 1, n):
+                run = run + 1 if words[i : i + n] == words[i - n : i] else 1
+                if run >= min_repeats:
+                    return True
+    data = text.encode("utf-8", "replace")
+    return len(data) >= 400 and len(zlib.compress(data, 9)) < 0.1 * len(data)

@@ -1,0 +1,379 @@
+"""`rl-reasoning report RUN -o report.html`: one self-contained HTML page about a run.
+
+Plots (matplotlib PNGs embedded as data URIs, so the file opens with no network), the prompts
+seen at several steps with their G completions, the held-out problems across evaluations, a
+table of "aha" completions (wrong -> right revisions) with the self-correction highlighted,
+alarms, the run's config and its compute (tokens, model FLOPs, wall time). Traces are streamed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import UserError
+from ..jsonl import read_records
+from .alarms import alarms_from_metrics
+from .analysis import Analyzer, TraceAnalysis
+from .cli import analyze_record, summary_rows
+from .store import iter_steps, load, prompt_key
+
+MAX_AHA = 50
+MAX_PROMPTS = 3
+MAX_STEPS_PER_PROMPT = 6
+MAX_EVAL_PROBLEMS = 6
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;color:#1d1d1f;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:0}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#666;margin-top:4px}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}
+.plots figure{margin:0;border:1px solid #eee;border-radius:6px;padding:6px}.plots img{width:100%}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}
+th{background:#f6f6f6}
+.group{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:8px;margin-bottom:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;background:#fff}
+.card.ok{border-left:4px solid #2e9e44}.card.bad{border-left:4px solid #c9362e}
+.card header{font-weight:600;margin-bottom:4px;color:#333}
+pre{white-space:pre-wrap;word-break:break-word;margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+mark.wrong{background:#ffd2cc}mark.right{background:#c9f2d0}mark.point{background:#ffe066;font-weight:700}
+.alarm{color:#a33}.muted{color:#888}details{margin:8px 0}
+"""
+
+
+def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
+    run = Path(run)
+    if not (run / "traces.jsonl").exists() and not (run / "metrics.jsonl").exists():
+        raise UserError(f"{run}: not a run directory (no metrics.jsonl or traces.jsonl)")
+    analyzer = analyzer or Analyzer()
+    metrics = list(read_records(run / "metrics.jsonl"))
+    evals = list(read_records(run / "eval.jsonl"))
+    series = _trace_series(run, metrics, analyzer)
+    summary = _read_json(run / "summary.json")
+    config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+    parts = [
+        f"<h1>{html.escape(run.name)}</h1>",
+        f"<p class=sub>{len(metrics)} steps · {_compute_line(metrics, evals, summary)}</p>",
+        "<h2 id=plots>Training curves</h2>",
+        _plots(metrics, evals, series),
+        "<h2 id=alarms>Alarms</h2>",
+        _alarms(metrics),
+        "<h2 id=aha>“Aha” moments: wrong → right revisions</h2>",
+        _aha_table(run, analyzer),
+        "<h2 id=prompts>Prompts across steps (G completions each)</h2>",
+        _prompts_across_steps(run, analyzer),
+        "<h2 id=heldout>Held-out problems across evaluations</h2>",
+        _eval_across_steps(run),
+        "<h2 id=compute>Run config and compute</h2>",
+        _compute_table(metrics, evals, summary),
+        f"<details><summary>config.yaml</summary><pre>{html.escape(config)}</pre></details>",
+    ]
+    body = "\n".join(parts)
+    return f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(run.name)} · rl-reasoning report</title><style>{CSS}</style></head><body>{body}</body></html>"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _trace_series(run: Path, metrics: list[dict], analyzer: Analyzer) -> dict[int, dict]:
+    """traces/* per step: from metrics.jsonl when the run logged them, else recomputed from the traces."""
+    if metrics and all("traces/reflection_rate" in m for m in metrics):
+        return {m["step"]: m for m in metrics}
+    if not (run / "traces.jsonl").exists():
+        return {}
+    return {int(str(r["steps"]).split("–")[0]): r for r in summary_rows(run, "train", 1, analyzer)}
+
+
+def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    figures = []
+
+    def col(key, source=metrics):
+        return [m.get(key, math.nan) if m.get(key) is not None else math.nan for m in source]
+
+    def figure(title, draw):
+        fig, ax = plt.subplots(figsize=(5.2, 3.0), dpi=110)
+        draw(ax)
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        figures.append((title, base64.b64encode(buf.getvalue()).decode()))
+
+    if metrics:
+        def reward(ax):
+            mean, std = col("reward/mean"), col("reward/std")
+            ax.plot(steps, mean, marker="o", ms=3, label="mean reward")
+            ax.fill_between(steps, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], alpha=0.2)
+        figure("Reward", reward)
+
+        def accuracy(ax):
+            ax.plot(steps, col("accuracy"), marker="o", ms=3, label="train accuracy")
+            ax.plot(steps, col("format_rate"), marker="s", ms=3, label="format rate")
+            if evals:
+                ax.plot([e["step"] for e in evals], col("eval/accuracy", evals), marker="D", ms=5, lw=2, label="held-out accuracy")
+                ax.plot([e["step"] for e in evals], col("eval/format_rate", evals), marker="D", ms=5, ls="--", label="held-out format")
+            ax.set_ylim(-0.02, 1.02)
+        figure("Accuracy and format", accuracy)
+
+        def length(ax):
+            ax.plot(steps, col("completions/mean_length"), marker="o", ms=3, label="mean length (tokens)")
+            ax.plot(steps, col("completions/max_length"), alpha=0.5, label="max length")
+            ax2 = ax.twinx()
+            ax2.plot(steps, col("completions/truncated_frac"), color="tab:red", alpha=0.6, label="truncated")
+            ax2.set_ylim(-0.02, 1.02)
+            ax2.set_ylabel("truncated fraction", color="tab:red")
+        figure("Completion length", length)
+
+    if series:
+        s_steps = sorted(series)
+        rows = [series[s] for s in s_steps]
+
+        def reflection(ax):
+            ax.plot(s_steps, col("traces/reflection_rate", rows), marker="o", ms=3, label="reflection rate")
+            ax.plot(s_steps, col("traces/revision_rate", rows), marker="s", ms=3, label="revision rate")
+            ax.plot(s_steps, col("traces/revision/wrong_to_right", rows), marker="^", ms=3, label="wrong→right")
+            ax.plot(s_steps, col("traces/verification_rate", rows), marker="v", ms=3, label="verification rate")
+            ax.set_ylim(bottom=0)
+        figure("Reflection and revision rates", reflection)
+
+        def per_1k(ax):
+            ax.plot(s_steps, col("traces/reflections_per_1k_tokens", rows), marker="o", ms=3, color="tab:purple", label="reflective phrases / 1k tokens")
+            ax.set_ylim(bottom=0)
+        figure("Reflective phrases per 1k tokens (R1 Fig. 9 style)", per_1k)
+
+    if metrics:
+        def kl_entropy(ax):
+            ax.plot(steps, col("entropy"), marker="o", ms=3, label="entropy (nats/token)")
+            if any("kl" in m for m in metrics):
+                ax.plot(steps, col("kl"), marker="s", ms=3, label="KL to reference")
+            else:
+                ax.text(0.98, 0.95, "KL: beta = 0 (no reference model)", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#777")
+        figure("Entropy and KL", kl_entropy)
+
+        def timing(ax):
+            ax.stackplot(steps, col("time/generation"), col("time/reward"), col("time/update"), labels=["generation", "reward", "update"], alpha=0.8)
+            ax.set_ylabel("seconds")
+        figure("Time per step", timing)
+
+    if not figures:
+        return "<p class=muted>no metrics yet</p>"
+    cells = "".join(f"<figure><img class=plot alt='{html.escape(t)}' src='data:image/png;base64,{b}'></figure>" for t, b in figures)
+    return f"<div class=plots>{cells}</div>"
+
+
+# --------------------------------------------------------------------------- completions
+
+
+def highlighted_html(text: str, analysis: TraceAnalysis) -> str:
+    """HTML-escaped completion with the abandoned answer, the revision point and the final answer marked."""
+    rev = analysis.revision
+    if rev is None:
+        return html.escape(text)
+    spans = sorted({
+        (rev.before.start, rev.before.end, "right" if rev.kind == "right_to_wrong" else "wrong"),
+        (rev.point.start, rev.point.end, "point"),
+        (rev.after.start, rev.after.end, "right" if rev.kind == "wrong_to_right" else "wrong"),
+    })
+    out, pos = [], 0
+    for start, end, kind in spans:
+        if start < pos:
+            continue
+        out += [html.escape(text[pos:start]), f"<mark class={kind}>{html.escape(text[start:end])}</mark>"]
+        pos = end
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def _aha_table(run: Path, analyzer: Analyzer) -> str:
+    if not (run / "traces.jsonl").exists():
+        return "<p class=muted>no training traces</p>"
+    rows, total = [], 0
+    for record in load(run):
+        a = analyze_record(analyzer, record)
+        if not a.aha:
+            continue
+        total += 1
+        if len(rows) < MAX_AHA:
+            rows.append(
+                f"<tr class=aha-row><td>{record.get('step')}</td><td>{html.escape(str(prompt_key(record)))}</td>"
+                f"<td>{html.escape(str(record.get('answer')))}</td><td>{html.escape(a.revision.before.value)} → {html.escape(a.revision.after.value)}</td>"
+                f"<td>{html.escape(a.revision.point.label)}</td><td><pre>{highlighted_html(record.get('completion', ''), a)}</pre></td></tr>"
+            )
+    note = f"<p>{total} completion(s) revise a wrong answer into the right one" + (f"; the first {MAX_AHA} are shown" if total > MAX_AHA else "") + ". "
+    note += "<mark class=wrong>abandoned answer</mark> · <mark class=point>where it changes its mind</mark> · <mark class=right>final answer</mark></p>"
+    header = "<tr><th>step</th><th>prompt</th><th>gold</th><th>answer change</th><th>revision point</th><th>completion</th></tr>"
+    return note + f"<table id=aha-table>{header}{''.join(rows)}</table>"
+
+
+def _card(record: dict, analysis: TraceAnalysis) -> str:
+    ok = bool(record.get("correct"))
+    reward = record.get("reward")
+    adv = record.get("advantage")
+    bits = [f"#{record.get('group_index', 0)}", "✓" if ok else "✗"]
+    bits.append(f"r={reward:.2f}" if reward is not None else "r=–")
+    if adv is not None:
+        bits.append(f"A={adv:+.2f}")
+    bits.append(f"{record.get('length', '?')} tok")
+    if analysis.reflections:
+        bits.append("reflects: " + ", ".join(s.label for s in analysis.reflections))
+    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{highlighted_html(record.get('completion', ''), analysis)}</pre></div>"
+
+
+def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
+    """Prompts trained on at several steps, each step's G completions; else the first and last step's first group."""
+    if not (run / "traces.jsonl").exists():
+        return "<p class=muted>no training traces</p>"
+    steps_of = defaultdict(set)
+    first_step = last_step = None
+    for record in load(run):
+        steps_of[str(prompt_key(record))].add(record["step"])
+        first_step = record["step"] if first_step is None else first_step
+        last_step = record["step"]
+    recurring = sorted((p for p, s in steps_of.items() if len(s) > 1), key=lambda p: -len(steps_of[p]))[:MAX_PROMPTS]
+    if recurring:
+        wanted = {p: _spread(sorted(steps_of[p]), MAX_STEPS_PER_PROMPT) for p in recurring}
+        intro = f"<p>{len([p for p, s in steps_of.items() if len(s) > 1])} prompts were drawn at more than one step; the {len(recurring)} seen most often:</p>"
+    else:
+        firsts = {}
+        for step, records in iter_steps(run):
+            if step in (first_step, last_step):
+                firsts.setdefault(step, str(prompt_key(records[0])))
+        wanted = {p: {s} for s, p in firsts.items()}
+        intro = "<p>No prompt was drawn twice in this run (the training set is larger than steps × prompts); shown: the first group of the first and of the last step.</p>"
+    found = defaultdict(lambda: defaultdict(list))
+    for record in load(run):
+        p = str(prompt_key(record))
+        if p in wanted and record["step"] in wanted[p]:
+            found[p][record["step"]].append(record)
+    out = [intro]
+    for p, by_step in found.items():
+        question = next(iter(by_step.values()))[0]
+        out.append(f"<h3>prompt {html.escape(p)} · gold answer {html.escape(str(question.get('answer')))}</h3>")
+        for step in sorted(by_step):
+            group = by_step[step]
+            acc = sum(bool(r.get("correct")) for r in group) / len(group)
+            out.append(f"<p><b>step {step}</b> · {len(group)} completions · accuracy {acc:.0%}</p><div class='group prompt-view'>")
+            out += [_card(r, analyze_record(analyzer, r)) for r in group]
+            out.append("</div>")
+    return "\n".join(out)
+
+
+def _spread(items: list[int], k: int) -> set[int]:
+    if len(items) <= k:
+        return set(items)
+    return {items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)}
+
+
+def _eval_across_steps(run: Path) -> str:
+    if not (run / "eval_traces.jsonl").exists():
+        return "<p class=muted>no held-out evaluations</p>"
+    by_problem = defaultdict(dict)
+    steps = []
+    for record in load(run, "eval"):
+        if record["step"] not in steps:
+            steps.append(record["step"])
+        if record["problem"] < MAX_EVAL_PROBLEMS:
+            by_problem[record["problem"]][record["step"]] = record
+    if not by_problem:
+        return "<p class=muted>no held-out evaluations</p>"
+    header = "<tr><th>problem</th>" + "".join(f"<th>step {s}</th>" for s in steps) + "</tr>"
+    rows = []
+    for problem, per_step in sorted(by_problem.items()):
+        first = next(iter(per_step.values()))
+        cells = []
+        for s in steps:
+            r = per_step.get(s)
+            if r is None:
+                cells.append("<td></td>")
+                continue
+            cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{html.escape(r.get('completion', ''))}</pre></td>")
+        rows.append(f"<tr><td><b>{problem}</b><br>{html.escape(str(first.get('question', '')))}<br><span class=muted>gold: {html.escape(str(first.get('answer')))}</span></td>{''.join(cells)}</tr>")
+    return f"<table id=eval-table>{header}{''.join(rows)}</table>"
+
+
+# --------------------------------------------------------------------------- alarms, compute
+
+
+def _alarms(metrics: list[dict]) -> str:
+    alarms = alarms_from_metrics(metrics)
+    if not alarms:
+        return "<p>None fired (reward hacking, repetition collapse, entropy collapse, all-equal rewards).</p>"
+    return "<ul>" + "".join(f"<li class=alarm>step {a.step}: <b>{a.name}</b>: {html.escape(a.message)}</li>" for a in alarms) + "</ul>"
+
+
+def _totals(metrics: list[dict], evals: list[dict]) -> dict:
+    def total(key):
+        return sum(m.get(key) or 0 for m in metrics)
+
+    return {
+        "generated tokens": total("tokens/generated"),
+        "prompt tokens (prefilled)": total("tokens/prompt"),
+        "trained tokens (per optimizer step)": total("tokens/trained"),
+        "model FLOPs (estimate)": total("flops/step"),
+        "training wall time (s)": total("time/step"),
+        "evaluation wall time (s)": sum(e.get("eval/seconds") or 0 for e in evals),
+    }
+
+
+def _compute_line(metrics, evals, summary) -> str:
+    t = _totals(metrics, evals)
+    wall = t["training wall time (s)"] + t["evaluation wall time (s)"]
+    return f"{t['generated tokens']:,} generated tokens · {t['model FLOPs (estimate)'] / 1e12:.1f} TFLOPs · {wall / 60:.1f} min wall time"
+
+
+def _compute_table(metrics, evals, summary) -> str:
+    t = _totals(metrics, evals)
+    rows = [(k, f"{v:,.0f}" if "FLOPs" not in k else f"{v:.3e}") for k, v in t.items()]
+    if summary.get("model_parameters"):
+        rows.insert(0, ("model parameters", f"{summary['model_parameters']:,}"))
+    if evals:
+        first, last = evals[0], evals[-1]
+        rows.append(("held-out accuracy", f"{first.get('eval/accuracy', 0):.1%} (step {first['step']}) → {last.get('eval/accuracy', 0):.1%} (step {last['step']})"))
+        rows.append(("held-out format", f"{first.get('eval/format_rate', 0):.1%} → {last.get('eval/format_rate', 0):.1%}"))
+    return "<table id=compute-table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+# --------------------------------------------------------------------------- command
+
+
+def cmd_report(args) -> int:
+    from .cli import analyzer_from_args
+
+    out = Path(args.output) if args.output else Path(args.run) / "report.html"
+    page = build_report(args.run, analyzer_from_args(args))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"written: {out} ({len(page) / 1e6:.1f} MB, self-contained)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run (plots, aha moments, completions)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("-o", "--output", help="HTML file to write (default: RUN/report.html)")
+    p.add_argument("--marker", dest="markers", action="append", help="reflection phrase replacing the default markers (repeatable)")
+    p.add_argument("--extra-marker", action="append", help="reflection phrase added to the default markers (repeatable)")
+    p.set_defaults(func=cmd_report)
