@@ -110,6 +110,10 @@ class OptimConfig:
     """0 disables clipping (the norm is still logged)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate over the whole batch."""
+    prefix_grouping: bool = True
+    """Update: run each prompt once per micro-batch and let its G completions attend to its
+    keys/values, instead of re-running the prompt per completion (same loss and gradients).
+    Single-process only; with several processes the plain path is used."""
 
 
 @dataclass

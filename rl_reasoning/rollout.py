@@ -232,3 +232,43 @@ def completion_logprobs(
         logits = logits / temperature
     picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Lc)
     return picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)
+
+
+def grouped_completion_logprobs(
+    model,
+    prompt_ids: torch.Tensor,  # (Lp,) one prompt, no padding
+    completion_ids: torch.Tensor,  # (b, Lc) completions of that prompt, right-padded
+    completion_mask: torch.Tensor,  # (b, Lc)
+    temperature: float,
+) -> torch.Tensor:
+    """`completion_logprobs` for b completions sharing one prompt, with the prompt run once.
+
+    The prompt's keys/values (with gradients) are repeated b times and the completions attend to
+    them, so the prompt costs one forward/backward per group instead of b (verl's "prefix
+    grouping"). Autograd sums the b gradients flowing into the shared prompt activations, which
+    is exactly the plain path's sum over b identical prompt copies: the loss and gradients are
+    equal up to float rounding (tested).
+    """
+    b, Lc = completion_ids.shape
+    Lp = prompt_ids.shape[0]
+    prompt_out = model(input_ids=prompt_ids[None], past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    cache = prompt_out.past_key_values
+    if b > 1:
+        cache.batch_repeat_interleave(b)
+    first = prompt_out.logits[:, -1:].float().expand(b, 1, -1)  # (b, 1, V): predicts completion token 0
+    if Lc > 1:
+        attention_mask = torch.cat([completion_mask.new_ones((b, Lp)), completion_mask[:, :-1]], dim=1)  # (b, Lp + Lc - 1)
+        rest = model(
+            input_ids=completion_ids[:, :-1],
+            attention_mask=attention_mask,
+            position_ids=torch.arange(Lp, Lp + Lc - 1, device=completion_ids.device).expand(b, -1),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits.float()  # (b, Lc - 1, V): position j predicts completion token j + 1
+        logits = torch.cat([first, rest], dim=1)  # (b, Lc, V)
+    else:
+        logits = first
+    if temperature > 0:
+        logits = logits / temperature
+    picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (b, Lc)
+    return picked - torch.logsumexp(logits, dim=-1)  # (b, Lc)

@@ -36,7 +36,7 @@ from .jsonl import JsonlWriter, read_records, truncate_after_step
 from .models import eos_token_ids, load_model
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import RewardRunner
-from .rollout import RolloutBatch, RolloutEngine, completion_logprobs
+from .rollout import RolloutBatch, RolloutEngine, completion_logprobs, grouped_completion_logprobs
 from .traces import AlarmMonitor, Analyzer, step_statistics
 
 RUN_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
@@ -272,22 +272,28 @@ class GRPOTrainer:
         rows = torch.nonzero(trainable).flatten()
         total_len = rollout.prompt_mask.sum(-1) + lengths
         rows = rows[torch.argsort(total_len[rows], stable=True)]  # length buckets: little padding
-        micro = [rows[i : i + cfg.optim.micro_batch_size] for i in range(0, len(rows), cfg.optim.micro_batch_size)]
+        grouped = self.prefix_grouping
+        if grouped:  # micro-batches never mix prompts (row // G is the prompt); still length-sorted within one
+            G = rollout.group_size
+            micro = [c for p in range(N // G) for c in torch.split(rows[rows // G == p], cfg.optim.micro_batch_size) if len(c)]
+        else:
+            micro = [rows[i : i + cfg.optim.micro_batch_size] for i in range(0, len(rows), cfg.optim.micro_batch_size)]
+        prompt_lengths = rollout.prompt_mask.sum(-1)  # (N,)
+        trained_tokens = sum(int(lengths[idx].sum()) + int(prompt_lengths[idx[0]]) * (1 if grouped else len(idx)) for idx in micro)
 
         ref_logps = {}
         if self.ref_model is not None:
             with torch.no_grad():
                 for k, idx in enumerate(micro):
-                    ref_logps[k] = completion_logprobs(self.ref_model, *self._micro_inputs(rollout, mask, idx), cfg.rollout.temperature)
+                    ref_logps[k] = self._logprobs(self.ref_model, rollout, mask, idx, grouped)[0]
 
         totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm"), 0.0)
         self.model.train()
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=False)  # zeros, not None: AdamW steps even with no trained rows
             for k, idx in enumerate(micro):
-                p_ids, p_mask, c_ids, c_mask = self._micro_inputs(rollout, mask, idx)
-                width = c_ids.shape[1]
-                logp = completion_logprobs(self.model, p_ids, p_mask, c_ids, c_mask, cfg.rollout.temperature)  # (b, T)
+                logp, c_mask = self._logprobs(self.model, rollout, mask, idx, grouped)  # (b, T), (b, T)
+                width = c_mask.shape[1]
                 loss, stats = policy_loss(
                     logp,
                     rollout.logprobs[idx, :width].to(logp.device),
@@ -315,8 +321,22 @@ class GRPOTrainer:
         mu = cfg.grpo.num_iterations
         totals = {k: v / mu for k, v in totals.items()}
         totals["trained_sequences"] = len(rows)
-        totals["trained_tokens"] = int(total_len[rows].sum()) if len(rows) else 0  # per optimizer step
+        totals["trained_tokens"] = trained_tokens  # tokens through forward+backward per optimizer step
         return totals
+
+    @property
+    def prefix_grouping(self) -> bool:
+        # DDP expects one forward per backward; the grouped path runs the model twice.
+        return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1
+
+    def _logprobs(self, model, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, grouped: bool):
+        """Log-probs of the completions in rows `idx` under `model` (b, T'), and their loss mask (b, T')."""
+        p_ids, p_mask, c_ids, c_mask = self._micro_inputs(rollout, mask, idx)
+        T = self.cfg.rollout.temperature
+        if grouped:
+            prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
+            return grouped_completion_logprobs(model, prompt, c_ids, c_mask, T), c_mask
+        return completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T), c_mask
 
     def _micro_inputs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
         """Slice rows `idx`, trimming left padding of prompts and right padding of completions."""

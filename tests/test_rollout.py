@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs
+from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs, grouped_completion_logprobs
 
 
 def prompts_for(tokenizer, questions):
@@ -138,3 +138,30 @@ def test_rollout_logprobs_match_teacher_forcing(tiny, temperature):
         forced = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, temperature)
     mask = batch.completion_mask.bool()
     assert (forced[mask] - batch.logprobs[mask]).abs().max() < 1e-4
+
+
+def test_prefix_grouped_logprobs_and_gradients_equal_the_plain_path(tiny):
+    """verl-style prefix grouping: the prompt run once for its G completions gives the same
+    log-probs (1e-5) and the same parameter gradients as G separate prompt copies."""
+    model, tok = tiny
+    model.train()
+    prompt = torch.tensor(prompts_for(tok, QUESTIONS[1:2])[0])
+    batch = engine_for(model, tok).generate([prompt.tolist()], SamplingParams(num_generations=4, max_new_tokens=10), torch.Generator().manual_seed(3))
+    ids, mask = batch.completion_ids.clone(), batch.completion_mask.clone()
+    mask[1, 6:] = 0  # ragged completions exercise the right padding
+    mask[2, 2:] = 0
+    ids[mask == 0] = tok.pad_token_id
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(0))
+
+    def run(fn):
+        model.zero_grad()
+        logp = fn()
+        (logp * weights * mask).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, g_plain = run(lambda: completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, ids, mask, 0.8))
+    grouped, g_grouped = run(lambda: grouped_completion_logprobs(model, prompt, ids, mask, 0.8))
+    m = mask.bool()
+    assert (plain[m] - grouped[m]).abs().max() < 1e-5
+    for name, grad in g_plain.items():
+        assert torch.allclose(grad, g_grouped[name], atol=1e-5, rtol=1e-4), name

@@ -236,3 +236,18 @@ def test_reward_metrics_reach_the_metrics_file(tiny_model_dir, arithmetic_jsonl,
     m = list(read_records(tmp_path / "run" / "metrics.jsonl"))[0]
     assert m["rewards/tests.reward_fns:with_metrics/odd_frac"] == 0.25
     assert m["time/reward/tests.reward_fns:with_metrics"] >= 0
+
+
+def test_prefix_grouped_update_equals_the_plain_update(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    """Same rollouts, same loss and gradient norm with and without prefix grouping (first step:
+    identical weights before it), and the grouped path trains fewer tokens."""
+    runs = {}
+    for grouped in ("true", "false"):
+        train(tiny_model_dir, arithmetic_jsonl, tmp_path / grouped, max_steps=1, optim__prefix_grouping=grouped,
+              optim__micro_batch_size=4, eval__at_start="false", eval__at_end="false")
+        runs[grouped] = next(iter(read_records(tmp_path / grouped / "metrics.jsonl")))
+    on, off = runs["true"], runs["false"]
+    assert on["reward/mean"] == off["reward/mean"] and on["update/trained_sequences"] == off["update/trained_sequences"] > 0
+    assert on["loss"] == pytest.approx(off["loss"], rel=1e-5, abs=1e-7)
+    assert on["grad_norm"] == pytest.approx(off["grad_norm"], rel=1e-4)
+    assert on["tokens/trained"] < off["tokens/trained"]
