@@ -48,6 +48,9 @@ def test_reflection_markers_are_found(text, expected):
         "The waiter brought 4 plates; awaiting 2 more.",  # word boundaries
         "Checkmate in 3 moves. Verification code 1234 is printed.",
         "The hummingbird ate 4 seeds.",
+        "How long do they wait? Customers wait. Please wait.",
+        "He actually has 3 apples.",
+        "The rope is 5 hm long.",
     ],
 )
 def test_word_problem_sentences_are_not_reflection(text):
@@ -79,6 +82,20 @@ def test_stated_answers_are_claims_not_intermediate_steps():
     assert [c.value for c in stated_answers("So the answer is 12. Wait, the answer is 13.")] == ["12", "13"]
     assert [c.value for c in stated_answers("3 + 5 = 9. Wait, 3 + 5 = 8. \\boxed{8}")] == ["9", "8"]
     assert [c.value for c in stated_answers("The sum is 3 + 4 = 7")] == []  # "sum is 3" is the start of an expression
+    assert [c.value for c in stated_answers("3 boxes with 4 pens, so 3 boxes × 4 = 12 pens. <answer>12</answer>")] == ["12"]
+    assert [c.value for c in stated_answers("the answer is 3x + 4. hence 2x = 10")] == []
+    assert [c.value for c in stated_answers("The answer is \\boxed{8}. Hmm, actually \\boxed{9}.")] == ["8", "9"]
+    assert [c.value for c in stated_answers("So the answer is 8.</think> <answer>\\boxed{8}</answer>")] == ["8", "8"]
+    assert [c.value for c in stated_answers("x = 5 so the answer is x = 5. <answer>5 apples</answer>")] == ["5"]
+
+
+def test_claim_regexes_are_linear_on_hostile_text():
+    import time
+
+    for text in ("so" + " " * 20_000 + "x", "The answer is " + "8" * 50_000 + " + 8", "<answer>" * 10_000, "1=1 wait, " * 5_000):
+        start = time.perf_counter()
+        traces.analyze(text)
+        assert time.perf_counter() - start < 2.0, text[:30]
 
 
 @pytest.mark.parametrize(
@@ -90,6 +107,7 @@ def test_stated_answers_are_claims_not_intermediate_steps():
         ("The answer is 1/2. Wait, the answer is 0.5. <answer>0.5</answer>", "0.5", None),  # same value, not a revision
         ("<think>3 + 5 = 8</think> <answer>8</answer>", "8", None),
         ("The answer is 12. On second thought the answer is 13.", None, "changed"),  # no gold to judge by
+        ("So the answer is 8.</think> <answer>\\boxed{8}</answer>", "8", None),  # same answer, other presentation
     ],
 )
 def test_revision_classes(text, gold, kind):
@@ -122,6 +140,8 @@ def test_answers_match():
         ("6 * 7 = 42. Check: 42 / 7 = 6 ✓", True),
         ("Let me check: 5 + 3 = 9, that is wrong, so 8.", False),  # the check found an error: a revision, not a verification
         ("3 + 5 = 8. So 8.", False),  # no check at all
+        ("Let me check if this is correct. 3 * 4 = 13, which is not 12.", False),
+        ("To check, 12 / 3 = 4, which is not 5", False),
     ],
 )
 def test_verification(text, verified):
@@ -133,7 +153,9 @@ def test_verification(text, verified):
     [
         ("!" * 30, True),
         ("the answer the answer the answer the answer the answer the answer the answer the answer", True),
-        ("1 2 1 2 1 2 1 2 1 2 1 2 1 2 1 2 1 2", True),
+        ("ok 1 ok 1 ok 1 ok 1 ok 1 ok 1 ok 1 ok 1 ok 1", True),
+        ("3 + 3 + 3 + 3 + 3 + 3 + 3 + 3 + 3 + 3 = 30", False),  # arithmetic, not a loop
+        ("100000000000000000000000 and a rule: ------------------------", False),
         ("<think>3 + 5 = 8 and 8 - 1 = 7</think> <answer>7</answer>", False),
         ("a b c d e f g h i j k l m n o p", False),
     ],

@@ -27,11 +27,17 @@ from .store import iter_steps, load, prompt_key
 
 
 def analyzer_from_args(args) -> Analyzer:
+    markers = (args.markers or []) + (args.extra_marker or [])
+    if any(not m.strip() for m in markers):
+        raise UserError("--marker / --extra-marker: a reflection phrase must not be empty")
+    for name in ("width", "bucket", "context", "limit"):
+        if getattr(args, name, 0) is not None and getattr(args, name, 0) < 0:
+            raise UserError(f"--{name}: must be >= 0")
     return Analyzer(args.markers or None, list(args.extra_marker or []))
 
 
 def analyze_record(analyzer: Analyzer, record: dict) -> TraceAnalysis:
-    return analyzer(record.get("completion", ""), _gold(record), record.get("correct"), record.get("length"))
+    return analyzer(record.get("completion") or "", _gold(record), record.get("correct"), record.get("length"))
 
 
 def _gold(record: dict) -> str | None:
@@ -109,9 +115,9 @@ def summary_rows(run, split: str, bucket: int, analyzer: Analyzer) -> list[dict]
         records, analyses = zip(*pending)
         stats = step_statistics(analyses)
         rewards = [r["reward"] for r in records if r.get("reward") is not None]
-        fmt = [r["formatted"] for r in records if "formatted" in r]
+        fmt = [bool(r["formatted"]) for r in records if r.get("formatted") is not None]
         rows.append({
-            "steps": f"{lo}" if bucket == 1 else f"{lo}–{records[-1]['step']}",
+            "steps": f"{lo}" if bucket == 1 else f"{lo}–{records[-1].get('step', lo)}",
             "completions": len(records),
             "reward": sum(rewards) / len(rewards) if rewards else None,
             "accuracy": sum(bool(r.get("correct")) for r in records) / len(records),
@@ -140,7 +146,7 @@ def cmd_summary(args) -> int:
     rows = summary_rows(args.run, args.split, bucket, analyzer_from_args(args))
     if not rows:
         raise UserError(f"{args.run}: no {args.split} traces yet")
-    header = ["steps", "n", "reward", "accuracy", "length", "reflect", "refl/1k tok", "revise", "w→r", "r→w", "w→w", "verify", "aha", "acc | reflect", "acc | no reflect", "degenerate"]
+    header = ["steps", "n", "reward", "accuracy", "length", "reflect", "refl/1k tok", "revise", "w→r", "r→w", "w→w", "verify", "aha", "acc/reflect", "acc/no reflect", "degenerate"]
     body = [
         [
             r["steps"], str(r["completions"]), _fmt(r["reward"], rate=False) if r["reward"] is not None else "–", _fmt(r["accuracy"]),
@@ -174,7 +180,7 @@ def _panel(record: dict, analysis: TraceAnalysis, index: int, hl: Highlighter, w
         head += " refl:" + ",".join(s.label for s in analysis.reflections)
     if analysis.revision:
         head += f" rev:{analysis.revision.kind}"
-    body = highlight_revision(record.get("completion", ""), analysis, hl) if analysis.revision else record.get("completion", "")
+    body = highlight_revision((record.get("completion") or ""), analysis, hl) if analysis.revision else (record.get("completion") or "")
     lines = textwrap.wrap(head, width) + ["-" * width]
     for paragraph in body.splitlines() or [""]:
         lines += textwrap.wrap(paragraph, width, replace_whitespace=False, drop_whitespace=True) if not hl.color else _wrap_ansi(paragraph, width)
@@ -214,7 +220,7 @@ def cmd_show(args) -> int:
                 shown += 1
                 print(f"step {record.get('step')}  prompt {prompt_key(record)}  gold {record.get('answer')!r}  "
                       f"'{a.revision.before.value}' → '{a.revision.after.value}' at “{a.revision.point.label}”")
-                print(highlight_revision(record.get("completion", ""), a, hl))
+                print(highlight_revision((record.get("completion") or ""), a, hl))
                 print()
                 if shown >= args.limit:
                     break
@@ -275,7 +281,7 @@ def cmd_grep(args) -> int:
             continue
         if args.max_reward is not None and (reward is None or reward > args.max_reward):
             continue
-        text = record.get("completion", "")
+        text = (record.get("completion") or "")
         m = pattern.search(text)
         if not m:
             continue

@@ -12,6 +12,7 @@ overlaps merged), because bare "but"/"however"/"check" fire on ordinary arithmet
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import zlib
@@ -23,15 +24,16 @@ from rewards.extract import extract_answer_with_source, normalize_answer
 
 # --------------------------------------------------------------------------- reflection markers
 
-_NOT_AFTER = r"(?<!\bto )(?<!\bwill )(?<!\bwould )(?<!\bcan )(?<!\bcould )(?<!\bmust )(?<!\bshould )(?<!\bdid )(?<!\bdon't )(?<!\bcan't )(?<!\bthe )(?<!\ba )"
+_SENTENCE_START = r"(?:^|(?<=[.!?:;>\n])|(?<=[.!?:;>\n] ))"
 DEFAULT_MARKERS: dict[str, str] = {
-    # "Wait," / "wait." / "but wait" / "wait a moment" / "wait, no" -- not "wait time", "to wait for".
-    "wait": _NOT_AFTER + r"\bwait\b(?=\s*[,.!?:;\u2026\u2014-]|\s+(?:a\s+(?:moment|minute|second|sec)\b|no\b|that\b|i\b|actually\b|let\b))",
+    # "Wait," / "But wait." / "wait a moment" at a sentence start -- not "the wait time", "Customers wait."
+    "wait": _SENTENCE_START + r"wait\b(?=\s*[,!\u2026\u2014-]|\s+(?:a\s+(?:moment|minute|second|sec)\b|no\b|that\b|i\b|actually\b|let\b))"
+    r"|\b(?:but|oh|hmm|no|ok|okay)[,!]?\s+wait\b(?=\s*[,.!\u2026\u2014-])",
     "let me check": r"\blet(?:\s+me|'s|\s+us)\s+(?:re-?check|check|verify|double[- ]check|re-?verify|re-?calculate|re-?compute|re-?evaluate|re-?examine|reconsider|re-?think|think\s+again|try\s+again|go\s+back|look\s+again|see\s+again)\b",
     "double-check": r"\b(?:double[- ]check(?:ing|ed)?|re-?check(?:ing|ed)?|re-?verif(?:y|ying|ied))\b",
-    "actually": r"\bactually\b",
+    "actually": _SENTENCE_START + r"actually\b|\bactually\s*,",  # not "He actually has 3 apples"
     "mistake": r"\b(?:i|we)\s+(?:made|make|have\s+made)\s+(?:a|an|one)\s+(?:mistake|error|miscalculation)\b|\bmy\s+(?:mistake|error|bad)\b|\b(?:that|this|it)(?:\s+is|'s|\s+was)\s+(?:wrong|incorrect|not\s+(?:right|correct))\b",
-    "hmm": r"\bhm+\b",
+    "hmm": _SENTENCE_START + r"hm+\b|\bhm{2,}\b",  # not "5 hm long"
     "on second thought": r"\bon\s+(?:second|further)\s+thought\b",
 }
 
@@ -89,14 +91,15 @@ def reflections_per_1k_tokens(count: int, tokens: int) -> float:
 
 # --------------------------------------------------------------------------- stated answers
 
-_NUM = r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?"
+_NUM = r"(?>-?\d[\d,]*+(?:\.\d++)?+(?:/\d++)?+)"
+_CLAUSE_END = r"(?=\s*+(?:[.,;!?)]|</|\*|$))"  # "so 12." / "is 8</answer>" -- not "so 3 boxes", "is 3x + 4"
 _CLAIM_PHRASES = re.compile(
-    r"\b(?:(?:the\s+)?(?:final\s+|correct\s+|right\s+)?(?:answer|result|total|sum|difference|product)\s*(?:is|=|:|would\s+be|will\s+be|should\s+be|must\s+be)"
-    r"|(?:so|therefore|thus|hence)\s*,?\s*(?:it\s+is|it's|we\s+get|the\s+answer\s+is|that's|that\s+is|x\s*=)?)\s*\**\s*(?P<value>" + _NUM + r")(?![\d.]*\s*[-+*/×x÷]\s*\d)",
+    r"\b(?:(?:the\s++)?(?:final\s++|correct\s++|right\s++)?(?:answer|result|total|sum|difference|product)\s*+(?:is|=|:|would\s+be|will\s+be|should\s+be|must\s+be)"
+    r"|(?:so|therefore|thus|hence)(?:\s*+,)?(?:\s++(?:it\s+is|it's|we\s+get|the\s+answer\s+is|that's|that\s+is))?)\s*+(?:\*++\s*+)?(?P<value>" + _NUM + r")" + _CLAUSE_END,
     re.IGNORECASE,
 )
-_ANSWER_TAG = re.compile(r"<answer>(?P<value>.*?)</answer>", re.DOTALL)
-_EQUATION_RESULT = re.compile(r"=\s*(?P<value>" + _NUM + r")")
+_ANSWER_TAG = re.compile(r"<answer>(?P<value>(?:(?!<answer>).)*?)</answer>", re.DOTALL)  # linear on unclosed tags
+_EQUATION_RESULT = re.compile(r"=\s*+(?P<value>" + _NUM + r")")
 _LOOKAHEAD_FOR_MARKER = 60  # an equation result followed this closely by a reflection marker is a claim
 
 
@@ -116,15 +119,21 @@ def stated_answers(text: str, reflections: list[Span] | None = None) -> list[Cla
     Plain intermediate equations ("3 + 5 = 8, 8 * 2 = 16") are steps, not claims.
     """
     reflections = find_reflections(text) if reflections is None else reflections
-    claims = [Claim(normalize_answer(m["value"]), m.start("value"), m.end("value"), "phrase") for m in _CLAIM_PHRASES.finditer(text)]
-    claims += [Claim(normalize_answer(m["value"]), m.start("value"), m.end("value"), "answer_tag") for m in _ANSWER_TAG.finditer(text)]
+    claims = [Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "phrase") for m in _CLAIM_PHRASES.finditer(text)]
+    boxed = []
     for m in re.finditer(r"\\boxed\{", text):
-        value, _ = extract_answer_with_source(text[m.start() : m.start() + 400])
-        if value is not None:
-            claims.append(Claim(normalize_answer(value), m.end(), m.end() + len(value), "boxed"))
+        end = _closing_brace(text, m.end())
+        if end is not None:
+            boxed.append(Claim(canonical_answer(text[m.end() : end]), m.end(), end, "boxed"))
+    for m in _ANSWER_TAG.finditer(text):
+        if not any(m.start() <= b.start < m.end() for b in boxed):  # <answer>\boxed{8}</answer> is one claim
+            claims.append(Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "answer_tag"))
+    claims += boxed
+    starts = [r.start for r in reflections]
     for m in _EQUATION_RESULT.finditer(text):
-        if any(0 <= r.start - m.end() <= _LOOKAHEAD_FOR_MARKER for r in reflections):
-            claims.append(Claim(normalize_answer(m["value"]), m.start("value"), m.end("value"), "equation_before_reflection"))
+        k = bisect.bisect_left(starts, m.end())
+        if k < len(starts) and starts[k] - m.end() <= _LOOKAHEAD_FOR_MARKER:
+            claims.append(Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "equation_before_reflection"))
     claims.sort(key=lambda c: c.start)
     out: list[Claim] = []
     for c in claims:  # a value inside an <answer> tag may also match a phrase; keep the first
@@ -132,6 +141,30 @@ def stated_answers(text: str, reflections: list[Span] | None = None) -> list[Cla
             continue
         out.append(c)
     return [c for c in out if c.value]
+
+
+def _closing_brace(text: str, i: int) -> int | None:
+    depth = 1
+    for j in range(i, min(len(text), i + 2000)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return j
+    return None
+
+
+_LEADING_VAR = re.compile(r"^[a-z]\s*=\s*", re.IGNORECASE)
+_NUMBER_WITH_UNIT = re.compile(r"^(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)\s*[%a-z][a-z ]*$", re.IGNORECASE)
+
+
+def canonical_answer(value: str) -> str:
+    """A claim's value without presentation: \\boxed{}, $...$, bold, 'x =', units ('8 apples' -> '8')."""
+    s = value.strip()
+    if s.startswith("\\boxed{") and s.endswith("}"):
+        s = s[7:-1]
+    s = normalize_answer(s)
+    s = _LEADING_VAR.sub("", s)
+    m = _NUMBER_WITH_UNIT.match(s)
+    return m.group(1).replace(",", "") if m and not s.endswith("%") else s
 
 
 def _as_number(s: str) -> Fraction | None:
@@ -200,9 +233,9 @@ def find_revision(
     if not earlier:
         return None
     before = earlier[-1]
-    point = next((r for r in reflections if before.end <= r.start < final.start), Span(final.start, final.end, final.value))
-    if gold is None and final_correct is None:
-        kind = "changed"
+    point = next((r for r in reflections if before.end <= r.start < final.start), Span(final.start, final.end, "(no marker)"))
+    if gold is None:
+        kind = "changed"  # nothing to judge the earlier answer by
     else:
         after_ok = final_correct if final_correct is not None else is_correct(final.value, gold)
         before_ok = is_correct(before.value, gold) if gold is not None else False
@@ -228,7 +261,7 @@ _CONFIRMATION = re.compile(
     r"\b(?:correct|that'?s\s+right|that\s+is\s+right|is\s+right|yes|confirmed|confirms|checks\s+out|matches|consistent|indeed|holds)\b|✓|✔",
     re.IGNORECASE,
 )
-_DENIAL = re.compile(r"\b(?:not\s+(?:correct|right)|incorrect|wrong|doesn't\s+match|does\s+not\s+match|mistake)\b", re.IGNORECASE)
+_DENIAL = re.compile(r"\b(?:not|isn't|incorrect|wrong|doesn't\s+match|mistake|error)\b|≠", re.IGNORECASE)
 _VERIFY_WINDOW = 160
 
 
@@ -240,6 +273,8 @@ def find_verifications(text: str) -> list[Span]:
     for cue in _CHECK_CUE.finditer(text):
         window = text[cue.end() : cue.end() + _VERIFY_WINDOW]
         denial = _DENIAL.search(window)
+        if re.match(r"\s*(?:if|whether)\b", window, re.IGNORECASE):  # "let me check if this is correct": a question
+            window = window[window.find(".") + 1 :] if "." in window else ""
         confirm = _CONFIRMATION.search(window) or _EQUATION_RESULT.search(window)
         if confirm and denial is None:
             out.append(Span(cue.start(), cue.end() + confirm.end(), "verification"))
@@ -248,7 +283,8 @@ def find_verifications(text: str) -> list[Span]:
 
 # --------------------------------------------------------------------------- degenerate text
 
-_CHAR_RUN = re.compile(r"(.)\1{19,}", re.DOTALL)
+_CHAR_RUN = re.compile(r"([^\d\s=_.\-*#])\1{19,}")  # "!!!!..."; not digit strings or ---- rules
+_ARITHMETIC = re.compile(r"^[\d.,+\-*/×÷=()]+$")
 
 
 def is_degenerate(text: str, min_repeats: int = 8) -> bool:
@@ -261,7 +297,9 @@ def is_degenerate(text: str, min_repeats: int = 8) -> bool:
         for offset in range(n):
             run = 1
             for i in range(offset + n, len(words) - n + 1, n):
-                run = run + 1 if words[i : i + n] == words[i - n : i] else 1
+                gram = words[i : i + n]
+                same = gram == words[i - n : i] and not all(_ARITHMETIC.match(w) for w in gram)  # "3 + 3 + 3 + ..." is arithmetic
+                run = run + 1 if same else 1
                 if run >= min_repeats:
                     return True
     data = text.encode("utf-8", "replace")

@@ -218,9 +218,9 @@ def _aha_table(run: Path, analyzer: Analyzer) -> str:
         total += 1
         if len(rows) < MAX_AHA:
             rows.append(
-                f"<tr class=aha-row><td>{record.get('step')}</td><td>{html.escape(str(prompt_key(record)))}</td>"
+                f"<tr class=aha-row><td>{html.escape(str(record.get('step')))}</td><td>{html.escape(str(prompt_key(record)))}</td>"
                 f"<td>{html.escape(str(record.get('answer')))}</td><td>{html.escape(a.revision.before.value)} → {html.escape(a.revision.after.value)}</td>"
-                f"<td>{html.escape(a.revision.point.label)}</td><td><pre>{highlighted_html(record.get('completion', ''), a)}</pre></td></tr>"
+                f"<td>{html.escape(a.revision.point.label)}</td><td><pre>{highlighted_html(record.get('completion') or '', a)}</pre></td></tr>"
             )
     note = f"<p>{total} completion(s) revise a wrong answer into the right one" + (f"; the first {MAX_AHA} are shown" if total > MAX_AHA else "") + ". "
     note += "<mark class=wrong>abandoned answer</mark> · <mark class=point>where it changes its mind</mark> · <mark class=right>final answer</mark></p>"
@@ -239,7 +239,7 @@ def _card(record: dict, analysis: TraceAnalysis) -> str:
     bits.append(f"{record.get('length', '?')} tok")
     if analysis.reflections:
         bits.append("reflects: " + ", ".join(s.label for s in analysis.reflections))
-    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{highlighted_html(record.get('completion', ''), analysis)}</pre></div>"
+    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{highlighted_html(record.get('completion') or '', analysis)}</pre></div>"
 
 
 def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
@@ -295,7 +295,7 @@ def _eval_across_steps(run: Path) -> str:
     for record in load(run, "eval"):
         if record["step"] not in steps:
             steps.append(record["step"])
-        if record["problem"] < MAX_EVAL_PROBLEMS:
+        if isinstance(record.get("problem"), int) and record["problem"] < MAX_EVAL_PROBLEMS:
             by_problem[record["problem"]][record["step"]] = record
     if not by_problem:
         return "<p class=muted>no held-out evaluations</p>"
@@ -310,7 +310,7 @@ def _eval_across_steps(run: Path) -> str:
                 cells.append("<td></td>")
                 continue
             cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{html.escape(r.get('completion', ''))}</pre></td>")
-        rows.append(f"<tr><td><b>{problem}</b><br>{html.escape(str(first.get('question', '')))}<br><span class=muted>gold: {html.escape(str(first.get('answer')))}</span></td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td><b>{html.escape(str(problem))}</b><br>{html.escape(str(first.get('question', '')))}<br><span class=muted>gold: {html.escape(str(first.get('answer')))}</span></td>{''.join(cells)}</tr>")
     return f"<table id=eval-table>{header}{''.join(rows)}</table>"
 
 

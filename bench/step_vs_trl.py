@@ -1,0 +1,200 @@
+"""One GRPO step, ours vs TRL's GRPOTrainer, measured side by side in one process, alternating.
+
+Same model (the embedded SmolLM2-135M-Instruct, fp32), same prompts in the same order, same G,
+max tokens and sampling (T=1, top-p 1, no top-k, EOS only), same optimizer (AdamW, constant lr,
+clip 1.0), same loss (DAPO token-level, eps 0.2, beta 0, mu 1). The reward is a deterministic
+hash of the completion text, so every group has reward variance and both trainers run the full
+update (our zero-advantage skipping is a separate feature, not measured here). TRL runs with
+gradient checkpointing and bf16 off (its defaults are on; bf16 is ~400x slower on AVX2 CPUs).
+
+Alternation: TRL trains; after each TRL step a callback runs one of our steps. The first
+`--warmup` steps of each are not counted. Prints per-phase seconds (generation+reward, update),
+the ratio TRL/ours, and model-FLOPs utilisation against the fp32 matmul peak measured here.
+
+    python bench/step_vs_trl.py [--steps 3] [--warmup 1] [--prompts 2] [--generations 8] [--max-tokens 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+SYSTEM = "Solve the problem. Reason step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+
+
+def hash_reward(completions, **_) -> list[float]:
+    """A deterministic function of the text in [0, 1): distinct completions get distinct rewards."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [(zlib.crc32(t.encode()) % 10007) / 10007 for t in texts]
+
+
+def measure_peak_gflops(size: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def measure_bandwidth_gbs(mb: int = 512, reps: int = 5) -> float:
+    x = torch.empty(mb * 2**20 // 4)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    start = time.perf_counter()
+    for _ in range(reps):
+        y.copy_(x)
+    return 2 * x.numel() * 4 * reps / (time.perf_counter() - start) / 1e9  # read + write
+
+
+def problems(n: int) -> list[dict]:
+    import reasoning_gym
+
+    data = reasoning_gym.create_dataset("basic_arithmetic", size=n, seed=7, min_terms=2, max_terms=3, min_digits=1, max_digits=2)
+    return [{"id": f"b-{i}", "question": item["question"], "answer": item["answer"]} for i, item in enumerate(data)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="measured steps of each trainer")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    args = parser.parse_args()
+
+    import datasets
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from rl_reasoning.config import load_config
+    from rl_reasoning.models import resolve_model_dir
+    from rl_reasoning.trainer import GRPOTrainer
+
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    total_steps = args.steps + args.warmup
+    P, G, T = args.prompts, args.generations, args.max_tokens
+    items = problems(P * total_steps)
+    model_dir = resolve_model_dir("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    print(f"measuring the machine ({threads} threads) ...", flush=True)
+    peak = measure_peak_gflops()
+    bandwidth = measure_bandwidth_gbs()
+    print(f"fp32 matmul peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s")
+
+    # ---- ours
+    bench_dir = Path(__file__).resolve().parent
+    sys.path.insert(0, str(bench_dir))
+    overrides = [
+        "model.name=smollm2-135m-instruct", "data.source=reasoning_gym", "data.eval_size=0",
+        f"prompt.system_prompt={SYSTEM}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={T}",
+        "rollout.temperature=1.0", "rollout.top_p=1.0", "grpo.loss_type=dapo", "grpo.scale_rewards=group",
+        "grpo.epsilon=0.2", "grpo.epsilon_high=0.2", "grpo.beta=0.0", "grpo.num_iterations=1",
+        f"optim.lr={args.lr}", "optim.adam_beta1=0.9", "optim.adam_beta2=0.999", "optim.weight_decay=0.0",
+        "optim.max_grad_norm=1.0", "optim.warmup_steps=0", f"optim.micro_batch_size={G}",
+        "eval.at_start=false", "eval.at_end=false", "rewards=[{name: 'step_vs_trl:hash_reward'}]",
+        f"prompts_per_step={P}", f"max_steps={total_steps}", f"threads={threads}",
+        f"output_dir={bench_dir / 'out' / time.strftime('step_vs_trl-%Y%m%d-%H%M%S')}",
+    ]
+    ours = GRPOTrainer(load_config(None, overrides), quiet=True)
+    batches = iter([items[i : i + P] for i in range(0, len(items), P)])
+    ours.sampler.next_batch = lambda n: next(batches)  # the same prompts, in TRL's order
+    our_steps: list[dict] = []
+
+    # ---- TRL
+    data = datasets.Dataset.from_list(
+        [{"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p["question"]}]} for p in items]
+    )
+    trl_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = trl.GRPOConfig(
+        output_dir=str(bench_dir / "out" / "trl"), per_device_train_batch_size=P * G, num_generations=G,
+        max_completion_length=T, max_steps=total_steps, learning_rate=args.lr, lr_scheduler_type="constant",
+        adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0, temperature=1.0, top_p=1.0, top_k=0,
+        loss_type="dapo", scale_rewards="group", epsilon=0.2, beta=0.0, num_iterations=1,
+        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, report_to=[], save_strategy="no",
+        logging_steps=1, shuffle_dataset=False, seed=0, dataloader_num_workers=0,
+    )
+    trainer = trl.GRPOTrainer(model=trl_model, reward_funcs=[hash_reward], args=config, train_dataset=data, processing_class=tokenizer)
+    trl_steps: list[dict] = []
+    generate = trainer._generate_and_score_completions
+    gen_time = {"s": 0.0}
+
+    def timed_generate(*a, **kw):
+        start = time.perf_counter()
+        out = generate(*a, **kw)
+        gen_time["s"] += time.perf_counter() - start
+        return out
+
+    trainer._generate_and_score_completions = timed_generate
+
+    class Alternate(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            gen_time["s"] = 0.0
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            step_s = time.perf_counter() - self.start
+            trl_steps.append({"step": step_s, "generation": gen_time["s"], "update": step_s - gen_time["s"]})
+            m = ours.train_step()
+            ours.step += 1
+            our_steps.append(m)
+            print(f"step {len(trl_steps)}: TRL {step_s:.1f} s (gen+reward {gen_time['s']:.1f}) | ours {m['time/step']:.1f} s "
+                  f"(gen {m['time/generation']:.1f}, reward {m['time/reward']:.2f}, update {m['time/update']:.1f})", flush=True)
+
+    trainer.add_callback(Alternate())
+    trainer.train()
+
+    # ---- report
+    logs = [e for e in trainer.state.log_history if "completions/mean_length" in e]
+    prompt_tokens = [len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)) for row in data]
+    n_params = sum(p.numel() for p in trl_model.parameters())
+    W = args.warmup
+    ours_m, trl_m = our_steps[W:], trl_steps[W:]
+
+    def med(xs):
+        return statistics.median(xs)
+
+    rows = {
+        "generation + reward (s)": (med([m["time/generation"] + m["time/reward"] for m in ours_m]), med([s["generation"] for s in trl_m])),
+        "update (s)": (med([m["time/update"] for m in ours_m]), med([s["update"] for s in trl_m])),
+        "step (s)": (med([m["time/step"] for m in ours_m]), med([s["step"] for s in trl_m])),
+    }
+    our_gen_tokens = med([m["tokens/generated"] for m in ours_m])
+    trl_gen_tokens = med([e["completions/mean_length"] * P * G for e in logs[W:]]) if logs[W:] else float("nan")
+    mean_prompt = statistics.mean(prompt_tokens)
+
+    def flops(gen_tokens):  # the FLOPs a step needs: prompt once per group, every token once
+        return 2 * n_params * (P * mean_prompt + gen_tokens), 6 * n_params * (P * mean_prompt + gen_tokens)
+
+    (og, ou), (tg, tu) = flops(our_gen_tokens), flops(trl_gen_tokens)
+    decode_steps = T  # upper bound on sequential decode steps per generation call
+    mem_floor = decode_steps * n_params * 4 / (bandwidth * 1e9)
+
+    print(f"\nSmolLM2-135M-Instruct fp32, {threads} threads, {P} prompts x {G} generations, <= {T} new tokens, "
+          f"prompt {mean_prompt:.0f} tokens; median of {args.steps} steps after {W} warm-up")
+    print(f"generated tokens per step: ours {our_gen_tokens:.0f}, TRL {trl_gen_tokens:.0f} (different samples, same settings)\n")
+    print("| phase | ours | TRL | TRL / ours |")
+    print("|---|---|---|---|")
+    for name, (a, b) in rows.items():
+        print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+    print(f"| generated tokens/s | {our_gen_tokens / rows['generation + reward (s)'][0]:.0f} | {trl_gen_tokens / rows['generation + reward (s)'][1]:.0f} | |")
+    print(f"| generation MFU | {og / rows['generation + reward (s)'][0] / (peak * 1e9):.0%} | {tg / rows['generation + reward (s)'][1] / (peak * 1e9):.0%} | |")
+    print(f"| update MFU | {ou / rows['update (s)'][0] / (peak * 1e9):.0%} | {tu / rows['update (s)'][1] / (peak * 1e9):.0%} | |")
+    gen_floor = max(og / (peak * 1e9), mem_floor)
+    print(f"\ngeneration floor (ours): max(FLOPs {og / (peak * 1e9):.1f} s, weight reads {mem_floor:.1f} s for {decode_steps} decode steps) = {gen_floor:.1f} s; "
+          f"ours takes {rows['generation + reward (s)'][0] / gen_floor:.1f}x the floor")
+    print(f"update floor (ours): {ou / (peak * 1e9):.1f} s at peak; step throughput ours/TRL: {rows['step (s)'][1] / rows['step (s)'][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
