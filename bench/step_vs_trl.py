@@ -156,7 +156,10 @@ def main() -> None:
 
     # ---- report
     logs = [e for e in trainer.state.log_history if "completions/mean_length" in e]
-    prompt_tokens = [len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)) for row in data]
+    prompt_tokens = [
+        len(tokenizer(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
+        for row in data
+    ]
     n_params = sum(p.numel() for p in trl_model.parameters())
     W = args.warmup
     ours_m, trl_m = our_steps[W:], trl_steps[W:]
