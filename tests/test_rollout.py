@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs, grouped_completion_logprobs
+from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs, grouped_completion_logprobs, inverse_cdf_sample
 
 
 def prompts_for(tokenizer, questions):
@@ -165,3 +165,13 @@ def test_prefix_grouped_logprobs_and_gradients_equal_the_plain_path(tiny):
     assert (plain[m] - grouped[m]).abs().max() < 1e-5
     for name, grad in g_plain.items():
         assert torch.allclose(grad, g_grouped[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_inverse_cdf_sampling_matches_the_distribution_and_skips_zero_probabilities():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0]]).repeat(50_000, 1)  # rows need not be normalised
+    tokens = inverse_cdf_sample(probs, torch.Generator().manual_seed(0)).view(50_000, 2)
+    freq = torch.bincount(tokens[:, 0], minlength=4).float() / 50_000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.01) and freq[1] == 0
+    assert (tokens[:, 1] == 3).all()
+    again = inverse_cdf_sample(probs, torch.Generator().manual_seed(0)).view(50_000, 2)
+    assert torch.equal(tokens, again)  # seeded
