@@ -230,7 +230,7 @@ class GRPOTrainer:
         correct = rewards.components[cfg.accuracy_reward_name] >= CORRECT  # (N,)
         analyses = self._analyze(completions, problems, G, correct, rollout.lengths)
         metrics = self._step_metrics(rollout, rewards, advantages, completions, columns, update_stats)
-        metrics.update(step_statistics(analyses) if analyses else {})
+        metrics.update(step_statistics(analyses))
         metrics.update(
             {
                 "time/generation": t_gen - t_start,

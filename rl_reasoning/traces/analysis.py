@@ -59,7 +59,8 @@ class Analyzer:
 
     def __call__(self, text: str, gold: str | None = None, correct: bool | None = None, tokens: int | None = None) -> TraceAnalysis:
         reflections = find_reflections(text, self._compiled)
-        revision = find_revision(text, gold, correct, self.is_correct, reflections)
+        claims = stated_answers(text, reflections)
+        revision = find_revision(text, gold, correct, self.is_correct, reflections, claims)
         verifications = find_verifications(text)
         if revision is not None:  # a check that led to a changed answer found an error: it is the revision
             verifications = [v for v in verifications if not revision.before.end <= v.start < revision.after.start]
@@ -67,7 +68,7 @@ class Analyzer:
             reflections=reflections,
             revision=revision,
             verifications=verifications,
-            claims=stated_answers(text, reflections),
+            claims=claims,
             degenerate=is_degenerate(text),
             tokens=tokens if tokens is not None else approximate_tokens(text),
             correct=correct,

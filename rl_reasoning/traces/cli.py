@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..jsonl import read_records
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis, step_statistics
+from .detectors import mark_revision
 from .store import iter_steps, load, prompt_key
 
 # --------------------------------------------------------------------------- helpers
@@ -70,24 +71,7 @@ class Highlighter:
 
 def highlight_revision(text: str, analysis: TraceAnalysis, hl: Highlighter) -> str:
     """The completion with the abandoned answer, the revision point and the final answer marked."""
-    rev = analysis.revision
-    if rev is None:
-        return text
-    before_ok = rev.kind == "right_to_wrong"
-    after_ok = rev.kind == "wrong_to_right"
-    spans = sorted(
-        {(rev.before.start, rev.before.end, "right" if before_ok else "wrong"),
-         (rev.point.start, rev.point.end, "point"),
-         (rev.after.start, rev.after.end, "right" if after_ok else "wrong")}
-    )
-    out, pos = [], 0
-    for start, end, kind in spans:
-        if start < pos:
-            continue
-        out += [text[pos:start], hl.mark(text[start:end], kind)]
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
+    return mark_revision(text, analysis.revision, lambda span, kind: hl.mark(span, kind))
 
 
 def _parse_steps(value: str | None) -> tuple[int | None, int | None] | None:
@@ -117,6 +101,7 @@ def summary_rows(run, split: str, bucket: int, analyzer: Analyzer) -> list[dict]
         rewards = [r["reward"] for r in records if r.get("reward") is not None]
         fmt = [bool(r["formatted"]) for r in records if r.get("formatted") is not None]
         rows.append({
+            "first_step": lo,
             "steps": f"{lo}" if bucket == 1 else f"{lo}–{records[-1].get('step', lo)}",
             "completions": len(records),
             "reward": sum(rewards) / len(rewards) if rewards else None,

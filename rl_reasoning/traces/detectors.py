@@ -219,13 +219,14 @@ def find_revision(
     final_correct: bool | None = None,
     is_correct: Callable[[str, str], bool] = answers_match,
     reflections: list[Span] | None = None,
+    claims: list[Claim] | None = None,
 ) -> Revision | None:
     """The completion states an answer, then ends on a different one. None when it never changes its answer.
 
     `final_correct` (e.g. the accuracy reward's verdict) overrides judging the final claim by `is_correct`.
     """
     reflections = find_reflections(text) if reflections is None else reflections
-    claims = stated_answers(text, reflections)
+    claims = stated_answers(text, reflections) if claims is None else claims
     final = final_claim(text, claims)
     if final is None:
         return None
@@ -248,6 +249,26 @@ def find_revision(
         else:
             kind = "changed"  # two different answers both judged right (e.g. equivalent forms)
     return Revision(kind, before, final, point)
+
+
+def mark_revision(text: str, revision: Revision | None, mark: Callable[[str, str], str], plain: Callable[[str], str] = str) -> str:
+    """`text` with the abandoned answer, the revision point and the final answer wrapped by
+    mark(span_text, kind), kind in 'wrong' | 'right' | 'point'; the rest passed through `plain`."""
+    if revision is None:
+        return plain(text)
+    spans = sorted({
+        (revision.before.start, revision.before.end, "right" if revision.kind == "right_to_wrong" else "wrong"),
+        (revision.point.start, revision.point.end, "point"),
+        (revision.after.start, revision.after.end, "right" if revision.kind == "wrong_to_right" else "wrong"),
+    })
+    out, pos = [], 0
+    for start, end, kind in spans:
+        if start < pos:
+            continue
+        out += [plain(text[pos:start]), mark(text[start:end], kind)]
+        pos = end
+    out.append(plain(text[pos:]))
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- verification

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..jsonl import read_records
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis
+from .detectors import mark_revision
 from .cli import analyze_record, summary_rows
 from .store import iter_steps, load, prompt_key
 
@@ -93,7 +94,7 @@ def _trace_series(run: Path, metrics: list[dict], analyzer: Analyzer) -> dict[in
         return {m["step"]: m for m in metrics}
     if not (run / "traces.jsonl").exists():
         return {}
-    return {int(str(r["steps"]).split("–")[0]): r for r in summary_rows(run, "train", 1, analyzer)}
+    return {r["first_step"]: r for r in summary_rows(run, "train", 1, analyzer)}
 
 
 def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> str:
@@ -189,22 +190,7 @@ def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> s
 
 def highlighted_html(text: str, analysis: TraceAnalysis) -> str:
     """HTML-escaped completion with the abandoned answer, the revision point and the final answer marked."""
-    rev = analysis.revision
-    if rev is None:
-        return html.escape(text)
-    spans = sorted({
-        (rev.before.start, rev.before.end, "right" if rev.kind == "right_to_wrong" else "wrong"),
-        (rev.point.start, rev.point.end, "point"),
-        (rev.after.start, rev.after.end, "right" if rev.kind == "wrong_to_right" else "wrong"),
-    })
-    out, pos = [], 0
-    for start, end, kind in spans:
-        if start < pos:
-            continue
-        out += [html.escape(text[pos:start]), f"<mark class={kind}>{html.escape(text[start:end])}</mark>"]
-        pos = end
-    out.append(html.escape(text[pos:]))
-    return "".join(out)
+    return mark_revision(text, analysis.revision, lambda span, kind: f"<mark class={kind}>{html.escape(span)}</mark>", html.escape)
 
 
 def _aha_table(run: Path, analyzer: Analyzer) -> str:
