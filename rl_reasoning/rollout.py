@@ -9,7 +9,10 @@ How it works (and where it departs from `model.generate`):
 - Log-probs: for every sampled token we record log softmax(logits / T) over the *full*
   vocabulary, which is exactly what the GRPO loss recomputes with gradients; top-p only
   changes which token is drawn. Greedy decoding (T = 0) records log-probs at T = 1.
-- Determinism: all randomness comes from the `torch.Generator` passed in.
+- Determinism: all randomness comes from the `torch.Generator` passed in. Every decode step
+  draws one uniform per row of the *global* batch (`shard`), so a process that generates rows
+  [offset, offset + N) of a batch sharded over several processes draws exactly the numbers a
+  single process generating the whole batch would use for those rows.
 """
 
 from __future__ import annotations
@@ -67,9 +70,10 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row. Returns (tokens (n,), logprobs (n,), entropies (n,))."""
+    """Draw one token per row with the given uniforms (n,) in [0, 1) (unused when greedy).
+    Returns (tokens (n,), logprobs (n,), entropies (n,))."""
     logits = logits.float()  # (n, V)
     scaled = logits / temperature if temperature > 0 else logits
     logp = torch.log_softmax(scaled, dim=-1)  # (n, V)
@@ -84,16 +88,16 @@ def sample_tokens(
             drop = cumulative - sorted_probs > top_p  # keep the smallest prefix reaching top_p
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        tokens = inverse_cdf_sample(probs, generator)
+        tokens = inverse_cdf_sample(probs, uniforms)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
-def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw per row from (unnormalised) probs (n, V): the first index whose float64 cumulative
-    sum exceeds u * total. Exact in law, never picks a zero-probability token, and ~15x cheaper
-    on CPU than torch.multinomial, which draws V exponentials per row."""
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One draw per row from (unnormalised) probs (n, V) and uniforms (n,): the first index whose
+    float64 cumulative sum exceeds u * total. Exact in law, never picks a zero-probability token,
+    and ~15x cheaper on CPU than torch.multinomial, which draws V exponentials per row."""
     cdf = probs.double().cumsum(-1)  # (n, V)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    u = uniforms.to(cdf)[:, None] * cdf[:, -1:]  # (n, 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # (n,)
 
 
@@ -114,12 +118,21 @@ class RolloutEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> RolloutBatch:
+        """`shard` = (offset, total): these N rows are rows offset..offset+N-1 of a batch of `total`
+        completions generated across processes (default: the whole batch, (0, N))."""
         G, T_max = params.num_generations, params.max_new_tokens
         P = len(prompts)
         N = P * G
         device = self.device
+        offset, total = shard or (0, N)
+        if offset < 0 or offset + N > total:
+            raise ValueError(f"shard {shard} does not hold {N} rows")
         was_training = self.model.training
         self.model.eval()
 
@@ -152,7 +165,10 @@ class RolloutEngine:
         stop_window = max((len(s) for s in params.stop), default=0) + 2
 
         for t in range(T_max):
-            tok, lp, ent = sample_tokens(logits, params.temperature, params.top_p, generator)
+            uniforms = None
+            if params.temperature > 0:  # (total,) drawn for the global batch, read at this batch's rows
+                uniforms = torch.rand(total, generator=generator, device=device, dtype=torch.float64)[(rows + offset).to(device)]
+            tok, lp, ent = sample_tokens(logits, params.temperature, params.top_p, uniforms)
             tok_c, lp_c, ent_c = tok.cpu(), lp.cpu(), ent.cpu()
             live = rows[running]
             tokens_out[live, t] = tok_c[running]

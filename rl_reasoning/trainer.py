@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from rewards.format import is_well_formatted
 
 from . import checkpoint as ckpt
 from .config import Config, RewardSpec, dump_config
+from .distributed import Collective
 from .tasks import PromptSampler, load_task
 from .errors import ConfigError, UserError
 from .evaluation import CORRECT, answer_fallback, evaluate, problem_columns
@@ -75,14 +77,21 @@ class GRPOTrainer:
 
         quiet_library_progress_bars()
         use_cuda = torch.cuda.is_available()
-        if not use_cuda:
-            torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        if not use_cuda:  # processes on one machine share its cores
+            local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_processes))
         for tracker in cfg.report_to:
             if tracker == "tensorboard" and not _importable("tensorboard") and not _importable("tensorboardX"):
                 raise ConfigError("report_to: tensorboard is not installed (pip install tensorboard)")
             if tracker == "wandb" and not _importable("wandb"):
                 raise ConfigError("report_to: wandb is not installed (pip install wandb)")
         self.accelerator = Accelerator(cpu=not use_cuda, log_with=cfg.report_to or None, project_dir=str(self.run_dir))
+        self.collective = Collective(self.accelerator)
+        if cfg.prompts_per_step % self.collective.world:
+            raise ConfigError(
+                f"prompts_per_step: {cfg.prompts_per_step} prompts cannot be split over {self.collective.world} processes; "
+                "use a multiple of the process count"
+            )
         seed_everything(cfg.seed)
 
         # Everything that can fail on bad input is checked before the model is loaded.
@@ -183,7 +192,7 @@ class GRPOTrainer:
                     len=f"{metrics['completions/mean_length']:.0f}",
                     s=f"{metrics['time/step']:.1f}",
                 )
-                if self.step % cfg.log_every == 0 and not self.quiet:
+                if self.step % cfg.log_every == 0 and not self.quiet and self.is_main:
                     bar.write(_summary_line(metrics))
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.max_steps and self.data.held_out:
                     self.run_eval()
@@ -195,6 +204,12 @@ class GRPOTrainer:
             self.run_eval()
         final_checkpoint = self.save()
         summary = self.summary(last, final_checkpoint)
+        if self.collective.world > 1:
+            checksums = self.collective.parameter_checksums(self.accelerator.unwrap_model(self.model))
+            summary["processes"] = self.collective.world
+            summary["replica_checksums"] = checksums  # one per process; equal when the replicas agree
+            if len(set(checksums)) > 1:
+                self._print(f"warning: model replicas differ across processes (checksums {checksums})")
         if self.is_main:
             import json
 
@@ -206,20 +221,26 @@ class GRPOTrainer:
         cfg = self.cfg
         G = cfg.rollout.num_generations
         t_start = time.perf_counter()
-        problems = self.sampler.next_batch(cfg.prompts_per_step)
+        shard = self.collective.shard
+        problems = self.sampler.next_batch(cfg.prompts_per_step)  # the global batch, identical on every process
         prompt_texts = [render_prompt(self.tokenizer, p["question"], cfg.prompt) for p in problems]
-        prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts]
+        mine = shard.prompt_slice(len(problems))  # this process's prompts, with all G of their completions
+        prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts[mine]]
 
-        rollout = self.engine.generate(prompt_ids, cfg.rollout, self.generator)
+        self.generator.manual_seed(rollout_seed(cfg.seed, self.step))
+        n_local = len(prompt_ids) * G
+        rollout = self.engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
         t_gen = time.perf_counter()
 
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
-        columns = problem_columns(problems, G)
+        columns = problem_columns(problems[mine], G)
         completion_ids = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths)]
-        rewards = self.rewards(completions, columns, [t for t in prompt_texts for _ in range(G)], self.step + 1, completion_ids=completion_ids)
+        rewards = self.rewards(completions, columns, [t for t in prompt_texts[mine] for _ in range(G)], self.step + 1, completion_ids=completion_ids)
         t_rew = time.perf_counter()
 
-        advantages = group_advantages(rewards.total, G, cfg.grpo.scale_rewards)  # (N,)
+        rows = self._gather_rows(rollout, rewards, completions)  # every completion of the global batch
+        rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
+        advantages = rows.advantages[shard.row_slice(len(rows.advantages))]  # (N,) this process's rows
         mask = rollout.completion_mask.clone()  # (N, T)
         mask[torch.isnan(rewards.total)] = 0
         if cfg.grpo.mask_truncated_completions:
@@ -227,24 +248,41 @@ class GRPOTrainer:
         update_stats = self.update(rollout, advantages, mask)
         t_upd = time.perf_counter()
 
-        correct = rewards.components[cfg.accuracy_reward_name] >= CORRECT  # (N,)
-        analyses = self._analyze(completions, problems, G, correct, rollout.lengths)
-        metrics = self._step_metrics(rollout, rewards, advantages, completions, columns, update_stats)
+        correct = rows.components[cfg.accuracy_reward_name] >= CORRECT  # (B*G,)
+        analyses = self._analyze(rows.completions, problems, G, correct, rows.lengths) if self.is_main else []
+        metrics = self._step_metrics(rows, update_stats)
         metrics.update(step_statistics(analyses))
+        seconds = self.collective.max({"generation": t_gen - t_start, "reward": t_rew - t_gen, "update": t_upd - t_rew, "step": t_upd - t_start})
         metrics.update(
             {
-                "time/generation": t_gen - t_start,
-                "time/reward": t_rew - t_gen,
-                "time/update": t_upd - t_rew,
-                "time/step": t_upd - t_start,
-                "throughput/generated_tokens_per_s": float(rollout.lengths.sum()) / max(t_gen - t_start, 1e-9),
-                "throughput/tokens_per_s": float(rollout.lengths.sum() + rollout.prompt_mask.sum()) / max(t_upd - t_start, 1e-9),
+                "time/generation": seconds["generation"],
+                "time/reward": seconds["reward"],
+                "time/update": seconds["update"],
+                "time/step": seconds["step"],
+                "throughput/generated_tokens_per_s": float(rows.lengths.sum()) / max(seconds["generation"], 1e-9),
+                "throughput/tokens_per_s": float(rows.lengths.sum() + rows.prompt_lengths.sum()) / max(seconds["step"], 1e-9),
             }
         )
-        self._write_traces(problems, prompt_texts, completions, rollout, rewards, advantages, analyses)
+        self._write_traces(problems, prompt_texts, rows, analyses)
         if cfg.traces.analyze:
             metrics["alarms"] = [f"{a.name}: {a.message}" for a in self.alarms.update({**metrics, "step": self.step + 1})]
         return metrics
+
+    def _gather_rows(self, rollout: RolloutBatch, rewards, completions: list[str]) -> "StepRows":
+        """Per-completion values of the whole generation batch, gathered from every process."""
+        c = self.collective
+        return StepRows(
+            completions=c.gather_objects(completions),
+            rewards=c.gather(rewards.total),
+            components={name: c.gather(v) for name, v in rewards.components.items()},
+            lengths=c.gather(rollout.lengths),
+            prompt_lengths=c.gather(rollout.prompt_mask.sum(-1)),
+            truncated=c.gather(rollout.truncated),
+            entropy_sums=c.gather(rollout.entropies.sum(-1)),
+            group_size=rollout.group_size,
+            reward_seconds=c.max(rewards.seconds),
+            reward_metrics=c.mean_of_dicts(rewards.metrics),
+        )
 
     def _analyze(self, completions, problems, G, correct, lengths) -> list:
         """Self-correction analysis of every completion (empty when traces.analyze is off)."""
@@ -261,9 +299,11 @@ class GRPOTrainer:
         """mu optimizer steps on one generation batch; returns summed statistics."""
         cfg = self.cfg
         N = len(rollout)
-        normalizer = LossNormalizer(cfg.grpo.loss_type, N, int(mask.sum()), cfg.rollout.max_new_tokens)
+        world = self.collective.world
+        counts = self.collective.sum({"sequences": N, "tokens": int(mask.sum())})
+        normalizer = LossNormalizer(cfg.grpo.loss_type, int(counts["sequences"]), int(counts["tokens"]), cfg.rollout.max_new_tokens)
         lengths = mask.sum(-1)  # (N,)
-        if self.accelerator.num_processes > 1:
+        if world > 1:
             trainable = torch.ones_like(lengths, dtype=torch.bool)  # same micro-batch count on every rank (DDP all-reduce)
         else:
             trainable = lengths > 0
@@ -305,11 +345,13 @@ class GRPOTrainer:
                     beta=cfg.grpo.beta,
                     ref_logp=ref_logps.get(k),
                 )
+                # `loss` is this process's share of the global-batch loss; DDP averages gradients
+                # over processes, so scaling by W makes the all-reduced gradient their sum.
                 if k < len(micro) - 1:
                     with self.accelerator.no_sync(self.model):
-                        self.accelerator.backward(loss)
+                        self.accelerator.backward(loss * world)
                 else:
-                    self.accelerator.backward(loss)
+                    self.accelerator.backward(loss * world)
                 totals["loss"] += float(loss.detach())
                 for key, value in stats.items():
                     totals[key] += value
@@ -319,9 +361,12 @@ class GRPOTrainer:
             self.optimizer.step()
             self.scheduler.step()
         mu = cfg.grpo.num_iterations
+        grad_norm = totals.pop("grad_norm") / mu  # already identical on every process
         totals = {k: v / mu for k, v in totals.items()}
         totals["trained_sequences"] = len(rows)
         totals["trained_tokens"] = trained_tokens  # tokens through forward+backward per optimizer step
+        totals = self.collective.sum(totals)
+        totals["grad_norm"] = grad_norm
         return totals
 
     @property
@@ -354,12 +399,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ metrics, traces, eval, checkpoints
 
-    def _step_metrics(self, rollout, rewards, advantages, completions, columns, stats) -> dict:
-        G = rollout.group_size
-        total = rewards.total
-        lengths = rollout.lengths.float()
-        completion_tokens = rollout.completion_mask.sum()
-        acc = rewards.components[self.cfg.accuracy_reward_name]
+    def _step_metrics(self, rows: "StepRows", stats) -> dict:
+        G = rows.group_size
+        total = rows.rewards
+        lengths = rows.lengths.float()
+        completion_tokens = rows.lengths.sum()
+        completions, advantages = rows.completions, rows.advantages
+        acc = rows.components[self.cfg.accuracy_reward_name]
         m = {
             "reward/mean": _nanmean(total),
             "reward/std": _nanstd(total),
@@ -368,10 +414,10 @@ class GRPOTrainer:
             "completions/mean_length": float(lengths.mean()),
             "completions/max_length": float(lengths.max()),
             "completions/min_length": float(lengths.min()),
-            "completions/truncated_frac": float(rollout.truncated.float().mean()),
+            "completions/truncated_frac": float(rows.truncated.float().mean()),
             "groups/zero_std_frac": float((group_reward_std(total, G) == 0).float().mean()),
             "advantage/abs_mean": float(advantages.abs().mean()),
-            "entropy": float(rollout.entropies.sum() / completion_tokens.clamp(min=1)),
+            "entropy": float(rows.entropy_sums.sum() / completion_tokens.clamp(min=1)),
             "loss": stats["loss"],
             "clip/low_frac": stats["clip_low_tokens"] / max(stats["tokens"], 1),
             "clip/high_frac": stats["clip_high_tokens"] / max(stats["tokens"], 1),
@@ -380,7 +426,7 @@ class GRPOTrainer:
             "lr": self.scheduler.get_last_lr()[0],
             "update/trained_sequences": stats["trained_sequences"],
             "tokens/generated": int(completion_tokens),
-            "tokens/prompt": int(rollout.prompt_mask[::G].sum()),  # prefilled once per group
+            "tokens/prompt": int(rows.prompt_lengths[::G].sum()),  # prefilled once per group
             "tokens/trained": stats["trained_tokens"],
         }
         m["flops/step"] = step_flops(
@@ -390,24 +436,24 @@ class GRPOTrainer:
         m["clip/region_frac"] = m["clip/low_frac"] + m["clip/high_frac"]
         if self.cfg.grpo.beta > 0:
             m["kl"] = stats["kl_sum"] / max(stats["tokens"], 1)
-        for name, values in rewards.components.items():
+        for name, values in rows.components.items():
             m[f"rewards/{name}/mean"] = _nanmean(values)
             m[f"rewards/{name}/std"] = _nanstd(values)
             m[f"rewards/{name}/frac_none"] = float(torch.isnan(values).float().mean())
-            m[f"time/reward/{name}"] = rewards.seconds[name]
-            for key, value in rewards.metrics[name].items():
+            m[f"time/reward/{name}"] = rows.reward_seconds[name]
+            for key, value in rows.reward_metrics[name].items():
                 m[f"rewards/{name}/{key}"] = float(value)
         return m
 
-    def _write_traces(self, problems, prompt_texts, completions, rollout, rewards, advantages, analyses) -> None:
+    def _write_traces(self, problems, prompt_texts, rows: "StepRows", analyses) -> None:
         if not self.is_main:
             return
-        G = rollout.group_size
+        G = rows.group_size
         records = []
-        for i, completion in enumerate(completions):
+        for i, completion in enumerate(rows.completions):
             p = i // G
-            comps = {name: (None if torch.isnan(v[i]) else float(v[i])) for name, v in rewards.components.items()}
-            total = rewards.total[i]
+            comps = {name: (None if torch.isnan(v[i]) else float(v[i])) for name, v in rows.components.items()}
+            total = rows.rewards[i]
             records.append(
                 {
                     "step": self.step + 1,
@@ -418,10 +464,10 @@ class GRPOTrainer:
                     "answer": problems[p]["answer"],
                     "rewards": comps,
                     "reward": None if torch.isnan(total) else float(total),
-                    "correct": bool(rewards.components[self.cfg.accuracy_reward_name][i] >= CORRECT),
-                    "advantage": float(advantages[i]),
-                    "length": int(rollout.lengths[i]),
-                    "truncated": bool(rollout.truncated[i]),
+                    "correct": bool(rows.components[self.cfg.accuracy_reward_name][i] >= CORRECT),
+                    "advantage": float(rows.advantages[i]),
+                    "length": int(rows.lengths[i]),
+                    "truncated": bool(rows.truncated[i]),
                     "extracted_answer": extract_answer(completion, self.answer_fallback),
                 }
             )
@@ -535,6 +581,30 @@ class GRPOTrainer:
             logging.getLogger("rl_reasoning").warning(text)
         else:
             bar.write(f"warning: {text}")
+
+
+@dataclass
+class StepRows:
+    """Per-completion values of one step's whole generation batch (all processes), in row order:
+    row i is completion i % G of prompt i // G."""
+
+    completions: list[str]
+    rewards: torch.Tensor  # (B*G,) weighted total, NaN = no reward
+    components: dict[str, torch.Tensor]  # name -> (B*G,)
+    lengths: torch.Tensor  # (B*G,) completion tokens
+    prompt_lengths: torch.Tensor  # (B*G,) prompt tokens
+    truncated: torch.Tensor  # (B*G,) bool
+    entropy_sums: torch.Tensor  # (B*G,) summed token entropy
+    group_size: int
+    reward_seconds: dict[str, float]  # slowest process
+    reward_metrics: dict[str, dict]  # averaged over processes
+    advantages: torch.Tensor | None = None  # (B*G,)
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """The sampling seed of training step `step` (0-based): a function of the run seed and the
+    step only, so every process, and a resumed run, draws the same noise for the same rows."""
+    return (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
 
 
 def step_flops(n_params: int, prompt_tokens: int, generated_tokens: int, trained_tokens: int, mu: int, reference: bool) -> float:

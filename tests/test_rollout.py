@@ -169,9 +169,32 @@ def test_prefix_grouped_logprobs_and_gradients_equal_the_plain_path(tiny):
 
 def test_inverse_cdf_sampling_matches_the_distribution_and_skips_zero_probabilities():
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0]]).repeat(50_000, 1)  # rows need not be normalised
-    tokens = inverse_cdf_sample(probs, torch.Generator().manual_seed(0)).view(50_000, 2)
+    def uniforms():
+        return torch.rand(len(probs), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    tokens = inverse_cdf_sample(probs, uniforms()).view(50_000, 2)
     freq = torch.bincount(tokens[:, 0], minlength=4).float() / 50_000
     assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.01) and freq[1] == 0
     assert (tokens[:, 1] == 3).all()
-    again = inverse_cdf_sample(probs, torch.Generator().manual_seed(0)).view(50_000, 2)
-    assert torch.equal(tokens, again)  # seeded
+    assert torch.equal(tokens, inverse_cdf_sample(probs, uniforms()).view(50_000, 2))  # a function of the uniforms
+    edges = inverse_cdf_sample(torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([0.0, 1.0 - 1e-12]))
+    assert edges.tolist() == [0, 1]
+
+
+def test_sharded_generation_draws_what_the_whole_batch_draws(tiny):
+    """Rows [offset, offset + N) of a sharded batch sample exactly the tokens the single-process
+    batch samples for them: the noise is drawn for the global batch and indexed by row."""
+    model, tok = tiny
+    engine = RolloutEngine(model, tok, [tok.eos_token_id], tok.pad_token_id)
+    params = SamplingParams(num_generations=3, max_new_tokens=12, temperature=1.0)
+    prompts = [tok.encode("What is 3 + 4?"), tok.encode("Calculate 12 - 5. What is"), tok.encode("wait"), tok.encode("A conversation")]
+    whole = engine.generate(prompts, params, torch.Generator().manual_seed(7))
+    for offset_prompts in (0, 2):
+        part = engine.generate(prompts[offset_prompts : offset_prompts + 2], params, torch.Generator().manual_seed(7), shard=(offset_prompts * 3, 12))
+        rows = slice(offset_prompts * 3, offset_prompts * 3 + 6)
+        assert part.texts == whole.texts[rows]
+        assert torch.allclose(part.logprobs, whole.logprobs[rows, : part.logprobs.shape[1]], atol=1e-5)
+    other = engine.generate(prompts[2:], params, torch.Generator().manual_seed(7))  # unsharded: different noise
+    assert other.texts != whole.texts[6:]
+    with pytest.raises(ValueError, match="shard"):
+        engine.generate(prompts[:2], params, torch.Generator(), shard=(8, 12))
