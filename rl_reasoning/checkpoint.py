@@ -111,7 +111,21 @@ def load_training_state(path: Path, model, optimizer, scheduler, generator) -> d
     """Restore everything but the model config; returns trainer_state.json."""
     from safetensors.torch import load_file
 
+    from .adapters import is_peft
+
+    if is_peft(model):  # LoRA: the checkpoint holds the adapter only
+        from peft import set_peft_model_state_dict
+
+        adapter = path / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise UserError(f"resume: {path} holds no LoRA adapter (adapter_model.safetensors); was the run trained with lora.r = 0?")
+        result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        if result.unexpected_keys:
+            raise UserError(f"resume: {path} does not match the adapter (unexpected {result.unexpected_keys[:3]})")
+        return _restore_optimizer_and_rng(path, optimizer, scheduler, generator)
     weights = sorted(path.glob("model*.safetensors"))
+    if not weights:
+        raise UserError(f"resume: {path} holds no model weights (model*.safetensors); was the run trained with LoRA?")
     state = {}
     for w in weights:
         state.update(load_file(str(w)))
@@ -120,6 +134,10 @@ def load_training_state(path: Path, model, optimizer, scheduler, generator) -> d
     missing = [m for m in missing if m not in tied and not m.endswith("lm_head.weight")]
     if missing or unexpected:
         raise UserError(f"resume: {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return _restore_optimizer_and_rng(path, optimizer, scheduler, generator)
+
+
+def _restore_optimizer_and_rng(path: Path, optimizer, scheduler, generator) -> dict:
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False), generator)

@@ -26,6 +26,14 @@ def _train(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .adapters import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote a full checkpoint (adapters merged) to {out}")
+    return 0
+
+
 def _prepare(args) -> int:
     from .models import main as prepare_main
 
@@ -48,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_traces_parser(sub)
     add_report_parser(sub)
+    export = sub.add_parser("export", help="write a full HF checkpoint from a training checkpoint (LoRA adapters merged)")
+    export.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/x/checkpoints/step-000010")
+    export.add_argument("-o", "--out", required=True, help="output directory (must be new or empty)")
+    export.set_defaults(func=_export)
     prep = sub.add_parser("prepare", help="convert and cache models ahead of time (default: the embedded model)")
     prep.add_argument("models", nargs="*")
     prep.set_defaults(func=_prepare)

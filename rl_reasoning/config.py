@@ -31,6 +31,19 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     cache_dir: str | None = None
     """Where converted models are cached; default $RL_REASONING_CACHE or ~/.cache/rl_reasoning."""
+    router_aux_loss_coef: float | None = None
+    """Mixture-of-Experts policies: weight of the router load-balancing loss added to the GRPO
+    loss (null = the model config's own coefficient, 0 = off). Ignored for dense models."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0
+    """Adapter rank; 0 = train every weight (no adapters)."""
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt (e.g. [q_proj, v_proj]); ["all-linear"] = every linear layer but the LM head."""
 
 
 @dataclass
@@ -164,6 +177,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (peft); lora.r = 0 trains the full model."""
     rewards: list[RewardSpec] = field(
         default_factory=lambda: [RewardSpec("reasoning_gym"), RewardSpec("format", 0.5)]
     )
@@ -207,6 +222,11 @@ class Config:
             ("rollout.stop", all(self.rollout.stop), "stop strings must not be empty"),
             ("eval.max_new_tokens", self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "must be >= 1"),
             ("threads", self.threads is None or self.threads >= 1, "must be >= 1"),
+            ("lora.r", self.lora.r >= 0, "must be >= 0 (0 = no adapters)"),
+            ("lora.alpha", self.lora.alpha > 0, "must be > 0"),
+            ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),
+            ("lora.target_modules", bool(self.lora.target_modules) and all(self.lora.target_modules), "must name at least one module"),
+            ("model.router_aux_loss_coef", self.model.router_aux_loss_coef is None or self.model.router_aux_loss_coef >= 0, "must be >= 0"),
             ("data.split", bool(self.data.split), "must not be empty"),
             ("eval.every", self.eval.every >= 0, "must be >= 0"),
             ("eval.batch_size", self.eval.batch_size >= 1, "must be >= 1"),

@@ -133,6 +133,16 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device)
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        from .adapters import adapter_base_model, is_adapter_checkpoint, merge_adapter
+
+        if is_adapter_checkpoint(path):  # a LoRA checkpoint: base model + adapter, merged
+            base = load_model(adapter_base_model(path), device, dtype, attn_implementation, cache_dir)
+            tokenizer = AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return LoadedModel(model=merge_adapter(base.model, path), tokenizer=tokenizer, source=str(path))
     source = resolve_model_dir(name, cache_dir)
     torch_dtype = pick_dtype(dtype, device)
     try:

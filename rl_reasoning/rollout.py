@@ -237,26 +237,31 @@ def completion_logprobs(
     completion_ids: torch.Tensor,  # (B, Lc) right-padded
     completion_mask: torch.Tensor,  # (B, Lc)
     temperature: float,
-) -> torch.Tensor:
+    output_router_logits: bool = False,
+):
     """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc).
 
     Only the Lc + 1 last positions go through the LM head, and the log-softmax is taken as
     logit - logsumexp, so the (B, Lc, V) log-prob tensor is never materialised twice.
+    With `output_router_logits` (MoE policies) returns (log-probs, model outputs, attention mask).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
     Lc = completion_ids.shape[1]
-    logits = model(
+    out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions_from_mask(attention_mask),
         logits_to_keep=Lc + 1,
         use_cache=False,
-    ).logits[:, :-1].float()  # (B, Lc, V): position j predicts completion token j
+        **({"output_router_logits": True} if output_router_logits else {}),
+    )
+    logits = out.logits[:, :-1].float()  # (B, Lc, V): position j predicts completion token j
     if temperature > 0:
         logits = logits / temperature
     picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Lc)
-    return picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)
+    logp = picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)
+    return (logp, out, attention_mask) if output_router_logits else logp
 
 
 def grouped_completion_logprobs(

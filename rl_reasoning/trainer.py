@@ -29,7 +29,9 @@ from rewards.format import is_well_formatted
 
 from . import checkpoint as ckpt
 from .config import Config, RewardSpec, dump_config
+from .adapters import apply_lora, reference_context
 from .distributed import Collective
+from .moe import expert_load, load_metrics, moe_spec
 from .tasks import PromptSampler, load_task
 from .errors import ConfigError, UserError
 from .evaluation import CORRECT, answer_fallback, evaluate, problem_columns
@@ -110,13 +112,17 @@ class GRPOTrainer:
         model = loaded.model
         self.num_parameters = sum(p.numel() for p in model.parameters())
         model.config.use_cache = False
+        self.moe = moe_spec(model, cfg.model.router_aux_loss_coef)
         self.ref_model = None
-        if cfg.grpo.beta > 0:
+        if cfg.grpo.beta > 0 and cfg.lora.r == 0:  # with LoRA the reference is the policy with adapters off
             import copy
 
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.lora.r > 0:
+            model = apply_lora(model, cfg.lora)
+        self.num_trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         optimizer = torch.optim.AdamW(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],
             lr=cfg.optim.lr,
             betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
             weight_decay=cfg.optim.weight_decay,
@@ -307,8 +313,8 @@ class GRPOTrainer:
             trainable = torch.ones_like(lengths, dtype=torch.bool)  # same micro-batch count on every rank (DDP all-reduce)
         else:
             trainable = lengths > 0
-            if cfg.grpo.beta == 0:
-                trainable &= advantages != 0  # zero advantage and no KL: exactly zero gradient
+            if cfg.grpo.beta == 0 and not (self.moe and self.moe.aux_loss_coef > 0):
+                trainable &= advantages != 0  # zero advantage, no KL, no router loss: exactly zero gradient
         rows = torch.nonzero(trainable).flatten()
         total_len = rollout.prompt_mask.sum(-1) + lengths
         rows = rows[torch.argsort(total_len[rows], stable=True)]  # length buckets: little padding
@@ -322,17 +328,26 @@ class GRPOTrainer:
         trained_tokens = sum(int(lengths[idx].sum()) + int(prompt_lengths[idx[0]]) * (1 if grouped else len(idx)) for idx in micro)
 
         ref_logps = {}
-        if self.ref_model is not None:
-            with torch.no_grad():
+        if cfg.grpo.beta > 0:
+            policy = self.accelerator.unwrap_model(self.model)
+            reference = self.ref_model if self.ref_model is not None else policy
+            with torch.no_grad(), reference_context(reference):
                 for k, idx in enumerate(micro):
-                    ref_logps[k] = self._logprobs(self.ref_model, rollout, mask, idx, grouped)[0]
+                    ref_logps[k] = self._logprobs(reference, rollout, mask, idx, grouped)[0]
 
         totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm"), 0.0)
+        router = self.moe is not None
+        aux_sum, load_sum = 0.0, None
         self.model.train()
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=False)  # zeros, not None: AdamW steps even with no trained rows
             for k, idx in enumerate(micro):
-                logp, c_mask = self._logprobs(self.model, rollout, mask, idx, grouped)  # (b, T), (b, T)
+                if router:
+                    logp, c_mask, aux, load = self._moe_logprobs(rollout, mask, idx)  # (b, T), (b, T), scalar, (E,)
+                    aux_sum += float(aux.detach())
+                    load_sum = load if load_sum is None else load_sum + load
+                else:
+                    logp, c_mask = self._logprobs(self.model, rollout, mask, idx, grouped)  # (b, T), (b, T)
                 width = c_mask.shape[1]
                 loss, stats = policy_loss(
                     logp,
@@ -345,6 +360,8 @@ class GRPOTrainer:
                     beta=cfg.grpo.beta,
                     ref_logp=ref_logps.get(k),
                 )
+                if router and self.moe.aux_loss_coef > 0:  # mean over micro-batches (and processes) of the aux loss
+                    loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)
                 # `loss` is this process's share of the global-batch loss; DDP averages gradients
                 # over processes, so scaling by W makes the all-reduced gradient their sum.
                 if k < len(micro) - 1:
@@ -367,12 +384,26 @@ class GRPOTrainer:
         totals["trained_tokens"] = trained_tokens  # tokens through forward+backward per optimizer step
         totals = self.collective.sum(totals)
         totals["grad_norm"] = grad_norm
+        if router and load_sum is not None:
+            passes = len(micro) * mu * self.collective.world
+            load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
+            totals["moe"] = load_metrics(load, self.collective.sum({"aux": aux_sum})["aux"] / passes)
         return totals
 
     @property
     def prefix_grouping(self) -> bool:
-        # DDP expects one forward per backward; the grouped path runs the model twice.
-        return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1
+        # DDP expects one forward per backward and the router loss one batch of whole sequences;
+        # the grouped path runs the model twice.
+        return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1 and self.moe is None
+
+    def _moe_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
+        """Policy log-probs (b, T'), loss mask (b, T'), router aux loss and per-expert load (E,)."""
+        p_ids, p_mask, c_ids, c_mask = self._micro_inputs(rollout, mask, idx)
+        logp, out, attention_mask = completion_logprobs(
+            self.model, p_ids, p_mask, c_ids, c_mask, self.cfg.rollout.temperature, output_router_logits=True
+        )
+        load = expert_load(out.router_logits, attention_mask, self.moe.top_k)
+        return logp, c_mask, out.aux_loss, load
 
     def _logprobs(self, model, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, grouped: bool):
         """Log-probs of the completions in rows `idx` under `model` (b, T'), and their loss mask (b, T')."""
@@ -429,6 +460,7 @@ class GRPOTrainer:
             "tokens/prompt": int(rows.prompt_lengths[::G].sum()),  # prefilled once per group
             "tokens/trained": stats["trained_tokens"],
         }
+        m.update(stats.get("moe", {}))
         m["flops/step"] = step_flops(
             self.num_parameters, m["tokens/prompt"], m["tokens/generated"], m["tokens/trained"],
             self.cfg.grpo.num_iterations, reference=self.cfg.grpo.beta > 0,
@@ -524,7 +556,7 @@ class GRPOTrainer:
                 self.optimizer,
                 self.scheduler,
                 self.generator,
-                {"sampler": self.sampler.state_dict()},
+                {"sampler": self.sampler.state_dict(), "base_model": self.cfg.model.name},
                 keep=self.cfg.save_total_limit,
             )
         self.accelerator.wait_for_everyone()
@@ -544,6 +576,7 @@ class GRPOTrainer:
             "run_dir": str(self.run_dir),
             "steps": self.step,
             "model_parameters": self.num_parameters,
+            "trainable_parameters": self.num_trainable_parameters,
             "final_checkpoint": str(final_checkpoint),
             "metrics": str(self.run_dir / "metrics.jsonl"),
             "traces": str(self.run_dir / "traces.jsonl"),
