@@ -57,17 +57,21 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, generator, trainer_state: dict, keep: int
+    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, generator, trainer_state: dict, keep: int,
+    state_dict: dict | None = None,
 ) -> Path:
+    """`state_dict`: full weights gathered from a sharded model (FSDP/ZeRO); the checkpoint then
+    holds weights only, since the optimizer state is sharded across processes."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(generator), tmp / "rng.pt")
+    if state_dict is None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(generator), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
     if final.exists():
         shutil.rmtree(final)

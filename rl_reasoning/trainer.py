@@ -32,6 +32,7 @@ from .config import Config, RewardSpec, dump_config
 from .adapters import apply_lora, reference_context
 from .distributed import Collective
 from .moe import expert_load, load_metrics, moe_spec
+from .sharded import accumulation_boundary, check_engine_matches_launch, configure_deepspeed, full_parameters_for_generation, gathered_state_dict, is_sharded
 from .tasks import PromptSampler, load_task
 from .errors import ConfigError, UserError
 from .evaluation import CORRECT, answer_fallback, evaluate, problem_columns
@@ -87,8 +88,18 @@ class GRPOTrainer:
                 raise ConfigError("report_to: tensorboard is not installed (pip install tensorboard)")
             if tracker == "wandb" and not _importable("wandb"):
                 raise ConfigError("report_to: wandb is not installed (pip install wandb)")
-        self.accelerator = Accelerator(cpu=not use_cuda, log_with=cfg.report_to or None, project_dir=str(self.run_dir))
+        try:
+            self.accelerator = Accelerator(cpu=not use_cuda, log_with=cfg.report_to or None, project_dir=str(self.run_dir))
+        except ImportError as e:  # e.g. a DeepSpeed config without deepspeed installed
+            raise UserError(f"accelerate: {e}") from None
         self.collective = Collective(self.accelerator)
+        check_engine_matches_launch(self.accelerator)
+        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if fsdp is not None and getattr(fsdp, "fsdp_version", 2) != 2:
+            raise ConfigError("fsdp_config.fsdp_version: use 2 (FSDP2); generation needs its unshard()")
+        if is_sharded(self.accelerator) and cfg.resume is not False:
+            raise ConfigError("resume: FSDP/DeepSpeed checkpoints hold weights only (sharded optimizer state is not saved); "
+                              "start a new run with model.name=<checkpoint dir>, or train with DDP")
         if cfg.prompts_per_step % self.collective.world:
             raise ConfigError(
                 f"prompts_per_step: {cfg.prompts_per_step} prompts cannot be split over {self.collective.world} processes; "
@@ -136,6 +147,7 @@ class GRPOTrainer:
             **({} if cfg.optim.scheduler == "constant" else {"num_training_steps": cfg.max_steps * cfg.grpo.num_iterations}),
         )
         # The scheduler is not prepared: accelerate would step it once per process.
+        configure_deepspeed(self.accelerator, cfg.optim.micro_batch_size, cfg.optim.max_grad_norm)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self.engine = RolloutEngine(
@@ -235,7 +247,9 @@ class GRPOTrainer:
 
         self.generator.manual_seed(rollout_seed(cfg.seed, self.step))
         n_local = len(prompt_ids) * G
-        rollout = self.engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
+        with full_parameters_for_generation(self.accelerator, self.model) as policy:
+            self.engine.model = policy
+            rollout = self.engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
         t_gen = time.perf_counter()
 
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
@@ -364,17 +378,14 @@ class GRPOTrainer:
                     loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)
                 # `loss` is this process's share of the global-batch loss; DDP averages gradients
                 # over processes, so scaling by W makes the all-reduced gradient their sum.
-                if k < len(micro) - 1:
-                    with self.accelerator.no_sync(self.model):
-                        self.accelerator.backward(loss * world)
-                else:
+                with accumulation_boundary(self.accelerator, self.model, last=k == len(micro) - 1):
                     self.accelerator.backward(loss * world)
                 totals["loss"] += float(loss.detach())
                 for key, value in stats.items():
                     totals[key] += value
             max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-            totals["grad_norm"] += float(grad_norm)
+            totals["grad_norm"] += float(grad_norm if grad_norm is not None else float("nan"))  # DeepSpeed: engine's norm
             self.optimizer.step()
             self.scheduler.step()
         mu = cfg.grpo.num_iterations
@@ -513,6 +524,11 @@ class GRPOTrainer:
         self.traces_file.write(records)
 
     def run_eval(self) -> dict:
+        with full_parameters_for_generation(self.accelerator, self.model) as policy:
+            self.engine.model = policy
+            return self._run_eval()
+
+    def _run_eval(self) -> dict:
         cfg = self.cfg
         metrics, records = evaluate(
             self.engine,
@@ -547,6 +563,7 @@ class GRPOTrainer:
 
     def save(self) -> Path:
         path = ckpt.checkpoint_dir(self.run_dir, self.step)
+        state_dict = gathered_state_dict(self.accelerator, self.model)  # collective under FSDP/ZeRO
         if self.is_main:
             path = ckpt.save_checkpoint(
                 self.run_dir,
@@ -558,6 +575,7 @@ class GRPOTrainer:
                 self.generator,
                 {"sampler": self.sampler.state_dict(), "base_model": self.cfg.model.name},
                 keep=self.cfg.save_total_limit,
+                state_dict=state_dict,
             )
         self.accelerator.wait_for_everyone()
         return path

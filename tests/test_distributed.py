@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from rl_reasoning.jsonl import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow  # four launches of two processes: about a minute
+SLOW = pytest.mark.slow  # four launches of two processes: about a minute
 
 
 def write_recipe(path: Path, model_dir: Path, data: Path, **extra) -> Path:
@@ -73,6 +73,7 @@ def runs(tiny_model_dir, tmp_path_factory):
     return out
 
 
+@SLOW
 def test_two_processes_keep_identical_replicas(runs):
     summary = json.loads((runs["ddp"] / "summary.json").read_text())
     assert summary["processes"] == 2
@@ -80,6 +81,7 @@ def test_two_processes_keep_identical_replicas(runs):
     assert a == b
 
 
+@SLOW
 def test_two_processes_equal_one_process_on_the_same_global_batch(runs):
     single, ddp = learning(runs["single"]), learning(runs["ddp"])
     assert [m["step"] for m in ddp] == [1, 2]
@@ -94,6 +96,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(runs):
         assert torch.allclose(w1[name], w2[name], atol=1e-5, rtol=1e-4), name
 
 
+@SLOW
 def test_traces_hold_every_completion_exactly_once(runs):
     single = list(read_records(runs["single"] / "traces.jsonl"))
     ddp = list(read_records(runs["ddp"] / "traces.jsonl"))
@@ -103,6 +106,7 @@ def test_traces_hold_every_completion_exactly_once(runs):
     assert [t["advantage"] for t in ddp] == pytest.approx([t["advantage"] for t in single], abs=1e-5)
 
 
+@SLOW
 def test_resume_with_the_same_process_count_reproduces_the_run(runs):
     straight, resumed = learning(runs["ddp"]), learning(runs["resumed"])
     assert [m["step"] for m in resumed] == [1, 2]
@@ -112,6 +116,65 @@ def test_resume_with_the_same_process_count_reproduces_the_run(runs):
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
 
 
+@SLOW
 def test_only_rank_zero_prints_the_step_lines(runs):
     log = runs["ddp_log"].stdout
     assert log.count("step    1 ") == 1, log[-2000:]
+
+
+# ------------------------------------------------- FSDP / DeepSpeed configs (validated, not run: no GPU here)
+
+
+def launcher_environment(config: str, monkeypatch) -> dict:
+    """The environment `accelerate launch --config_file CONFIG` hands each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(ROOT / "recipes/accelerate_configs" / config), "-m", "rl_reasoning.train", "r.yaml"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        env = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        env = prepare_multi_gpu_env(args)
+    new = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    for key, value in new.items():
+        monkeypatch.setenv(key, value)
+    return new
+
+
+@pytest.mark.parametrize("config, stage", [("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)])
+def test_deepspeed_configs_build_accelerates_plugin(config, stage, monkeypatch):
+    from accelerate.utils import DeepSpeedPlugin
+
+    env = launcher_environment(config, monkeypatch)
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    plugin = DeepSpeedPlugin()
+    assert plugin.zero_stage == stage
+    # ZeRO-3 checkpoints need the full weights gathered on save
+    assert plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is (stage == 3)
+
+
+def test_fsdp_config_builds_an_fsdp2_plugin(monkeypatch):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    env = launcher_environment("fsdp.yaml", monkeypatch)
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+
+
+@pytest.mark.parametrize("config", ["fsdp.yaml", "deepspeed_zero3.yaml"])
+def test_a_sharded_config_without_gpus_is_refused_not_silently_ddp(config, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Without GPUs accelerate turns an FSDP/DeepSpeed launch into plain DDP on CPU (or into
+    independent processes): the trainer must stop instead of training differently than asked."""
+    from rl_reasoning import cli
+
+    launcher_environment(config, monkeypatch)
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"question": "1 + 1?", "answer": "2"}) + "\n")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, data, max_steps=1)
+    assert cli.main(["train", str(recipe), f"output_dir={tmp_path / 'run'}", "data.eval_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert "ddp_cpu.yaml" in err or "pip install deepspeed" in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
