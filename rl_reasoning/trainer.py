@@ -41,7 +41,7 @@ from .jsonl import JsonlWriter, read_records, truncate_after_step
 from .models import eos_token_ids, load_model
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import RewardRunner
-from .rollout import RolloutBatch, RolloutEngine, completion_logprobs, grouped_completion_logprobs
+from .rollout import RolloutBatch, RolloutEngine, completion_logprobs, completion_logprobs_and_entropy, grouped_completion_logprobs
 from .traces import AlarmMonitor, Analyzer, step_statistics
 
 RUN_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
@@ -150,9 +150,21 @@ class GRPOTrainer:
         configure_deepspeed(self.accelerator, cfg.optim.micro_batch_size, cfg.optim.max_grad_norm)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
-        self.engine = RolloutEngine(
-            self.accelerator.unwrap_model(self.model), self.tokenizer, eos_token_ids(model, self.tokenizer), self.tokenizer.pad_token_id
-        )
+        self.vllm = None
+        if cfg.rollout.backend == "vllm":
+            from .vllm_rollout import VLLMRolloutEngine
+
+            self.vllm = self.engine = VLLMRolloutEngine(
+                loaded.source, self.tokenizer, eos_token_ids(model, self.tokenizer), self.tokenizer.pad_token_id, cfg.rollout.vllm,
+                max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0), cfg.seed, next(model.parameters()).dtype,
+            )
+            self._print(f"vLLM engine started in {self.vllm.startup_seconds:.1f} s")
+        else:
+            self.engine = RolloutEngine(
+                self.accelerator.unwrap_model(self.model), self.tokenizer, eos_token_ids(model, self.tokenizer), self.tokenizer.pad_token_id
+            )
+        self.optimizer_steps = 0
+        self.synced_at = 0  # optimizer step whose weights the vLLM engine holds
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)  # sampling happens on the model's device
         self.step = 0
         self.eval_history: list[dict] = []
@@ -172,6 +184,8 @@ class GRPOTrainer:
             self.eval_history = list(read_records(self.run_dir / "eval.jsonl"))
             self._print(f"resumed from {resume_from} at step {self.step}")
         self.resumed_from = resume_from
+        if self.vllm is not None and resume_from is not None:
+            self._sync_vllm()
 
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -247,10 +261,11 @@ class GRPOTrainer:
 
         self.generator.manual_seed(rollout_seed(cfg.seed, self.step))
         n_local = len(prompt_ids) * G
-        with full_parameters_for_generation(self.accelerator, self.model) as policy:
-            self.engine.model = policy
-            rollout = self.engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
+        with self._generation_engine() as engine:
+            rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
         t_gen = time.perf_counter()
+        sampler_stats = self._recompute_old_logprobs(rollout) if self.vllm is not None else {}
+        t_gen_end = time.perf_counter()
 
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
         columns = problem_columns(problems[mine], G)
@@ -266,19 +281,26 @@ class GRPOTrainer:
         if cfg.grpo.mask_truncated_completions:
             mask[rollout.truncated] = 0
         update_stats = self.update(rollout, advantages, mask)
+        if self.vllm is not None:
+            sampler_stats["vllm/weight_staleness"] = self.optimizer_steps - cfg.grpo.num_iterations - self.synced_at
+            if (self.step + 1) % cfg.rollout.vllm.sync_every == 0:
+                sampler_stats["vllm/sync_seconds"] = self._sync_vllm()
         t_upd = time.perf_counter()
 
         correct = rows.components[cfg.accuracy_reward_name] >= CORRECT  # (B*G,)
         analyses = self._analyze(rows.completions, problems, G, correct, rows.lengths) if self.is_main else []
         metrics = self._step_metrics(rows, update_stats)
+        metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
         metrics.update(step_statistics(analyses))
-        seconds = self.collective.max({"generation": t_gen - t_start, "reward": t_rew - t_gen, "update": t_upd - t_rew, "step": t_upd - t_start})
+        seconds = self.collective.max({"generation": t_gen - t_start, "reward": t_rew - t_gen_end, "update": t_upd - t_rew,
+                                       "step": t_upd - t_start, "old_logprobs": t_gen_end - t_gen})
         metrics.update(
             {
                 "time/generation": seconds["generation"],
                 "time/reward": seconds["reward"],
                 "time/update": seconds["update"],
                 "time/step": seconds["step"],
+                **({"time/old_logprobs": seconds["old_logprobs"]} if self.vllm is not None else {}),
                 "throughput/generated_tokens_per_s": float(rows.lengths.sum()) / max(seconds["generation"], 1e-9),
                 "throughput/tokens_per_s": float(rows.lengths.sum() + rows.prompt_lengths.sum()) / max(seconds["step"], 1e-9),
             }
@@ -287,6 +309,58 @@ class GRPOTrainer:
         if cfg.traces.analyze:
             metrics["alarms"] = [f"{a.name}: {a.message}" for a in self.alarms.update({**metrics, "step": self.step + 1})]
         return metrics
+
+    def _generation_engine(self):
+        """Context yielding the engine to sample with: vLLM as is, or ours on the full-parameter policy."""
+        import contextlib
+
+        if self.vllm is not None:
+            return contextlib.nullcontext(self.vllm)
+
+        @contextlib.contextmanager
+        def ours():
+            with full_parameters_for_generation(self.accelerator, self.model) as policy:
+                self.engine.model = policy
+                yield self.engine
+
+        return ours()
+
+    def _sync_vllm(self) -> float:
+        """Push the policy's weights (adapters merged) into the vLLM engine."""
+        from .vllm_rollout import policy_weights
+
+        seconds = self.vllm.sync_weights(policy_weights(self.accelerator.unwrap_model(self.model)))
+        self.synced_at = self.optimizer_steps
+        return seconds
+
+    def _recompute_old_logprobs(self, rollout: RolloutBatch) -> dict:
+        """Completions sampled by vLLM: the policy's own log-probs and entropies replace vLLM's
+        (kept as `sampler_logprobs` for the importance correction). Returns mismatch metrics."""
+        cfg = self.cfg
+        policy = self.accelerator.unwrap_model(self.model)
+        rollout.sampler_logprobs = rollout.logprobs  # (N, Lc)
+        logprobs, entropies = torch.zeros_like(rollout.logprobs), torch.zeros_like(rollout.logprobs)  # (N, Lc)
+        all_rows = torch.arange(len(rollout))
+        was_training = policy.training
+        policy.eval()
+        for i in range(0, len(rollout), cfg.optim.micro_batch_size):
+            idx = all_rows[i : i + cfg.optim.micro_batch_size]
+            p_ids, p_mask, c_ids, c_mask = self._micro_inputs(rollout, rollout.completion_mask, idx)
+            lp, ent = completion_logprobs_and_entropy(policy, p_ids, p_mask, c_ids, c_mask, cfg.rollout.temperature)
+            width = c_ids.shape[1]
+            logprobs[idx, :width] = (lp * c_mask).cpu()
+            entropies[idx, :width] = (ent * c_mask).cpu()
+        policy.train(was_training)
+        rollout.logprobs, rollout.entropies = logprobs, entropies
+        m = rollout.completion_mask.bool()
+        diff = (logprobs - rollout.sampler_logprobs)[m]  # log pi_train - log pi_vllm per token
+        weights = diff.exp()
+        cap = cfg.rollout.vllm.importance_cap
+        return {
+            "vllm/logprob_abs_diff": float(diff.abs().mean()) if diff.numel() else 0.0,
+            "vllm/importance_weight_mean": float(weights.clamp(max=cap).mean()) if diff.numel() else 1.0,
+            "vllm/importance_weight_capped_frac": float((weights > cap).float().mean()) if diff.numel() else 0.0,
+        }
 
     def _gather_rows(self, rollout: RolloutBatch, rewards, completions: list[str]) -> "StepRows":
         """Per-completion values of the whole generation batch, gathered from every process."""
@@ -373,6 +447,7 @@ class GRPOTrainer:
                     epsilon_high=cfg.grpo.epsilon_high,
                     beta=cfg.grpo.beta,
                     ref_logp=ref_logps.get(k),
+                    token_weights=self._importance_weights(rollout, idx, width),
                 )
                 if router and self.moe.aux_loss_coef > 0:  # mean over micro-batches (and processes) of the aux loss
                     loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)
@@ -388,6 +463,7 @@ class GRPOTrainer:
             totals["grad_norm"] += float(grad_norm if grad_norm is not None else float("nan"))  # DeepSpeed: engine's norm
             self.optimizer.step()
             self.scheduler.step()
+            self.optimizer_steps += 1
         mu = cfg.grpo.num_iterations
         grad_norm = totals.pop("grad_norm") / mu  # already identical on every process
         totals = {k: v / mu for k, v in totals.items()}
@@ -400,6 +476,14 @@ class GRPOTrainer:
             load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
             totals["moe"] = load_metrics(load, self.collective.sum({"aux": aux_sum})["aux"] / passes)
         return totals
+
+    def _importance_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int) -> torch.Tensor | None:
+        """min(pi_train / pi_sampler, cap) per token (b, T') when vLLM sampled and the correction is on."""
+        vcfg = self.cfg.rollout.vllm
+        if rollout.sampler_logprobs is None or not vcfg.importance_correction:
+            return None
+        delta = rollout.logprobs[idx, :width] - rollout.sampler_logprobs[idx, :width]  # (b, T')
+        return delta.exp().clamp(max=vcfg.importance_cap).to(self.accelerator.device)
 
     @property
     def prefix_grouping(self) -> bool:
@@ -524,8 +608,7 @@ class GRPOTrainer:
         self.traces_file.write(records)
 
     def run_eval(self) -> dict:
-        with full_parameters_for_generation(self.accelerator, self.model) as policy:
-            self.engine.model = policy
+        with self._generation_engine():
             return self._run_eval()
 
     def _run_eval(self) -> dict:
