@@ -264,7 +264,7 @@ class GRPOTrainer:
         with self._generation_engine() as engine:
             rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
         t_gen = time.perf_counter()
-        sampler_stats = self._recompute_old_logprobs(rollout) if self.vllm is not None else {}
+        sampler_stats = self._recompute_old_logprobs(rollout) if self._recomputes else {}
         t_gen_end = time.perf_counter()
 
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
@@ -300,7 +300,7 @@ class GRPOTrainer:
                 "time/reward": seconds["reward"],
                 "time/update": seconds["update"],
                 "time/step": seconds["step"],
-                **({"time/old_logprobs": seconds["old_logprobs"]} if self.vllm is not None else {}),
+                **({"time/old_logprobs": seconds["old_logprobs"]} if self._recomputes else {}),
                 "throughput/generated_tokens_per_s": float(rows.lengths.sum()) / max(seconds["generation"], 1e-9),
                 "throughput/tokens_per_s": float(rows.lengths.sum() + rows.prompt_lengths.sum()) / max(seconds["step"], 1e-9),
             }
@@ -324,6 +324,10 @@ class GRPOTrainer:
                 yield self.engine
 
         return ours()
+
+    @property
+    def _recomputes(self) -> bool:
+        return self.vllm is not None and self.cfg.rollout.vllm.recompute_logprobs
 
     def _sync_vllm(self) -> float:
         """Push the policy's weights (adapters merged) into the vLLM engine."""
@@ -372,7 +376,7 @@ class GRPOTrainer:
             lengths=c.gather(rollout.lengths),
             prompt_lengths=c.gather(rollout.prompt_mask.sum(-1)),
             truncated=c.gather(rollout.truncated),
-            entropy_sums=c.gather(rollout.entropies.sum(-1)),
+            entropy_sums=None if self.vllm is not None and not self._recomputes else c.gather(rollout.entropies.sum(-1)),
             group_size=rollout.group_size,
             reward_seconds=c.max(rewards.seconds),
             reward_metrics=c.mean_of_dicts(rewards.metrics),
@@ -543,7 +547,6 @@ class GRPOTrainer:
             "completions/truncated_frac": float(rows.truncated.float().mean()),
             "groups/zero_std_frac": float((group_reward_std(total, G) == 0).float().mean()),
             "advantage/abs_mean": float(advantages.abs().mean()),
-            "entropy": float(rows.entropy_sums.sum() / completion_tokens.clamp(min=1)),
             "loss": stats["loss"],
             "clip/low_frac": stats["clip_low_tokens"] / max(stats["tokens"], 1),
             "clip/high_frac": stats["clip_high_tokens"] / max(stats["tokens"], 1),
@@ -556,6 +559,8 @@ class GRPOTrainer:
             "tokens/trained": stats["trained_tokens"],
         }
         m.update(stats.get("moe", {}))
+        if rows.entropy_sums is not None:  # vLLM without recompute returns no entropies
+            m["entropy"] = float(rows.entropy_sums.sum() / completion_tokens.clamp(min=1))
         m["flops/step"] = step_flops(
             self.num_parameters, m["tokens/prompt"], m["tokens/generated"], m["tokens/trained"],
             self.cfg.grpo.num_iterations, reference=self.cfg.grpo.beta > 0,
@@ -728,7 +733,7 @@ class StepRows:
     lengths: torch.Tensor  # (B*G,) completion tokens
     prompt_lengths: torch.Tensor  # (B*G,) prompt tokens
     truncated: torch.Tensor  # (B*G,) bool
-    entropy_sums: torch.Tensor  # (B*G,) summed token entropy
+    entropy_sums: torch.Tensor | None  # (B*G,) summed token entropy; None when the sampler gave none
     group_size: int
     reward_seconds: dict[str, float]  # slowest process
     reward_metrics: dict[str, dict]  # averaged over processes

@@ -138,6 +138,13 @@ def test_training_with_the_vllm_backend(vllm_model_dir, arithmetic_jsonl, tmp_pa
     assert lagged["vllm/logprob_abs_diff"] > 10 * second["vllm/logprob_abs_diff"]
     assert lagged["vllm/importance_weight_mean"] != pytest.approx(1.0, abs=1e-3)
 
+    # without the recompute pass vLLM's log-probs are the old log-probs: no entropy, no extra forward
+    train(vllm_model_dir, arithmetic_jsonl, tmp_path / "direct", max_steps=2, rollout__backend="vllm",
+          rollout__vllm__recompute_logprobs="false", eval__at_start="false", eval__at_end="false")
+    direct = list(read_records(tmp_path / "direct" / "metrics.jsonl"))
+    assert all("entropy" not in m and "time/old_logprobs" not in m for m in direct)
+    assert direct[0]["ratio/mean"] == pytest.approx(1.0, abs=5e-3) and direct[0]["grad_norm"] > 0
+
 
 def test_choosing_vllm_without_it_installed_says_how_to_install(tiny_model_dir, arithmetic_jsonl, tmp_path, monkeypatch, capsys):
     from rl_reasoning import cli
