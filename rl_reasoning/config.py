@@ -97,7 +97,8 @@ class VLLMConfig:
     enforce_eager: bool = True
     """No CUDA graphs / torch.compile: faster start-up, which dominates at small scale."""
     sync_every: int = 1
-    """Push the policy's weights into vLLM every k optimizer steps (k > 1: rollouts are off-policy by up to k - 1 steps)."""
+    """Push the policy's weights into vLLM after every k training steps (generation batches); with k > 1
+    rollouts come from weights up to (k - 1) * grpo.num_iterations optimizer steps old (logged as vllm/weight_staleness)."""
     recompute_logprobs: bool = True
     """Recompute the old log-probs (and token entropies) with the policy, one no-grad forward, as
     TRL does. false: vLLM's log-probs serve as the old log-probs, so the PPO ratio itself corrects
