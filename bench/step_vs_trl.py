@@ -12,6 +12,10 @@ Alternation: TRL trains; after each TRL step a callback runs one of our steps. T
 the ratio TRL/ours, and model-FLOPs utilisation against the fp32 matmul peak measured here.
 
     python bench/step_vs_trl.py [--steps 3] [--warmup 1] [--prompts 2] [--generations 8] [--max-tokens 96]
+                                [--backends hf,vllm] [--vllm-recompute]
+
+`--backends hf,vllm` runs one of our trainers per rollout backend, each alternating with TRL
+(vLLM needs `make vllm`); each is reported against TRL separately.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--backends", default="hf", help="our rollout backends to run, comma-separated: hf, vllm")
+    parser.add_argument("--vllm-recompute", action="store_true", help="vLLM backend: recompute old log-probs with the policy")
     args = parser.parse_args()
 
     import datasets
@@ -104,12 +110,16 @@ def main() -> None:
         "optim.max_grad_norm=1.0", "optim.warmup_steps=0", f"optim.micro_batch_size={G}",
         "eval.at_start=false", "eval.at_end=false", "rewards=[{name: 'step_vs_trl:hash_reward'}]",
         f"prompts_per_step={P}", f"max_steps={total_steps}", f"threads={threads}",
-        f"output_dir={bench_dir / 'out' / time.strftime('step_vs_trl-%Y%m%d-%H%M%S')}",
     ]
-    ours = GRPOTrainer(load_config(None, overrides), quiet=True)
-    batches = iter([items[i : i + P] for i in range(0, len(items), P)])
-    ours.sampler.next_batch = lambda n: next(batches)  # the same prompts, in TRL's order
-    our_steps: list[dict] = []
+    backends = args.backends.split(",")
+    ours, our_steps = {}, {}
+    for backend in backends:
+        extra = [f"rollout.backend={backend}", f"rollout.vllm.recompute_logprobs={str(args.vllm_recompute).lower()}",
+                 f"output_dir={bench_dir / 'out' / time.strftime(f'step_vs_trl-{backend}-%Y%m%d-%H%M%S')}"]
+        trainer_ = GRPOTrainer(load_config(None, overrides + extra), quiet=True)
+        batches = iter([items[i : i + P] for i in range(0, len(items), P)])
+        trainer_.sampler.next_batch = lambda n, b=batches: next(b)  # the same prompts, in TRL's order
+        ours[backend], our_steps[backend] = trainer_, []
 
     # ---- TRL
     data = datasets.Dataset.from_list(
@@ -145,11 +155,14 @@ def main() -> None:
         def on_step_end(self, *_, **__):
             step_s = time.perf_counter() - self.start
             trl_steps.append({"step": step_s, "generation": gen_time["s"], "update": step_s - gen_time["s"]})
-            m = ours.train_step()
-            ours.step += 1
-            our_steps.append(m)
-            print(f"step {len(trl_steps)}: TRL {step_s:.1f} s (gen+reward {gen_time['s']:.1f}) | ours {m['time/step']:.1f} s "
-                  f"(gen {m['time/generation']:.1f}, reward {m['time/reward']:.2f}, update {m['time/update']:.1f})", flush=True)
+            line = f"step {len(trl_steps)}: TRL {step_s:.1f} s (gen+reward {gen_time['s']:.1f})"
+            for backend, trainer_ in ours.items():
+                m = trainer_.train_step()
+                trainer_.step += 1
+                our_steps[backend].append(m)
+                line += (f" | ours[{backend}] {m['time/step']:.1f} s (gen {m['time/generation']:.1f}, "
+                         f"old log-probs {m.get('time/old_logprobs', 0):.1f}, reward {m['time/reward']:.2f}, update {m['time/update']:.1f})")
+            print(line, flush=True)
 
     trainer.add_callback(Alternate())
     trainer.train()
@@ -162,18 +175,25 @@ def main() -> None:
     ]
     n_params = sum(p.numel() for p in trl_model.parameters())
     W = args.warmup
-    ours_m, trl_m = our_steps[W:], trl_steps[W:]
+    trl_m = trl_steps[W:]
+    for backend in backends:
+        report(backend, our_steps[backend][W:], trl_m, logs[W:], prompt_tokens, n_params, peak, bandwidth, threads, args)
 
-    def med(xs):
-        return statistics.median(xs)
 
+def med(xs):
+    return statistics.median(xs)
+
+
+def report(backend, ours_m, trl_m, logs, prompt_tokens, n_params, peak, bandwidth, threads, args) -> None:
+    P, G, T, W = args.prompts, args.generations, args.max_tokens, args.warmup
     rows = {
-        "generation + reward (s)": (med([m["time/generation"] + m["time/reward"] for m in ours_m]), med([s["generation"] for s in trl_m])),
+        "generation + reward (s)": (med([m["time/generation"] + m.get("time/old_logprobs", 0) + m["time/reward"] for m in ours_m]),
+                                    med([s["generation"] for s in trl_m])),
         "update (s)": (med([m["time/update"] for m in ours_m]), med([s["update"] for s in trl_m])),
         "step (s)": (med([m["time/step"] for m in ours_m]), med([s["step"] for s in trl_m])),
     }
     our_gen_tokens = med([m["tokens/generated"] for m in ours_m])
-    trl_gen_tokens = med([e["completions/mean_length"] * P * G for e in logs[W:]]) if logs[W:] else float("nan")
+    trl_gen_tokens = med([e["completions/mean_length"] * P * G for e in logs]) if logs else float("nan")
     mean_prompt = statistics.mean(prompt_tokens)
 
     def flops(gen_tokens):  # the FLOPs a step needs: prompt once per group, every token once
@@ -183,7 +203,8 @@ def main() -> None:
     decode_steps = T  # upper bound on sequential decode steps per generation call
     mem_floor = decode_steps * n_params * 4 / (bandwidth * 1e9)
 
-    print(f"\nSmolLM2-135M-Instruct fp32, {threads} threads, {P} prompts x {G} generations, <= {T} new tokens, "
+    print(f"\n== ours with rollout.backend={backend} ==")
+    print(f"SmolLM2-135M-Instruct fp32, {threads} threads, {P} prompts x {G} generations, <= {T} new tokens, "
           f"prompt {mean_prompt:.0f} tokens; median of {args.steps} steps after {W} warm-up")
     print(f"generated tokens per step: ours {our_gen_tokens:.0f}, TRL {trl_gen_tokens:.0f} (different samples, same settings)\n")
     print("| phase | ours | TRL | TRL / ours |")
