@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from .config import RolloutConfig
+from .cpu_kernels import packed_linear_weights
 
 
 # The engine reads the recipe's `rollout` section directly (num_generations, max_new_tokens,
@@ -127,13 +128,18 @@ class RolloutEngine:
     ) -> RolloutBatch:
         """`shard` = (offset, total): these N rows are rows offset..offset+N-1 of a batch of `total`
         completions generated across processes (default: the whole batch, (0, N))."""
+        N = len(prompts) * params.num_generations
+        offset, total = shard or (0, N)
+        if offset < 0 or offset + N > total:
+            raise ValueError(f"shard {shard} does not hold {N} rows")
+        with packed_linear_weights(self.model, batch_hint=N, enabled=getattr(params, "packed_weights", True)):
+            return self._generate(prompts, params, generator, offset, total)
+
+    def _generate(self, prompts, params, generator, offset: int, total: int) -> RolloutBatch:
         G, T_max = params.num_generations, params.max_new_tokens
         P = len(prompts)
         N = P * G
         device = self.device
-        offset, total = shard or (0, N)
-        if offset < 0 or offset + N > total:
-            raise ValueError(f"shard {shard} does not hold {N} rows")
         was_training = self.model.training
         self.model.eval()
 

@@ -198,3 +198,28 @@ def test_sharded_generation_draws_what_the_whole_batch_draws(tiny):
     assert other.texts != whole.texts[6:]
     with pytest.raises(ValueError, match="shard"):
         engine.generate(prompts[:2], params, torch.Generator(), shard=(8, 12))
+
+
+def test_packed_weights_decode_like_the_plain_weights(tiny):
+    """The CPU fast path (oneDNN-packed linear weights) samples the same tokens with the same
+    log-probs as plain nn.Linear, and leaves the model as it was."""
+    from rl_reasoning.cpu_kernels import packed_linear_weights, packing_available
+
+    model, tok = tiny
+    assert packing_available(model)
+    engine = RolloutEngine(model, tok, [tok.eos_token_id], tok.pad_token_id)
+    prompts = [tok.encode("What is 3 + 4?"), tok.encode("Calculate 12 - 5. What is")]
+    runs = {}
+    for packed in (True, False):
+        params = SamplingParams(num_generations=4, max_new_tokens=16, temperature=1.0, packed_weights=packed)
+        runs[packed] = engine.generate(prompts, params, torch.Generator().manual_seed(3))
+    assert runs[True].texts == runs[False].texts
+    assert torch.allclose(runs[True].logprobs, runs[False].logprobs, atol=1e-5)
+
+    x = torch.randn(3, model.config.hidden_size)
+    layer = model.model.layers[0].mlp.up_proj
+    with packed_linear_weights(model, batch_hint=3):
+        assert "forward" in vars(layer)  # routed through the packed weight
+        inside = layer(x)
+    assert "forward" not in vars(layer)  # restored
+    assert torch.allclose(inside, layer(x), atol=1e-5)
