@@ -432,7 +432,7 @@ class GRPOTrainer:
         aux_sum, load_sum = 0.0, None
         self.model.train()
         for _ in range(cfg.grpo.num_iterations):
-            self.optimizer.zero_grad(set_to_none=False)  # zeros, not None: AdamW steps even with no trained rows
+            self._zero_grads()
             for k, idx in enumerate(micro):
                 if router:
                     logp, c_mask, aux, load = self._moe_logprobs(rollout, mask, idx)  # (b, T), (b, T), scalar, (E,)
@@ -468,6 +468,7 @@ class GRPOTrainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients until the next update (peak memory)
         mu = cfg.grpo.num_iterations
         grad_norm = totals.pop("grad_norm") / mu  # already identical on every process
         totals = {k: v / mu for k, v in totals.items()}
@@ -480,6 +481,16 @@ class GRPOTrainer:
             load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
             totals["moe"] = load_metrics(load, self.collective.sum({"aux": aux_sum})["aux"] / passes)
         return totals
+
+    def _zero_grads(self) -> None:
+        """Zero gradients that exist and allocate the missing ones as zeros: AdamW must step (decay
+        its moments) even when no micro-batch ran, and skips parameters whose grad is None."""
+        self.optimizer.zero_grad(set_to_none=False)
+        if is_sharded(self.accelerator):  # FSDP/DeepSpeed own their gradient storage
+            return
+        for p in self.accelerator.unwrap_model(self.model).parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
     def _importance_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int) -> torch.Tensor | None:
         """min(pi_train / pi_sampler, cap) per token (b, T') when vLLM sampled and the correction is on."""
