@@ -237,6 +237,25 @@ class RolloutEngine:
         return text[:cut] if cut is not None else text
 
 
+def _teacher_forced(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, **model_kwargs):
+    """One forward over prompt + completion: (scaled logits (B, Lc, V), model outputs, attention mask (B, Lp + Lc)).
+    Only the Lc + 1 last positions go through the LM head."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        logits_to_keep=completion_ids.shape[1] + 1,
+        use_cache=False,
+        **model_kwargs,
+    )
+    logits = out.logits[:, :-1].float()  # (B, Lc, V): position j predicts completion token j
+    if temperature > 0:
+        logits = logits / temperature
+    return logits, out, attention_mask
+
+
 def completion_logprobs(
     model,
     prompt_ids: torch.Tensor,  # (B, Lp) left-padded
@@ -248,24 +267,14 @@ def completion_logprobs(
 ):
     """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc).
 
-    Only the Lc + 1 last positions go through the LM head, and the log-softmax is taken as
-    logit - logsumexp, so the (B, Lc, V) log-prob tensor is never materialised twice.
-    With `output_router_logits` (MoE policies) returns (log-probs, model outputs, attention mask).
+    The log-softmax is taken as logit - logsumexp, so the (B, Lc, V) log-prob tensor is never
+    materialised twice. With `output_router_logits` (MoE policies) returns (log-probs, model
+    outputs, attention mask).
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
-    Lc = completion_ids.shape[1]
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions_from_mask(attention_mask),
-        logits_to_keep=Lc + 1,
-        use_cache=False,
+    logits, out, attention_mask = _teacher_forced(
+        model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
         **({"output_router_logits": True} if output_router_logits else {}),
     )
-    logits = out.logits[:, :-1].float()  # (B, Lc, V): position j predicts completion token j
-    if temperature > 0:
-        logits = logits / temperature
     picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Lc)
     logp = picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)
     return (logp, out, attention_mask) if output_router_logits else logp
@@ -282,14 +291,8 @@ def completion_logprobs_and_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad log-probs (B, Lc) and entropies (B, Lc) of softmax(logits / T): what the trainer
     recomputes for completions sampled by another engine (vLLM)."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
-    Lc = completion_ids.shape[1]
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
-        logits_to_keep=Lc + 1, use_cache=False,
-    ).logits[:, :-1].float()  # (B, Lc, V)
-    logp_all = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)  # (B, Lc, V)
+    logits = _teacher_forced(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
+    logp_all = torch.log_softmax(logits, dim=-1)  # (B, Lc, V)
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, Lc)
     return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1), entropy
 
