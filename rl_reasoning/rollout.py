@@ -23,7 +23,8 @@ import torch
 from transformers import DynamicCache
 
 from .config import RolloutConfig
-from .cpu_kernels import packed_linear_weights
+from .cpu_kernels import gqa_attention, packed_linear_weights
+from .kv_cache import PreallocatedCache
 
 
 # The engine reads the recipe's `rollout` section directly (num_generations, max_new_tokens,
@@ -107,6 +108,8 @@ class RolloutEngine:
     """Samples completions from a causal LM; stateless apart from the model it wraps."""
 
     compact_fraction = 0.25  # compact the batch once this share of its rows has finished
+    preallocated_cache = True  # in-place KV appends (kv_cache.py); False = transformers' DynamicCache
+    cpu_gqa_attention = True  # shared KV heads inside SDPA on CPU (cpu_kernels.py)
 
     def __init__(self, model, tokenizer, eos_token_ids: list[int], pad_token_id: int):
         self.model = model
@@ -132,7 +135,10 @@ class RolloutEngine:
         offset, total = shard or (0, N)
         if offset < 0 or offset + N > total:
             raise ValueError(f"shard {shard} does not hold {N} rows")
-        with packed_linear_weights(self.model, batch_hint=N, enabled=getattr(params, "packed_weights", True)):
+        with (
+            packed_linear_weights(self.model, batch_hint=N, enabled=getattr(params, "packed_weights", True)),
+            gqa_attention(self.model, enabled=self.cpu_gqa_attention),
+        ):
             return self._generate(prompts, params, generator, offset, total)
 
     def _generate(self, prompts, params, generator, offset: int, total: int) -> RolloutBatch:
@@ -145,7 +151,7 @@ class RolloutEngine:
 
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)  # (P, Lp)
         ids_d, mask_d = prompt_ids.to(device), prompt_mask.to(device)
-        cache = DynamicCache()
+        cache = PreallocatedCache(room=T_max) if self.preallocated_cache else DynamicCache()
         out = self.model(
             input_ids=ids_d,
             attention_mask=mask_d,

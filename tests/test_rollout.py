@@ -223,3 +223,64 @@ def test_packed_weights_decode_like_the_plain_weights(tiny):
         inside = layer(x)
     assert "forward" not in vars(layer)  # restored
     assert torch.allclose(inside, layer(x), atol=1e-5)
+
+
+def sharpen_attention(model, factor: float = 30.0):
+    """The random tiny model attends almost uniformly, which would hide a wrong key or scale;
+    larger query/key weights make every attention score matter."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(factor)
+            layer.self_attn.k_proj.weight.mul_(factor)
+
+
+def test_preallocated_cache_and_cpu_gqa_decode_like_transformers_defaults(tiny, monkeypatch):
+    """In-place KV appends and the shared-head SDPA kernel sample the same tokens with the same
+    log-probs as DynamicCache + transformers' repeat_kv path, with batch compaction exercised."""
+    model, tok = tiny
+    sharpen_attention(model)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is exercised
+    engine = RolloutEngine(model, tok, [tok.eos_token_id, tok.encode("e")[0]], tok.pad_token_id)  # an EOS that fires: rows finish early
+    prompts = prompts_for(tok, QUESTIONS)
+    params = SamplingParams(num_generations=4, max_new_tokens=24, temperature=1.0, packed_weights=False)
+    runs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(engine, "preallocated_cache", fast)
+        monkeypatch.setattr(engine, "cpu_gqa_attention", fast)
+        runs[fast] = engine.generate(prompts, params, torch.Generator().manual_seed(5))
+    fast, plain = runs[True], runs[False]
+    assert 0 < int(fast.truncated.sum()) < len(fast)  # some rows left the batch early, some ran to the cap
+    assert torch.equal(fast.completion_ids, plain.completion_ids)
+    assert torch.allclose(fast.logprobs, plain.logprobs, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # restored after the rollout
+
+
+def test_preallocated_cache_grows_repeats_and_selects_like_dynamic_cache(tiny):
+    """Same logits as DynamicCache through prefill, G-fold repeat, row selection, and more decode
+    steps than the reserved room (the buffer must grow)."""
+    from transformers import DynamicCache
+
+    from rl_reasoning.kv_cache import PreallocatedCache
+
+    model, _ = tiny
+    sharpen_attention(model)
+    model.eval()
+    torch.manual_seed(0)
+    prompt = torch.randint(3, 100, (2, 5))
+    steps = torch.randint(3, 100, (6, 6))  # 6 decode steps for 6 rows
+    logits = {}
+    for name, cache in (("prealloc", PreallocatedCache(room=2)), ("dynamic", DynamicCache())):
+        with torch.no_grad():
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(3)  # (6 rows)
+            outs = []
+            for t in range(6):
+                if t == 3:
+                    cache.batch_select_indices(torch.tensor([0, 2, 5]))
+                ids = steps[t][:, None] if t < 3 else steps[t, [0, 2, 5]][:, None]
+                pos = torch.full((ids.shape[0], 1), 5 + t)
+                outs.append(model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1])
+        logits[name] = outs
+        assert cache.get_seq_length() == 11
+    for a, b in zip(logits["prealloc"], logits["dynamic"]):
+        assert torch.allclose(a, b, atol=1e-5)
