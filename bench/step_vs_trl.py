@@ -112,7 +112,7 @@ def main() -> None:
         f"prompts_per_step={P}", f"max_steps={total_steps}", f"threads={threads}",
     ]
     backends = args.backends.split(",")
-    ours, our_steps = {}, {}
+    ours, our_steps, lengths_of = {}, {}, {}
     for backend in backends:
         extra = [f"rollout.backend={backend}", f"rollout.vllm.recompute_logprobs={str(args.vllm_recompute).lower()}",
                  f"output_dir={bench_dir / 'out' / time.strftime(f'step_vs_trl-{backend}-%Y%m%d-%H%M%S')}"]
@@ -120,6 +120,7 @@ def main() -> None:
         batches = iter([items[i : i + P] for i in range(0, len(items), P)])
         trainer_.sampler.next_batch = lambda n, b=batches: next(b)  # the same prompts, in TRL's order
         ours[backend], our_steps[backend] = trainer_, []
+        record_lengths(trainer_.engine, lengths_of.setdefault(backend, []))
 
     # ---- TRL
     data = datasets.Dataset.from_list(
@@ -177,14 +178,37 @@ def main() -> None:
     W = args.warmup
     trl_m = trl_steps[W:]
     for backend in backends:
-        report(backend, our_steps[backend][W:], trl_m, logs[W:], prompt_tokens, n_params, peak, bandwidth, threads, args)
+        report(backend, our_steps[backend][W:], trl_m, logs[W:], prompt_tokens, n_params, peak, bandwidth, threads, args,
+               lengths_of[backend][W:])
+
+
+def record_lengths(engine, into: list) -> None:
+    """Keep each rollout's completion lengths (for the per-step generation floor)."""
+    generate = engine.generate
+
+    def recorded(*a, **kw):
+        batch = generate(*a, **kw)
+        into.append(batch.lengths.tolist())
+        return batch
+
+    engine.generate = recorded
+
+
+def decode_floor_seconds(lengths: list[int], n_params: int, peak: float, bandwidth: float) -> float:
+    """Sum over decode steps t of max(FLOPs of the m_t rows still running / peak, one read of the
+    weights / bandwidth): each step must read every weight once, however few rows remain."""
+    floor = 0.0
+    for t in range(max(lengths)):
+        running = sum(1 for n in lengths if n > t)
+        floor += max(2 * n_params * running / (peak * 1e9), n_params * 4 / (bandwidth * 1e9))
+    return floor
 
 
 def med(xs):
     return statistics.median(xs)
 
 
-def report(backend, ours_m, trl_m, logs, prompt_tokens, n_params, peak, bandwidth, threads, args) -> None:
+def report(backend, ours_m, trl_m, logs, prompt_tokens, n_params, peak, bandwidth, threads, args, lengths) -> None:
     P, G, T, W = args.prompts, args.generations, args.max_tokens, args.warmup
     rows = {
         "generation + reward (s)": (med([m["time/generation"] + m.get("time/old_logprobs", 0) + m["time/reward"] for m in ours_m]),
@@ -217,6 +241,10 @@ def report(backend, ours_m, trl_m, logs, prompt_tokens, n_params, peak, bandwidt
     gen_floor = max(og / (peak * 1e9), mem_floor)
     print(f"\ngeneration floor (ours): max(FLOPs {og / (peak * 1e9):.1f} s, weight reads {mem_floor:.1f} s for {decode_steps} decode steps) = {gen_floor:.1f} s; "
           f"ours takes {rows['generation + reward (s)'][0] / gen_floor:.1f}x the floor")
+    prefill = 2 * n_params * P * mean_prompt / (peak * 1e9)
+    step_floor = med([prefill + decode_floor_seconds(n, n_params, peak, bandwidth) for n in lengths])
+    print(f"generation floor per decode step (ours): sum over steps of max(FLOPs of the rows still running, one weight read) "
+          f"+ prefill = {step_floor:.1f} s; ours takes {rows['generation + reward (s)'][0] / step_floor:.1f}x it")
     print(f"update floor (ours): {ou / (peak * 1e9):.1f} s at peak; step throughput ours/TRL: {rows['step (s)'][1] / rows['step (s)'][0]:.2f}x")
 
 
