@@ -256,9 +256,7 @@ def _teacher_forced(model, prompt_ids, prompt_mask, completion_ids, completion_m
         use_cache=False,
         **model_kwargs,
     )
-    logits = out.logits[:, :-1].float()  # (B, Lc, V): position j predicts completion token j
-    if temperature > 0:
-        logits = logits / temperature
+    logits = _scaled_(out.logits[:, :-1].float(), temperature)  # (B, Lc, V): position j predicts completion token j
     return logits, out, attention_mask
 
 
@@ -281,8 +279,7 @@ def completion_logprobs(
         model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
         **({"output_router_logits": True} if output_router_logits else {}),
     )
-    picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (B, Lc)
-    logp = picked - torch.logsumexp(logits, dim=-1)  # (B, Lc)
+    logp = _picked_logprobs(logits, completion_ids)  # (B, Lc)
     return (logp, out, attention_mask) if output_router_logits else logp
 
 
@@ -324,7 +321,8 @@ def grouped_completion_logprobs(
     cache = prompt_out.past_key_values
     if b > 1:
         cache.batch_repeat_interleave(b)
-    first = prompt_out.logits[:, -1:].float().expand(b, 1, -1)  # (b, 1, V): predicts completion token 0
+    first = torch.log_softmax(_scaled_(prompt_out.logits[:, -1:].float(), temperature), dim=-1)  # (1, 1, V): predicts completion token 0
+    logp = first.expand(b, 1, -1).gather(-1, completion_ids[:, :1, None]).squeeze(-1)  # (b, 1)
     if Lc > 1:
         attention_mask = torch.cat([completion_mask.new_ones((b, Lp)), completion_mask[:, :-1]], dim=1)  # (b, Lp + Lc - 1)
         rest = model(
@@ -334,10 +332,17 @@ def grouped_completion_logprobs(
             past_key_values=cache,
             use_cache=True,
         ).logits.float()  # (b, Lc - 1, V): position j predicts completion token j + 1
-        logits = torch.cat([first, rest], dim=1)  # (b, Lc, V)
-    else:
-        logits = first
-    if temperature > 0:
-        logits = logits / temperature
-    picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1)  # (b, Lc)
-    return picked - torch.logsumexp(logits, dim=-1)  # (b, Lc)
+        logp = torch.cat([logp, _picked_logprobs(_scaled_(rest, temperature), completion_ids[:, 1:])], dim=1)  # (b, Lc)
+    return logp
+
+
+def _scaled_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T, in place: `logits` is a fresh LM-head output that autograd does not save
+    (a matmul's backward needs its inputs, not its output), so no (B, L, V) copy is made."""
+    return logits.div_(temperature) if temperature > 0 else logits
+
+
+def _picked_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(scaled_logits)[token] for (B, L, V) logits already divided by T and tokens
+    (B, L), as logit - logsumexp so no second (B, L, V) tensor is materialised: (B, L)."""
+    return scaled_logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(scaled_logits, dim=-1)

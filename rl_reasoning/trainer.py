@@ -29,6 +29,8 @@ from rewards.format import is_well_formatted
 
 from . import checkpoint as ckpt
 from .config import Config, RewardSpec, dump_config
+from .cpu_kernels import gqa_attention
+from .memory import pin_mmap_threshold
 from .adapters import apply_lora, reference_context
 from .distributed import Collective
 from .moe import expert_load, load_metrics, moe_spec
@@ -83,6 +85,7 @@ class GRPOTrainer:
         if not use_cuda:  # processes on one machine share its cores
             local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_processes))
+            pin_mmap_threshold()  # freed activations go back to the OS (memory.py)
         for tracker in cfg.report_to:
             if tracker == "tensorboard" and not _importable("tensorboard") and not _importable("tensorboardX"):
                 raise ConfigError("report_to: tensorboard is not installed (pip install tensorboard)")
@@ -519,10 +522,11 @@ class GRPOTrainer:
         """Log-probs of the completions in rows `idx` under `model` (b, T'), and their loss mask (b, T')."""
         p_ids, p_mask, c_ids, c_mask = self._micro_inputs(rollout, mask, idx)
         T = self.cfg.rollout.temperature
-        if grouped:
-            prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
-            return grouped_completion_logprobs(model, prompt, c_ids, c_mask, T), c_mask
-        return completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T), c_mask
+        with gqa_attention(self.accelerator.unwrap_model(model)):  # CPU: shared KV heads, no repeat_kv copies to save
+            if grouped:
+                prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
+                return grouped_completion_logprobs(model, prompt, c_ids, c_mask, T), c_mask
+            return completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T), c_mask
 
     def _micro_inputs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
         """Slice rows `idx`, trimming left padding of prompts and right padding of completions."""
