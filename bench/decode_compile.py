@@ -4,9 +4,11 @@ layers compiled with inductor (regional compilation, dynamic shapes, plain weigh
 cannot take our pre-packed oneDNN weights unless it freezes the parameters into constants,
 which would need a recompile after every optimizer step).
 
-    python bench/decode_compile.py [--rows 16] [--prompt 100] [--steps 30]
+    python bench/decode_compile.py [--rows 16] [--prompt 100] [--steps 30] [--sweep 8,4]
 
-Prints the compile time and the median decode-step time of each variant.
+Prints the median decode-step time of the eager path at each row count (a step costs about the
+same however few rows remain: the weights are read once per step), then the compile time and
+step time of each variant at `--rows`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--prompt", type=int, default=100)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--sweep", default="8,4", help="further row counts for the eager packed path")
     args = parser.parse_args()
     model = load_model("smollm2-135m-instruct").model.eval()
     print(f"SmolLM2-135M fp32, {torch.get_num_threads()} threads, {args.rows} rows, prompt {args.prompt}, {args.steps} decode steps\n")
@@ -54,6 +57,8 @@ def main() -> None:
         print(f"| {name} | {times[0]:.2f} | {statistics.median(times[3:]) * 1e3:.1f} |", flush=True)
 
     row("eager, packed weights (default)", decode_steps(model, args.rows, args.prompt, args.steps, packed=True))
+    for rows in (int(r) for r in args.sweep.split(",") if r):
+        row(f"eager, packed weights, {rows} rows", decode_steps(model, rows, args.prompt, args.steps, packed=True))
     row("eager, plain weights", decode_steps(model, args.rows, args.prompt, args.steps, packed=False))
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     for layer in model.model.layers:
