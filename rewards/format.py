@@ -22,6 +22,17 @@ def is_well_formatted(text: str) -> bool:
     return STRICT.match(text) is not None
 
 
+def reasoning_section(text: str) -> str:
+    """The text of the reasoning section: from the first <think> to the first </think> (or to
+    <answer> / the end when </think> is missing); "" without a <think> tag."""
+    start = text.find("<think>")
+    if start < 0:
+        return ""
+    body = text[start + len("<think>") :]
+    end = min((i for i in (body.find("</think>"), body.find("<answer>")) if i >= 0), default=len(body))
+    return body[:end].strip()
+
+
 def tag_count_score(text: str) -> float:
     return sum(0.25 for tag in TAGS if text.count(tag) == 1)
 

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval_cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+    from .distill import add_parser as add_distill_parser
+
+    add_distill_parser(sub)
     from .traces.cli import add_parser as add_traces_parser
     from .traces.report import add_parser as add_report_parser
 

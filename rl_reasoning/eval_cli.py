@@ -109,7 +109,7 @@ def run_eval(args) -> dict:
     return result
 
 
-METRIC_ORDER = ("accuracy", "pass@", "maj@", "format_rate", "sampled_format_rate", "mean_length", "sampled_mean_length", "truncated_frac", "sampled_truncated_frac", "num_problems", "greedy_seconds", "sampled_seconds", "seconds")
+METRIC_ORDER = ("accuracy", "pass@", "maj@", "format_rate", "sampled_format_rate", "mean_length", "think_words", "sampled_mean_length", "truncated_frac", "sampled_truncated_frac", "num_problems", "greedy_seconds", "sampled_seconds", "seconds")
 
 
 def _metric_names(results: list[dict]) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rewards.extract import completion_text, extract_answer, normalize_answer
-from rewards.format import is_well_formatted
+from rewards.format import is_well_formatted, reasoning_section
 
 from .config import RolloutConfig
 from .prompts import encode_prompt, render_prompt
@@ -108,6 +108,7 @@ def evaluate(
                 score=None if torch.isnan(scores[j]) else float(scores[j]),
                 correct=bool(scores[j] >= CORRECT),
                 formatted=is_well_formatted(completions[j]),
+                think_words=len(reasoning_section(completions[j]).split()),
                 length=int(batch.lengths[j]),
                 truncated=bool(batch.truncated[j]),
             )
@@ -116,6 +117,7 @@ def evaluate(
         "eval/accuracy": sum(r["correct"] for r in records) / count,
         "eval/format_rate": sum(r["formatted"] for r in records) / count,
         "eval/mean_length": sum(r["length"] for r in records) / count,
+        "eval/think_words": sum(r["think_words"] for r in records) / count,  # words in the reasoning section (0 without one)
         "eval/truncated_frac": sum(r["truncated"] for r in records) / count,
         "eval/num_problems": len(records),
         "eval/greedy_seconds": time.perf_counter() - start,

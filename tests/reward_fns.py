@@ -33,3 +33,14 @@ def with_metrics(completions, **_):
 def constant(completions, **_):
     """Every completion scores the same: every advantage is 0."""
     return [1.0] * len(completions)
+
+
+def has_letter_e(completions, **_):
+    """1.0 when the completion contains an 'e' (a known, checkable pass/fail for filter tests)."""
+    return [1.0 if "e" in (c if isinstance(c, str) else c[-1]["content"]) else 0.0 for c in completions]
+
+
+def letter_e_share(completions, **_):
+    """Share of the completion's characters that are 'e': trivially learnable by a tiny model."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [t.count("e") / max(1, len(t)) for t in texts]

@@ -47,7 +47,7 @@ def test_eval_command_writes_json_and_compares(tiny_model_dir, tmp_path, capsys)
             "--n", "4", "--k", "1,2,4", "--batch-size", "8"]
     assert cli.main([*base, "--out", str(out_a)]) == 0
     table = capsys.readouterr().out
-    assert "| greedy pass@1 |" in table and "| pass@4 |" in table and "| maj@4 |" in table
+    assert "| greedy pass@1 |" in table and "| pass@4 |" in table and "| maj@4 |" in table and "| think_words |" in table
     result = json.loads(out_a.read_text())
     assert result["settings"]["n"] == 4 and len(result["per_problem"]) == 6
     m = result["metrics"]

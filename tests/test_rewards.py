@@ -161,3 +161,12 @@ def test_rewards_from_an_installed_package_entry_point(tmp_path, monkeypatch):
     with pytest.raises(rewards.UnknownRewardError) as err:
         rewards.get_reward("nope")
     assert "shout" in str(err.value)
+
+
+def test_reasoning_section_is_the_think_text():
+    from rewards.format import reasoning_section
+
+    assert reasoning_section("<think> 2 + 3 = 5, check: 5 - 3 = 2 </think> <answer>5</answer>") == "2 + 3 = 5, check: 5 - 3 = 2"
+    assert reasoning_section("<think>12 - 4 = 8 <answer>8</answer>") == "12 - 4 = 8"  # no </think>: up to <answer>
+    assert reasoning_section("<think>still thinking") == "still thinking"
+    assert reasoning_section("<answer>8</answer>") == "" and reasoning_section("<think></think><answer>8</answer>") == ""

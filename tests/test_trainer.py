@@ -251,3 +251,18 @@ def test_prefix_grouped_update_equals_the_plain_update(tiny_model_dir, arithmeti
     assert on["loss"] == pytest.approx(off["loss"], rel=1e-5, abs=1e-7)
     assert on["grad_norm"] == pytest.approx(off["grad_norm"], rel=1e-4)
     assert on["tokens/trained"] < off["tokens/trained"]
+
+
+def test_reward_goes_up_on_a_trivially_learnable_task(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    """The learning test (#8): rewarding the share of 'e' characters, a few GRPO steps of the tiny
+    model raise the reward well above the same run with a negligible learning rate (same seeds)."""
+    def rewards(lr, name):
+        train(tiny_model_dir, arithmetic_jsonl, tmp_path / name, max_steps=8, optim__lr=lr, rollout__num_generations=8,
+              rollout__max_new_tokens=12, rollout__temperature=1.0, prompts_per_step=2, optim__micro_batch_size=8,
+              eval__at_start="false", eval__at_end="false", rewards="[{name: 'tests.reward_fns:letter_e_share'}]")
+        return [m["reward/mean"] for m in read_records(tmp_path / name / "metrics.jsonl")]
+
+    learned, frozen = rewards(0.02, "learn"), rewards(1e-12, "frozen")  # lr must be > 0; 1e-12 changes nothing
+    assert learned[0] == pytest.approx(frozen[0])  # same first batch
+    late_learned, late_frozen = sum(learned[-3:]) / 3, sum(frozen[-3:]) / 3
+    assert late_learned > late_frozen + 0.05 and late_learned > 2 * learned[0], (learned, frozen)

@@ -1,0 +1,128 @@
+"""The R1-Zero learning curve: train a recipe, then score its checkpoints on held-out problems.
+
+    python bench/learning.py --recipe recipes/r1zero_cpu.yaml --out runs/learning [--problems 200] [key=value ...]
+
+1. Trains with `rl-reasoning train RECIPE` (evaluation during training off, a checkpoint every
+   `save_every` steps) and times it: the wall time reported is training only.
+2. Scores the base model and every checkpoint with `rl-reasoning eval --recipe RECIPE` on the
+   recipe's held-out problems: the same problems, prompt and scorer at every point.
+3. Compares the base model and the last checkpoint with `rl-reasoning eval --compare` (paired
+   bootstrap 95 % interval).
+4. Writes `learning.md` (a table per evaluation point: greedy accuracy, format rate, completion
+   length, words in the reasoning section, reflection rate), `learning.png` and `learning.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = (("accuracy", "accuracy", True), ("format_rate", "format", True), ("mean_length", "tokens", False),
+           ("think_words", "reasoning words", False), ("reflection_rate", "reflection rate", True))
+
+
+def rl_reasoning(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "rl_reasoning", *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="recipes/r1zero_cpu.yaml")
+    parser.add_argument("--out", required=True, help="new output directory")
+    parser.add_argument("--problems", type=int, help="held-out problems (default: the recipe's data.eval_size)")
+    parser.add_argument("--skip-train", action="store_true", help="score an existing OUT/run")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for training, key=value")
+    args = parser.parse_args()
+    out = Path(args.out)
+    run_dir = out / "run"
+    timing = {}
+    if not args.skip_train:
+        if run_dir.exists():
+            raise SystemExit(f"{run_dir} exists; choose a new --out or pass --skip-train")
+        start = time.perf_counter()
+        rl_reasoning("train", args.recipe, f"output_dir={run_dir}", "eval.at_start=false", "eval.at_end=false", "eval.every=0",
+                     "--quiet", *args.overrides)
+        timing["train_minutes"] = (time.perf_counter() - start) / 60
+        (out / "timing.json").write_text(json.dumps(timing))
+    elif (out / "timing.json").exists():
+        timing = json.loads((out / "timing.json").read_text())
+
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    if not checkpoints:
+        raise SystemExit(f"no checkpoints under {run_dir / 'checkpoints'}")
+    recipe_model = _recipe_model(run_dir)
+    points = [(0, recipe_model)] + [(int(c.name.split("-")[1]), str(c)) for c in checkpoints]
+    eval_dir = out / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for step, model in points:
+        path = eval_dir / f"step-{step:06d}.json"
+        if not path.exists():
+            extra = ["--problems", str(args.problems)] if args.problems else []
+            rl_reasoning("eval", "--recipe", args.recipe, "--model", model, "--out", str(path), *extra)
+        metrics = json.loads(path.read_text())["metrics"]
+        rows.append({"step": step, **{k: metrics.get(k) for k, _, _ in COLUMNS}, "problems": metrics.get("num_problems")})
+    compare = subprocess.run([sys.executable, "-m", "rl_reasoning", "eval", "--compare", str(eval_dir / "step-000000.json"),
+                              str(eval_dir / f"step-{points[-1][0]:06d}.json")], check=True, capture_output=True, text=True).stdout
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads = cores"
+    table = _table(rows)
+    minutes = timing.get("train_minutes")
+    text = (f"# Learning curve: {args.recipe}\n\nmachine: {machine}; training wall time: "
+            f"{'n/a' if minutes is None else f'{minutes:.1f} min'}; held-out problems: {rows[0]['problems']}\n\n{table}\n\n"
+            f"## Base model vs last checkpoint\n\n{compare}\n")
+    (out / "learning.md").write_text(text)
+    (out / "learning.json").write_text(json.dumps({"recipe": args.recipe, "timing": timing, "points": rows}, indent=1))
+    _plot(rows, out / "learning.png", args.recipe, minutes)
+    print(text)
+    print(f"written: {out / 'learning.md'}, {out / 'learning.png'}")
+
+
+def _recipe_model(run_dir: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| step | " + " | ".join(label for _, label, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = []
+        for key, _, rate in COLUMNS:
+            v = r[key]
+            cells.append("–" if v is None else f"{v:.1%}" if rate else f"{v:.1f}")
+        lines.append(f"| {r['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], path: Path, recipe: str, minutes: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [100 * r["accuracy"] for r in rows], "o-", label="held-out greedy accuracy (%)")
+    ax.plot(steps, [100 * r["format_rate"] for r in rows], "s--", label="format rate (%)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    words = ax.twinx()
+    words.plot(steps, [r["think_words"] or 0 for r in rows], "^:", color="gray", label="reasoning words")
+    words.set_ylabel("words in <think>")
+    handles = ax.get_legend_handles_labels()[0] + words.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
+    title = Path(recipe).name + ("" if minutes is None else f" — {minutes:.0f} min of training")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

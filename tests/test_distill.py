@@ -1,0 +1,73 @@
+"""`rl-reasoning distill`: rejection-sampling filter on hand-built inputs, and the whole pipeline
+(sample -> filter -> TRL SFT -> evaluate) with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from rl_reasoning import cli
+from rl_reasoning.distill import DistillStats, select_completions
+
+
+def test_filter_keeps_correct_formatted_distinct_completions_up_to_the_limit():
+    completions = [
+        "<think>a</think> <answer>1</answer>", "<think>a</think>\n  <answer>1</answer> ",  # same text up to whitespace
+        "<think>b</think><answer>1</answer>", "no format 1", "<think>c</think><answer>2</answer>",
+        "<think>x</think><answer>9</answer>", "<think>y</think><answer>9</answer>", "<think>z</think><answer>9</answer>",
+    ]
+    scores = [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, math.nan, 0.5]
+    formatted = [True, True, True, False, True, True, True, True]
+    stats = DistillStats()
+    kept = select_completions(completions, scores, formatted, samples=4, keep_per_problem=1, require_format=True, stats=stats)
+    assert kept == [[0], [5]]  # problem 0: first of the correct+formatted; problem 1: only full credit counts
+    assert (stats.correct, stats.correct_and_formatted, stats.unique, stats.kept) == (5, 4, 3, 2)
+
+    stats = DistillStats()
+    kept = select_completions(completions, scores, formatted, samples=4, keep_per_problem=5, require_format=False, stats=stats)
+    assert kept == [[0, 2, 3], [5]]  # duplicate dropped; the unformatted correct one is kept without the format rule
+
+
+def test_distill_command_samples_filters_finetunes_and_evaluates(tiny_model_dir, arithmetic_jsonl, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: {{name: {tiny_model_dir}}}\n"
+        f"data: {{source: file, path: {arithmetic_jsonl}, eval_size: 4}}\n"
+        "rollout: {num_generations: 4, max_new_tokens: 8, temperature: 1.0}\n"
+        "rewards: [{name: 'tests.reward_fns:has_letter_e'}]\n"
+        "eval: {batch_size: 16}\n"
+    )
+    out = tmp_path / "distill"
+    code = cli.main(["distill", "--recipe", str(recipe), "--teacher", str(tiny_model_dir), "--out", str(out),
+                     "--problems", "6", "--samples", "4", "--keep-per-problem", "2", "--no-require-format", "--epochs", "1",
+                     "--lr", "1e-3", "--sft-batch-size", "4"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    counts = summary["counts"]
+    assert counts["problems"] == 6 and counts["sampled"] == 24
+    assert 0 < counts["kept"] <= min(counts["unique"], 12) <= counts["correct"] < 24  # the filter did pass some and drop some
+    rows = [json.loads(line) for line in (out / "sft_data.jsonl").read_text().splitlines()]
+    assert len(rows) == counts["kept"] and all("e" in r["completion"] for r in rows)  # only reward-passing completions
+    held_out = {r["question"] for r in json.loads((out / "eval.json").read_text())["per_problem"]}
+    assert len(held_out) == 4 and not held_out & {r["question"] for r in rows}  # training problems only
+    assert set(summary["seconds"]) == {"sample", "finetune", "evaluate"} and summary["student_eval"]["num_problems"] == 4
+
+    from rl_reasoning.models import load_model
+
+    before, after = load_model(str(tiny_model_dir)).model, load_model(str(out / "student")).model
+    moved = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
+    assert moved  # SFT changed the student
+
+
+def test_distill_with_nothing_passing_is_a_clear_error(tiny_model_dir, arithmetic_jsonl, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{source: file, path: {arithmetic_jsonl}, eval_size: 4}}\n"
+                      "rollout: {num_generations: 2, max_new_tokens: 4}\nrewards: [{name: 'tests.reward_fns:constant'}]\n")
+    out = tmp_path / "d"
+    assert cli.main(["distill", "--recipe", str(recipe), "--teacher", str(tiny_model_dir), "--out", str(out), "--problems", "2", "--samples", "2"]) == 2
+    assert "no completion that passed the filter" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["counts"]["sampled"] == 4  # what was done is still written
+    assert cli.main(["distill", "--recipe", str(recipe), "--teacher", str(tiny_model_dir), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
