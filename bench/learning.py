@@ -70,7 +70,7 @@ def main() -> None:
         rows.append({"step": step, **{k: metrics.get(k) for k, _, _ in COLUMNS}, "problems": metrics.get("num_problems")})
     compare = subprocess.run([sys.executable, "-m", "rl_reasoning", "eval", "--compare", str(eval_dir / "step-000000.json"),
                               str(eval_dir / f"step-{points[-1][0]:06d}.json")], check=True, capture_output=True, text=True).stdout
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads = cores"
+    machine = f"{_cpu_model()}, {os.cpu_count()} cores, torch threads = cores"
     table = _table(rows)
     minutes = timing.get("train_minutes")
     text = (f"# Learning curve: {args.recipe}\n\nmachine: {machine}; training wall time: "
@@ -81,6 +81,13 @@ def main() -> None:
     _plot(rows, out / "learning.png", args.recipe, minutes)
     print(text)
     print(f"written: {out / 'learning.md'}, {out / 'learning.png'}")
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def _recipe_model(run_dir: Path) -> str:
@@ -116,6 +123,7 @@ def _plot(rows: list[dict], path: Path, recipe: str, minutes: float | None) -> N
     words = ax.twinx()
     words.plot(steps, [r["think_words"] or 0 for r in rows], "^:", color="gray", label="reasoning words")
     words.set_ylabel("words in <think>")
+    words.set_ylim(bottom=0, top=max(10.0, 1.2 * max(r["think_words"] or 0 for r in rows)))
     handles = ax.get_legend_handles_labels()[0] + words.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
     title = Path(recipe).name + ("" if minutes is None else f" — {minutes:.0f} min of training")
