@@ -115,7 +115,12 @@ def build_sft_data(cfg, teacher: str, problems: int, samples: int, temperature: 
     from rewards.format import is_well_formatted
 
     task = load_task(cfg.data)
-    pool = [p for p in task.train[: problems * 2 + len(task.held_out)] if not task.is_held_out(p)][:problems]
+    pool = []
+    for i in range(len(task.train)):  # a Sequence (reasoning-gym problems are generated on access): no slicing
+        if len(pool) == problems:
+            break
+        if not task.is_held_out(task.train[i]):
+            pool.append(task.train[i])
     if not pool:
         raise UserError("distill: the recipe's data has no training problems")
     stats.problems = len(pool)
