@@ -107,8 +107,9 @@ def build_sft_data(cfg, teacher: str, problems: int, samples: int, temperature: 
     import torch
 
     from .config import RewardSpec, RolloutConfig
-    from .evaluation import _generate_and_score
+    from .evaluation import generate_and_score
     from .models import eos_token_ids, load_model
+    from .prompts import render_prompt
     from .reward_runner import RewardRunner
     from .rollout import RolloutEngine
     from .tasks import load_task
@@ -135,9 +136,7 @@ def build_sft_data(cfg, teacher: str, problems: int, samples: int, temperature: 
                            top_p=cfg.rollout.top_p, stop=list(cfg.rollout.stop))
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = []
-    from .prompts import render_prompt
-
-    for _, chunk, batch, completions, scores in _generate_and_score(
+    for _, chunk, batch, completions, scores in generate_and_score(
         engine, tok, pool, cfg.prompt, scorer, params, batch_size, 0, generator, "distillation sampling"
     ):
         stats.sampled += len(completions)
@@ -177,6 +176,7 @@ def finetune(student: str, rows: list[dict], out_dir: Path, cfg, epochs: float, 
 
 
 def run(args) -> dict:
+    from .cli import build_parser
     from .config import load_config
     from .eval_cli import run_eval
 
@@ -203,29 +203,13 @@ def run(args) -> dict:
     eval_result = None
     if not args.no_eval:
         with _Stage(stats, "evaluate"):
-            eval_args = _EvalArgs(recipe=args.recipe, model=str(student_dir), overrides=list(args.overrides), out=str(out / "eval.json"),
-                                  problems=args.eval_problems)
-            eval_result = run_eval(eval_args)
+            problems = ["--problems", str(args.eval_problems)] if args.eval_problems else []
+            eval_args = build_parser().parse_args(["eval", "--recipe", args.recipe, "--model", str(student_dir),
+                                                   "--out", str(out / "eval.json"), *problems, *args.overrides])
+            eval_result = run_eval(eval_args)  # exactly `rl-reasoning eval` with its defaults (greedy)
     _write_summary(out, args, stats, eval_result)
     print(f"student: {student_dir}\nsummary: {out / 'summary.json'}")
     return {"stats": stats, "eval": eval_result}
-
-
-@dataclass
-class _EvalArgs:
-    """The namespace `rl-reasoning eval` would build: greedy, the recipe's task and prompt."""
-
-    recipe: str
-    model: str
-    overrides: list
-    out: str
-    problems: int | None = None
-    task: str | None = None
-    n: int = 8
-    k: str = ""
-    temperature: float = 0.6
-    max_new_tokens: int | None = None
-    batch_size: int | None = None
 
 
 def _write_summary(out: Path, args, stats: DistillStats, eval_result: dict | None) -> None:

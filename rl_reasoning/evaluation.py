@@ -65,7 +65,7 @@ def _answer_of(completion: str, fallback: str) -> str | None:
     return None if found is None else normalize_answer(found)
 
 
-def _generate_and_score(engine, tokenizer, problems, prompt_cfg, scorer, params, batch_size, step, generator, label):
+def generate_and_score(engine, tokenizer, problems, prompt_cfg, scorer, params, batch_size, step, generator, label):
     """Yields (chunk, batch, completions, scores) over prompt chunks of at most batch_size completions."""
     per_chunk = max(1, batch_size // params.num_generations)
     for lo in range(0, len(problems), per_chunk):
@@ -101,7 +101,7 @@ def evaluate(
     start = time.perf_counter()
     records = [{"step": step, "problem": i, "question": p["question"], "answer": p["answer"]} for i, p in enumerate(problems)]
     greedy = RolloutConfig(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, stop=stop)
-    for lo, chunk, batch, completions, scores in _generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, greedy, batch_size, step, None, "held-out evaluation"):
+    for lo, chunk, batch, completions, scores in generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, greedy, batch_size, step, None, "held-out evaluation"):
         for j in range(len(chunk)):
             records[lo + j].update(
                 completion=completions[j],
@@ -128,7 +128,7 @@ def evaluate(
         sampled = RolloutConfig(num_generations=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
         generator = torch.Generator(device=engine.device).manual_seed(seed)
         lengths, truncated, formatted = [], [], []
-        for lo, chunk, batch, completions, scores in _generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, sampled, batch_size, step, generator, "sampled evaluation"):
+        for lo, chunk, batch, completions, scores in generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, sampled, batch_size, step, generator, "sampled evaluation"):
             for j in range(len(chunk)):
                 rows = range(j * n, (j + 1) * n)
                 correct = [bool(scores[r] >= CORRECT) for r in rows]

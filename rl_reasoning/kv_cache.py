@@ -27,14 +27,13 @@ class PreallocatedLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
-        if self._key_buffer is None:
+        if self._key_buffer is None:  # the prompt: reserve room for what follows
             self.lazy_initialization(key_states, value_states)
             self._allocate(key_states, value_states, new + self.room)
-            length = 0
-        else:
-            length = self.keys.shape[-2]
-            if length + new > self._key_buffer.shape[-2]:  # more tokens than reserved: grow (rare)
-                self._allocate(self.keys, self.values, length + new + self.room)
+            return self.keys, self.values
+        length = self.keys.shape[-2]
+        if length + new > self._key_buffer.shape[-2]:  # more tokens than reserved: grow (rare)
+            self._allocate(self.keys, self.values, length + new + self.room)
         self._key_buffer[:, :, length : length + new] = key_states
         self._value_buffer[:, :, length : length + new] = value_states
         self.keys = self._key_buffer[:, :, : length + new]  # (B, H, T, D) view
@@ -42,27 +41,18 @@ class PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
     def _allocate(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
-        """Fresh buffers of `capacity` positions holding `keys`/`values` (B, H, t, D) at the front
-        (only when they are already cached, i.e. when growing)."""
+        """Fresh buffers of `capacity` positions holding `keys`/`values` (B, H, t, D) at the front."""
         B, H, t, D = keys.shape
-        old = self._key_buffer is not None
-        self._key_buffer = keys.new_empty((B, H, capacity, D))
-        self._value_buffer = values.new_empty((B, H, capacity, values.shape[-1]))
-        if old:
-            self._key_buffer[:, :, :t] = keys
-            self._value_buffer[:, :, :t] = values
-            self.keys, self.values = self._key_buffer[:, :, :t], self._value_buffer[:, :, :t]
+        key_buffer = keys.new_empty((B, H, capacity, D))
+        value_buffer = values.new_empty((B, H, capacity, values.shape[-1]))
+        key_buffer[:, :, :t] = keys
+        value_buffer[:, :, :t] = values
+        self._key_buffer, self._value_buffer = key_buffer, value_buffer
+        self.keys, self.values = key_buffer[:, :, :t], value_buffer[:, :, :t]
 
     def _reindex(self, select) -> None:
-        """Apply a batch-dimension selection to the buffers (copies only the filled part)."""
-        length = self.keys.shape[-2]
-        keys, values = select(self.keys), select(self.values)  # (B', H, T, D), new storage
-        capacity = self._key_buffer.shape[-2]
-        self._key_buffer = self._value_buffer = None
-        self._allocate(keys, values, capacity)
-        self._key_buffer[:, :, :length] = keys
-        self._value_buffer[:, :, :length] = values
-        self.keys, self.values = self._key_buffer[:, :, :length], self._value_buffer[:, :, :length]
+        """Apply a batch-dimension selection (copies only the filled part; capacity is kept)."""
+        self._allocate(select(self.keys), select(self.values), self._key_buffer.shape[-2])
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._key_buffer is not None:
