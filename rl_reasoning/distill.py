@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,7 @@ def run(args) -> dict:
     from .eval_cli import run_eval
 
     cfg = load_config(args.recipe, list(args.overrides))
+    sys.path.insert(0, str(Path(args.recipe).resolve().parent))  # as `train`: a reward module beside the recipe imports by name
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; choose a new directory")
