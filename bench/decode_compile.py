@@ -4,11 +4,12 @@ layers compiled with inductor (regional compilation, dynamic shapes, plain weigh
 cannot take our pre-packed oneDNN weights unless it freezes the parameters into constants,
 which would need a recompile after every optimizer step).
 
-    python bench/decode_compile.py [--rows 16] [--prompt 100] [--steps 30] [--sweep 8,4]
+    python bench/decode_compile.py [--rows 16] [--prompt 100] [--steps 30] [--sweep 8,4] [--profile]
 
 Prints the median decode-step time of the eager path at each row count (a step costs about the
 same however few rows remain: the weights are read once per step), then the compile time and
-step time of each variant at `--rows`.
+step time of each variant at `--rows`. `--profile` instead prints a torch.profiler table of 10
+eager packed decode steps at `--rows` (operators by self CPU time).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rl_reasoning.kv_cache import PreallocatedCache
 from rl_reasoning.models import load_model
 
 
-def decode_steps(model, rows: int, prompt: int, steps: int, packed: bool) -> list[float]:
+def decode_steps(model, rows: int, prompt: int, steps: int, packed: bool, profiler=None) -> list[float]:
     """Seconds per decode step after a `prompt`-token prefill, `rows` rows."""
     torch.manual_seed(0)
     times = []
@@ -34,10 +35,14 @@ def decode_steps(model, rows: int, prompt: int, steps: int, packed: bool) -> lis
         model(input_ids=ids, attention_mask=torch.ones(rows, prompt, dtype=torch.long), past_key_values=cache, use_cache=True, logits_to_keep=1)
         token = torch.randint(0, 1000, (rows, 1))
         for i in range(steps):
+            if profiler is not None and i == steps - 10:
+                profiler.start()
             start = time.perf_counter()
             model(input_ids=token, attention_mask=torch.ones(rows, prompt + 1 + i, dtype=torch.long),
                   position_ids=torch.full((rows, 1), prompt + i), past_key_values=cache, use_cache=True)
             times.append(time.perf_counter() - start)
+    if profiler is not None:
+        profiler.stop()
     return times
 
 
@@ -47,8 +52,17 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=100)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sweep", default="8,4", help="further row counts for the eager packed path")
+    parser.add_argument("--profile", action="store_true", help="profile 10 eager packed decode steps instead")
     args = parser.parse_args()
     model = load_model("smollm2-135m-instruct").model.eval()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        prof = profile(activities=[ProfilerActivity.CPU])
+        times = decode_steps(model, args.rows, args.prompt, max(args.steps, 12), packed=True, profiler=prof)
+        print(f"{args.rows} rows, prompt {args.prompt}: median step {statistics.median(times[-10:]) * 1e3:.1f} ms (profiled)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        return
     print(f"SmolLM2-135M fp32, {torch.get_num_threads()} threads, {args.rows} rows, prompt {args.prompt}, {args.steps} decode steps\n")
     print("| variant | first step (s) | median step (ms) |")
     print("|---|---|---|")
