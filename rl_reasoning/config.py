@@ -140,6 +140,11 @@ class GRPOConfig:
     num_iterations: int = 1
     """mu: policy updates per generation batch."""
     mask_truncated_completions: bool = False
+    drop_zero_variance_groups: bool = False
+    """DAPO's dynamic-sampling filter: leave groups whose rewards are all equal out of the loss and
+    its normaliser (they have zero advantage, so they only dilute the token-mean and the KL). DAPO
+    also refills the batch with new prompts until it is full; we do not, so raise
+    `prompts_per_step` instead (see README)."""
 
 
 @dataclass

@@ -283,6 +283,9 @@ class GRPOTrainer:
         mask[torch.isnan(rewards.total)] = 0
         if cfg.grpo.mask_truncated_completions:
             mask[rollout.truncated] = 0
+        if cfg.grpo.drop_zero_variance_groups:
+            flat = (group_reward_std(rows.rewards, G) == 0).repeat_interleave(G)  # (B*G,) all rows of the batch
+            mask[flat[shard.row_slice(len(flat))]] = 0
         update_stats = self.update(rollout, advantages, mask)
         if self.vllm is not None:
             sampler_stats["vllm/weight_staleness"] = self.optimizer_steps - cfg.grpo.num_iterations - self.synced_at

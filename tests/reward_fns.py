@@ -44,3 +44,8 @@ def letter_e_share(completions, **_):
     """Share of the completion's characters that are 'e': trivially learnable by a tiny model."""
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [t.count("e") / max(1, len(t)) for t in texts]
+
+
+def letter_e_if_answer_even(completions, answer, **_):
+    """has_letter_e for problems with an even answer, 0.0 for the rest: some groups mixed, some constant."""
+    return [score if int(float(a)) % 2 == 0 else 0.0 for score, a in zip(has_letter_e(completions), answer)]

@@ -266,3 +266,23 @@ def test_reward_goes_up_on_a_trivially_learnable_task(tiny_model_dir, arithmetic
     assert learned[0] == pytest.approx(frozen[0])  # same first batch
     late_learned, late_frozen = sum(learned[-3:]) / 3, sum(frozen[-3:]) / 3
     assert late_learned > late_frozen + 0.05 and late_learned > 2 * learned[0], (learned, frozen)
+
+
+def test_dropping_zero_variance_groups_renormalises_the_token_mean(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    """DAPO's filter: groups whose rewards are all equal leave the token-mean's denominator, so the
+    first step's gradient equals the unfiltered one times all tokens / tokens of the mixed groups."""
+    common = dict(max_steps=1, prompts_per_step=6, rollout__num_generations=4, rollout__max_new_tokens=6, rollout__temperature=1.0,
+                  eval__at_start="false", eval__at_end="false", rewards="[{name: 'tests.reward_fns:letter_e_if_answer_even'}]")
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "keep", **common)
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "drop", grpo__drop_zero_variance_groups="true", **common)
+    traces = list(read_records(tmp_path / "drop" / "traces.jsonl"))
+    groups: dict[str, list[dict]] = {}
+    for t in traces:
+        groups.setdefault(t["prompt_id"], []).append(t)
+    mixed = [g for g in groups.values() if len({t["reward"] for t in g}) > 1]
+    assert 0 < len(mixed) < len(groups), "the seed must give both kinds of group"
+    all_tokens = sum(t["length"] for t in traces)
+    mixed_tokens = sum(t["length"] for g in mixed for t in g)
+    keep, drop = (next(read_records(tmp_path / name / "metrics.jsonl")) for name in ("keep", "drop"))
+    assert keep["grad_norm"] > 0  # the norm before clipping
+    assert drop["grad_norm"] == pytest.approx(keep["grad_norm"] * all_tokens / mixed_tokens, rel=1e-4)
