@@ -47,7 +47,7 @@ def main() -> None:
             raise SystemExit(f"{run_dir} exists; choose a new --out or pass --skip-train")
         start = time.perf_counter()
         rl_reasoning("train", args.recipe, f"output_dir={run_dir}", "eval.at_start=false", "eval.at_end=false", "eval.every=0",
-                     "--quiet", *args.overrides)
+                     *args.overrides, "--quiet")  # positionals together: argparse does not take them after an option
         timing["train_minutes"] = (time.perf_counter() - start) / 60
         (out / "timing.json").write_text(json.dumps(timing))
     elif (out / "timing.json").exists():
