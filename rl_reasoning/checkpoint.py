@@ -65,14 +65,25 @@ def save_checkpoint(
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-    tokenizer.save_pretrained(tmp)
-    if state_dict is None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(generator), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+        tokenizer.save_pretrained(tmp)
+        if state_dict is None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng_state(generator), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    except (OSError, RuntimeError) as err:  # a full disk surfaces as RuntimeError from torch.save's zip writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(run_dir).free / 2**30
+        earlier = list_checkpoints(run_dir)
+        raise UserError(
+            f"saving the step-{step} checkpoint failed ({type(err).__name__}: {str(err).strip()[:200]}); "
+            f"{free:.1f} GiB free under {run_dir}. Metrics, traces and "
+            + (f"the checkpoints up to {earlier[-1].name} are intact; free space (or lower save_total_limit) "
+               f"and rerun with resume=true." if earlier else "nothing else was lost; free space and rerun.")
+        ) from err
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

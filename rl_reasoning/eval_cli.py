@@ -87,14 +87,14 @@ def run_eval(args) -> dict:
     metrics, records = evaluate(
         engine, loaded.tokenizer, problems, cfg.prompt, scorer,
         cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, list(cfg.rollout.stop), args.batch_size or cfg.eval.batch_size, 0,
-        n=args.n if ks else 0, ks=ks, temperature=args.temperature, seed=cfg.seed, answer_fallback=answer_fallback(scorer),
+        n=args.n if ks else 0, ks=ks, temperature=args.temperature, top_p=cfg.rollout.top_p, seed=cfg.seed, answer_fallback=answer_fallback(scorer),
         analyzer=Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers)),
     )
     task = data_cfg.task if data_cfg.source == "reasoning_gym" else (data_cfg.path or data_cfg.name or data_cfg.source)
     result = {
         "model": cfg.model.name,
         "task": task,
-        "settings": {"n": args.n if ks else 0, "k": list(ks), "temperature": args.temperature, "problems": len(problems),
+        "settings": {"n": args.n if ks else 0, "k": list(ks), "temperature": args.temperature, "top_p": cfg.rollout.top_p, "problems": len(problems),
                      "max_new_tokens": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, "seed": cfg.seed},
         "metrics": {k.removeprefix("eval/"): v for k, v in metrics.items()},
         "per_problem": records,

@@ -66,3 +66,21 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert "every k must be <= --n" in capsys.readouterr().err
     assert cli.main(["eval", "--compare", str(tmp_path / "x.json"), str(tmp_path / "y.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_eval_samples_with_the_recipes_top_p(tiny_model_dir, tmp_path, monkeypatch):
+    """`rollout.top_p=...` reaches the sampled evaluation (it used to be dropped: eval sampled with top_p 1)."""
+    from rl_reasoning import evaluation
+
+    seen = {}
+
+    def fake_evaluate(*args, **kwargs):
+        seen.update(kwargs)
+        return {"eval/accuracy": 0.0}, []
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", "--model", str(tiny_model_dir), "--task", "basic_arithmetic", "--problems", "2",
+                     "--n", "2", "--k", "2", "rollout.top_p=0.5", "--out", str(out)]) == 0
+    assert seen["top_p"] == 0.5 and seen["n"] == 2
+    assert json.loads(out.read_text())["settings"]["top_p"] == 0.5

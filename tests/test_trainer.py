@@ -286,3 +286,32 @@ def test_dropping_zero_variance_groups_renormalises_the_token_mean(tiny_model_di
     keep, drop = (next(read_records(tmp_path / name / "metrics.jsonl")) for name in ("keep", "drop"))
     assert keep["grad_norm"] > 0  # the norm before clipping
     assert drop["grad_norm"] == pytest.approx(keep["grad_norm"] * all_tokens / mixed_tokens, rel=1e-4)
+
+
+def test_a_failed_checkpoint_save_is_one_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    """A full disk while saving (torch.save's zip writer raises RuntimeError) names the step and the free space,
+    removes the half-written directory and leaves the earlier checkpoint loadable."""
+    from rl_reasoning import checkpoint as ckpt
+    from rl_reasoning.errors import UserError
+
+    class Saves:
+        def save_pretrained(self, path, **_):
+            (Path(path) / "model.safetensors").write_text("w")
+
+        def state_dict(self):
+            return {}
+
+    args = (Saves(), Saves(), Saves(), Saves(), torch.Generator(), {"sampler": {}})
+    first = ckpt.save_checkpoint(tmp_path, 10, *args, keep=5)
+
+    def disk_full(*_, **__):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 389414464 vs 389414356")
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(UserError) as failed:
+        ckpt.save_checkpoint(tmp_path, 20, *args, keep=5)
+    message = str(failed.value)
+    assert "step-20 checkpoint failed" in message and "GiB free" in message and "step-000010 are intact" in message
+    assert "resume=true" in message
+    assert ckpt.list_checkpoints(tmp_path) == [first]
+    assert not (tmp_path / "checkpoints" / "step-000020.tmp").exists()
