@@ -74,22 +74,33 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng_state(generator), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-    except (OSError, RuntimeError) as err:  # a full disk surfaces as RuntimeError from torch.save's zip writer
-        shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _is_write_failure(err):
+            raise  # a bug, not the disk: keep its traceback
         free = shutil.disk_usage(run_dir).free / 2**30
-        earlier = list_checkpoints(run_dir)
-        raise UserError(
-            f"saving the step-{step} checkpoint failed ({type(err).__name__}: {str(err).strip()[:200]}); "
-            f"{free:.1f} GiB free under {run_dir}. Metrics, traces and "
-            + (f"the checkpoints up to {earlier[-1].name} are intact; free space (or lower save_total_limit) "
-               f"and rerun with resume=true." if earlier else "nothing else was lost; free space and rerun.")
-        ) from err
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(_failed_save_message(run_dir, step, err, free, list_checkpoints(run_dir))) from err
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _is_write_failure(err: RuntimeError) -> bool:
+    """torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos ...")."""
+    text = str(err)
+    return any(mark in text for mark in ("inline_container", "PytorchStreamWriter", "unexpected pos", "No space left"))
+
+
+def _failed_save_message(run_dir: Path, step: int, err: Exception, free_gib: float, earlier: list[Path]) -> str:
+    head = (f"saving the step-{step} checkpoint failed ({type(err).__name__}: {str(err).strip()[:200]}); "
+            f"{free_gib:.1f} GiB free under {run_dir}. Metrics and traces are kept")
+    if earlier:
+        return (f"{head}, and the checkpoints up to {earlier[-1].name} are intact: free space (or lower "
+                f"save_total_limit), then continue with output_dir={run_dir} resume=true.")
+    return f"{head}; no earlier checkpoint exists, so free space and start again with another output_dir."
 
 
 def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:

@@ -313,5 +313,16 @@ def test_a_failed_checkpoint_save_is_one_clear_error_and_keeps_earlier_checkpoin
     message = str(failed.value)
     assert "step-20 checkpoint failed" in message and "GiB free" in message and "step-000010 are intact" in message
     assert "resume=true" in message
+    assert f"output_dir={tmp_path} resume=true" in message
     assert ckpt.list_checkpoints(tmp_path) == [first]
     assert not (tmp_path / "checkpoints" / "step-000020.tmp").exists()
+
+    with pytest.raises(UserError, match="no earlier checkpoint exists, so free space and start again"):
+        ckpt.save_checkpoint(tmp_path / "fresh", 10, *args, keep=5)
+
+    def bug(*_, **__):
+        raise RuntimeError("tensors share memory")  # not a write failure: keeps its traceback
+
+    monkeypatch.setattr(ckpt.torch, "save", bug)
+    with pytest.raises(RuntimeError, match="share memory"):
+        ckpt.save_checkpoint(tmp_path, 30, *args, keep=5)
