@@ -17,11 +17,12 @@ from rewards.extract import extract_answer, last_number
 from rewards.format import is_well_formatted
 from rl_reasoning.config import PromptConfig, load_config
 from rl_reasoning.tasks import load_task
-from rl_reasoning.grpo import group_reward_std
+from rl_reasoning.grpo import zero_variance_groups
 from rl_reasoning.models import eos_token_ids, load_model
 from rl_reasoning.prompts import encode_prompt, render_prompt
 from rl_reasoning.reward_runner import RewardRunner
-from rl_reasoning.rollout import RolloutEngine, SamplingParams
+from rl_reasoning.config import RolloutConfig
+from rl_reasoning.rollout import RolloutEngine
 from rl_reasoning.evaluation import problem_columns
 
 VARIANTS = {
@@ -59,7 +60,7 @@ def main() -> None:
         ids = [encode_prompt(tok, render_prompt(tok, p["question"], prompt), prompt.template) for p in problems]
         row = []
         for G, T in ((1, 0.0), (args.samples, temperature)):
-            params = SamplingParams(num_generations=G, max_new_tokens=cfg.rollout.max_new_tokens, temperature=T, stop=cfg.rollout.stop)
+            params = RolloutConfig(num_generations=G, max_new_tokens=cfg.rollout.max_new_tokens, temperature=T, stop=cfg.rollout.stop)
             batch = engine.generate(ids, params, torch.Generator().manual_seed(0))
             texts = [prompt.prefill + t for t in batch.texts]
             golds = [p["answer"] for p in problems for _ in range(G)]
@@ -69,7 +70,7 @@ def main() -> None:
             row.append((fmt, strict, last))
             if G > 1:
                 reward = runner(texts, problem_columns(problems, G), [""] * len(texts), 0).total
-                zero = float((group_reward_std(reward, G) == 0).float().mean())
+                zero = float(zero_variance_groups(reward, G).float().mean())
         (gf, gs, gl), (sf, _, sl) = row
         print(f"| {name} | {gf:.0%} | {gs:.0%} | {gl:.0%} | {sf:.0%} | {sl:.0%} | {zero:.0%} |", flush=True)
 

@@ -15,7 +15,9 @@ import time
 import torch
 
 from rl_reasoning.models import eos_token_ids, load_model
-from rl_reasoning.rollout import RolloutEngine, SamplingParams, left_pad
+from rl_reasoning.config import RolloutConfig
+from rl_reasoning.engine import left_pad
+from rl_reasoning.rollout import RolloutEngine
 
 SYSTEM = "Solve the problem. Reason step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
 
@@ -51,7 +53,7 @@ def main() -> None:
         for r in range(args.repeats + 1):  # the first round is a warm-up
             gen = torch.Generator().manual_seed(r)
             start = time.perf_counter()
-            batch = engine.generate(ids, SamplingParams(num_generations=G, max_new_tokens=args.max_tokens, temperature=1.0), gen)
+            batch = engine.generate(ids, RolloutConfig(num_generations=G, max_new_tokens=args.max_tokens, temperature=1.0), gen)
             t_ours = time.perf_counter() - start
             n_ours = int(batch.lengths.sum())
 
@@ -74,7 +76,7 @@ def main() -> None:
 
         ids = prompts(2)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            engine.generate(ids, SamplingParams(num_generations=8, max_new_tokens=args.max_tokens, temperature=1.0), torch.Generator().manual_seed(0))
+            engine.generate(ids, RolloutConfig(num_generations=8, max_new_tokens=args.max_tokens, temperature=1.0), torch.Generator().manual_seed(0))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -26,7 +26,8 @@ def main() -> None:
     from rl_reasoning.config import DataConfig, PromptConfig, VLLMConfig
     from rl_reasoning.models import eos_token_ids, load_model
     from rl_reasoning.prompts import encode_prompt, render_prompt
-    from rl_reasoning.rollout import RolloutEngine, SamplingParams
+    from rl_reasoning.config import RolloutConfig
+    from rl_reasoning.rollout import RolloutEngine
     from rl_reasoning.tasks import load_task
     from rl_reasoning.vllm_rollout import VLLMRolloutEngine
 
@@ -35,7 +36,7 @@ def main() -> None:
     problems = list(load_task(DataConfig(train_size=args.prompts, eval_size=0)).train)[: args.prompts]
     pcfg = PromptConfig()
     prompts = [encode_prompt(tok, render_prompt(tok, p["question"], pcfg), pcfg.template) for p in problems]
-    params = SamplingParams(num_generations=args.G, max_new_tokens=args.max_new_tokens, temperature=1.0)
+    params = RolloutConfig(num_generations=args.G, max_new_tokens=args.max_new_tokens, temperature=1.0)
     eos = eos_token_ids(model, tok)
 
     ours = RolloutEngine(model, tok, eos, tok.pad_token_id)

@@ -61,7 +61,7 @@ def length_reward(
         return [overlong_penalty(L, max_len, cache_len) for L in lengths]
     if mode != "cosine":
         raise ValueError(f"length reward: mode must be 'cosine' or 'overlong', got {mode!r}")
-    from . import get_reward
+    from .registry import get_reward
 
     correctness = get_reward(correct_reward)(completions, **columns)
     return [

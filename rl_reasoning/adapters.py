@@ -5,9 +5,9 @@
 - The KL reference is the same model with its adapters disabled (`disable_adapter()`), not a
   deep copy: LoRA + KL costs no extra weights in memory.
 - Checkpoints hold the adapter (`adapter_model.safetensors`, `adapter_config.json`) plus the
-  base model's name in `trainer_state.json`; `rl-reasoning export CKPT -o DIR` merges the
-  adapter into the base weights and writes a plain HF checkpoint (`load_model` does the same
-  merge on the fly when handed an adapter checkpoint).
+  base model's name in `trainer_state.json`; `models.load_model` merges the adapter into the
+  base weights on the fly when handed an adapter checkpoint, and `rl-reasoning export CKPT -o
+  DIR` (`models.export_checkpoint`) writes that merged model as a plain HF checkpoint.
 """
 
 from __future__ import annotations
@@ -75,19 +75,3 @@ def merge_adapter(base_model, adapter_dir: str | Path):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, cache_dir: str | None = None) -> Path:
-    """Write a full HF checkpoint (model + tokenizer) from a training checkpoint; adapters are merged."""
-    from .models import load_model
-
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not checkpoint.is_dir():
-        raise UserError(f"export: {checkpoint} is not a directory")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"export: {out_dir} exists and is not empty")
-    loaded = load_model(str(checkpoint), "cpu", "float32", cache_dir=cache_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(out_dir)
-    loaded.tokenizer.save_pretrained(out_dir)
-    return out_dir

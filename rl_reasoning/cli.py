@@ -17,17 +17,17 @@ EXIT_USER_ERROR = 2
 
 def _train(args) -> int:
     from .config import load_config
+    from .runtime import import_beside
     from .trainer import run
 
     cfg = load_config(args.recipe, args.overrides)
-    # A reward module next to the recipe (e.g. recipes/my_rewards.py) is importable by name.
-    sys.path.insert(0, str(Path(args.recipe).resolve().parent))
+    import_beside(args.recipe)  # a reward module next to the recipe (e.g. recipes/my_rewards.py) is importable by name
     run(cfg, recipe_name=Path(args.recipe).stem, quiet=args.quiet)
     return 0
 
 
 def _export(args) -> int:
-    from .adapters import export_checkpoint
+    from .models import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"wrote a full checkpoint (adapters merged) to {out}")

@@ -60,7 +60,9 @@ class DataConfig:
     name: str | None = None
     """Hugging Face dataset name (source=hf), e.g. openai/gsm8k."""
     config_name: str | None = None
-    split: str = "train"
+    """Hugging Face dataset config (source=hf), e.g. main."""
+    split: str | None = None
+    """Hugging Face split (source=hf); default train."""
     question_column: str | None = None
     """Default: the first of question / prompt / problem."""
     answer_column: str | None = None
@@ -69,11 +71,31 @@ class DataConfig:
     """Default: tests, if present (for the code reward)."""
     answer_format: Literal["auto", "raw", "gsm8k", "math"] = "auto"
     on_bad_row: Literal["error", "skip"] = "error"
-    train_size: int = 10000
-    """Number of training problems (procedural tasks generate them lazily)."""
+    train_size: int | None = None
+    """Training problems: reasoning-gym generates this many (default 10000, lazily); files, Hub
+    datasets and HumanEval keep the first this many of their shuffled training rows (default: all)."""
     eval_size: int = 50
     """Held-out problems, disjoint from training by construction."""
     seed: int = 0
+
+
+    def unused_keys(self) -> list[str]:
+        """Keys set away from their default that the chosen source does not read."""
+        used = {"source", "train_size", "eval_size", "seed"} | SOURCE_KEYS[self.source]
+        if self.source == "reasoning_gym" and self.mixture:
+            used -= {"task", "task_config"}  # a mixture names its own tasks and configs
+        default = DataConfig()
+        return [f.name for f in dataclasses.fields(self) if f.name not in used and getattr(self, f.name) != getattr(default, f.name)]
+
+
+_COLUMN_KEYS = {"question_column", "answer_column", "tests_column", "answer_format", "on_bad_row"}
+SOURCE_KEYS = {  # data keys each source reads, besides source, train_size, eval_size and seed
+    "reasoning_gym": {"task", "task_config", "mixture"},
+    "file": {"path"} | _COLUMN_KEYS,
+    "jsonl": {"path"} | _COLUMN_KEYS,
+    "hf": {"name", "config_name", "split"} | _COLUMN_KEYS,
+    "humaneval": set(),
+}
 
 
 @dataclass
@@ -267,13 +289,13 @@ class Config:
             ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),
             ("lora.target_modules", bool(self.lora.target_modules) and all(self.lora.target_modules), "must name at least one module"),
             ("model.router_aux_loss_coef", self.model.router_aux_loss_coef is None or self.model.router_aux_loss_coef >= 0, "must be >= 0"),
-            ("data.split", bool(self.data.split), "must not be empty"),
+            ("data.split", self.data.split is None or bool(self.data.split), "must not be empty"),
             ("eval.every", self.eval.every >= 0, "must be >= 0"),
             ("eval.batch_size", self.eval.batch_size >= 1, "must be >= 1"),
             ("eval.num_samples", self.eval.num_samples >= 0, "must be >= 0"),
             ("eval.k", all(1 <= k <= max(self.eval.num_samples, 0) for k in self.eval.k), "each k must be between 1 and eval.num_samples"),
             ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
-            ("data.train_size", self.data.train_size >= 1, "must be >= 1"),
+            ("data.train_size", self.data.train_size is None or self.data.train_size >= 1, "must be >= 1"),
             ("data.eval_size", self.data.eval_size >= 0, "must be >= 0"),
             ("max_steps", self.max_steps >= 1, "must be >= 1"),
             ("prompts_per_step", self.prompts_per_step >= 1, "must be >= 1"),
@@ -296,6 +318,11 @@ class Config:
             raise ConfigError(f"data.path: required when data.source is '{self.data.source}'")
         if self.data.source == "hf" and not self.data.name:
             raise ConfigError("data.name: required when data.source is 'hf'")
+        for key in self.data.unused_keys():
+            readers = sorted(s for s, keys in SOURCE_KEYS.items() if key in keys and s != "jsonl")
+            why = "a mixture sets its own tasks and configs" if self.data.mixture and key in ("task", "task_config") else \
+                f"it is read only with data.source {' or '.join(readers)}"
+            raise ConfigError(f"data.{key}: has no effect with data.source {self.data.source!r} ({why}); remove it")
         t = self.prompt.template
         if t not in ("chat", "r1zero") and "{question}" not in t:
             raise ConfigError("prompt.template: must be 'chat', 'r1zero', or a string containing {question}")

@@ -12,8 +12,9 @@
    `--keep-per-problem` per problem. Written to `sft_data.jsonl` as prompt/completion pairs.
 3. Fine-tune: TRL's `SFTTrainer` on those pairs, loss on completion tokens only (TRL's default
    for prompt/completion data), fp32 on CPU. The student is saved to `student/`.
-4. Evaluate: the student on the recipe's held-out problems with the same `evaluate` as
-   `rl-reasoning eval` (`eval.json`; `rl-reasoning eval --compare` works on it).
+4. Evaluate: the student on the recipe's held-out problems with `evaluation.evaluate_model`,
+   exactly what `rl-reasoning eval --recipe RECIPE --model STUDENT` runs (`eval.json`;
+   `rl-reasoning eval --compare` works on it).
 
 `summary.json` has the counts at each filter and the wall and CPU seconds of each stage.
 Departures from the paper: R1 distilled 800k curated samples (reasoning and non-reasoning) into
@@ -22,15 +23,18 @@ models of 1.5B+; here the data is a few hundred samples of one task, which is wh
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import resource
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .config import Config
 from .errors import UserError
+from .reward_runner import CORRECT, accuracy_runner
+from .runtime import configure_cpu, default_device, import_beside, quiet_library_progress_bars
 
 
 @dataclass
@@ -60,8 +64,6 @@ def select_completions(
 ) -> list[list[int]]:
     """Indices of the completions kept for each problem: fully correct, formatted if required,
     first occurrence of each distinct (whitespace-normalised) text, at most keep_per_problem."""
-    from .evaluation import CORRECT
-
     kept = []
     for p in range(len(completions) // samples):
         seen, chosen = set(), []
@@ -102,19 +104,18 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def build_sft_data(cfg, teacher: str, problems: int, samples: int, temperature: float | None, keep_per_problem: int,
+def build_sft_data(cfg: Config, teacher: str, problems: int, samples: int, temperature: float | None, keep_per_problem: int,
                    require_format: bool, batch_size: int, stats: DistillStats) -> list[dict]:
     """Steps 1-2: prompt/completion rows (plus the problem's question and answer) from the teacher."""
     import torch
 
-    from .config import RewardSpec, RolloutConfig
+    from rewards.format import is_well_formatted
+
     from .evaluation import generate_and_score
     from .models import eos_token_ids, load_model
     from .prompts import render_prompt
-    from .reward_runner import RewardRunner
     from .rollout import RolloutEngine
     from .tasks import load_task
-    from rewards.format import is_well_formatted
 
     task = load_task(cfg.data)
     pool = []
@@ -126,15 +127,13 @@ def build_sft_data(cfg, teacher: str, problems: int, samples: int, temperature: 
     if not pool:
         raise UserError("distill: the recipe's data has no training problems")
     stats.problems = len(pool)
-    spec = cfg.rewards[[r.name for r in cfg.rewards].index(cfg.accuracy_reward_name)]
-    scorer = RewardRunner([RewardSpec(spec.name, 1.0, spec.kwargs)], [1.0])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scorer = accuracy_runner(cfg)
+    device = default_device()
     loaded = load_model(teacher, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
     tok = loaded.tokenizer
     engine = RolloutEngine(loaded.model, tok, eos_token_ids(loaded.model, tok), tok.pad_token_id)
-    params = RolloutConfig(num_generations=samples, max_new_tokens=cfg.rollout.max_new_tokens,
-                           temperature=cfg.rollout.temperature if temperature is None else temperature,
-                           top_p=cfg.rollout.top_p, stop=list(cfg.rollout.stop))
+    # the recipe's sampling (top_p, stop strings, packed weights), with G = --samples and --temperature
+    params = replace(cfg.rollout, num_generations=samples, temperature=cfg.rollout.temperature if temperature is None else temperature)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = []
     for _, chunk, batch, completions, scores in generate_and_score(
@@ -153,18 +152,17 @@ def build_sft_data(cfg, teacher: str, problems: int, samples: int, temperature: 
 def finetune(student: str, rows: list[dict], out_dir: Path, cfg, epochs: float, lr: float, batch_size: int, seed: int) -> Path:
     """Step 3: TRL SFTTrainer on prompt/completion pairs (completion-only loss); returns the student dir."""
     import datasets
-    import torch
     import trl
 
     from .models import load_model
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     loaded = load_model(student, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     args = trl.SFTConfig(
         output_dir=str(out_dir / "sft"), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
-        bf16=False, fp16=False, use_cpu=device == "cpu", gradient_checkpointing=False, completion_only_loss=True,
+        bf16=False, fp16=False, use_cpu=device.type == "cpu", gradient_checkpointing=False, completion_only_loss=True,
         max_length=None, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = trl.SFTTrainer(model=loaded.model, args=args, train_dataset=data, processing_class=loaded.tokenizer)
@@ -177,17 +175,19 @@ def finetune(student: str, rows: list[dict], out_dir: Path, cfg, epochs: float, 
 
 
 def run(args) -> dict:
-    from .cli import build_parser
     from .config import load_config
-    from .eval_cli import run_eval
+    from .eval_cli import markdown_table, write_result
+    from .evaluation import evaluate_model
 
+    import_beside(args.recipe)  # as `train`: a reward module beside the recipe imports by name
     cfg = load_config(args.recipe, list(args.overrides))
-    sys.path.insert(0, str(Path(args.recipe).resolve().parent))  # as `train`: a reward module beside the recipe imports by name
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; choose a new directory")
     if args.samples < 1 or args.problems < 1 or args.keep_per_problem < 1:
         raise UserError("--samples, --problems and --keep-per-problem must be >= 1")
+    quiet_library_progress_bars()
+    configure_cpu(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     stats = DistillStats()
     with _Stage(stats, "sample"):
@@ -205,10 +205,13 @@ def run(args) -> dict:
     eval_result = None
     if not args.no_eval:
         with _Stage(stats, "evaluate"):
-            problems = ["--problems", str(args.eval_problems)] if args.eval_problems else []
-            eval_args = build_parser().parse_args(["eval", "--recipe", args.recipe, "--model", str(student_dir),
-                                                   "--out", str(out / "eval.json"), *problems, *args.overrides])
-            eval_result = run_eval(eval_args)  # exactly `rl-reasoning eval` with its defaults (greedy)
+            eval_cfg = copy.deepcopy(cfg)  # what `rl-reasoning eval --recipe RECIPE --model STUDENT` scores
+            eval_cfg.model.name = str(student_dir)
+            if args.eval_problems:
+                eval_cfg.data.eval_size = args.eval_problems
+            eval_result = evaluate_model(eval_cfg)
+            write_result(out / "eval.json", eval_result)
+            print(markdown_table([eval_result]))
     _write_summary(out, args, stats, eval_result)
     print(f"student: {student_dir}\nsummary: {out / 'summary.json'}")
     return {"stats": stats, "eval": eval_result}

@@ -7,8 +7,11 @@
 The held-out problems are the ones the trainer holds out for the same data config (same
 seed), so a recipe's "before" and "after" are scored on the same problems. Without a recipe,
 the prompt asks for <think>/<answer> with a `<think>` prefill, and the accuracy reward is the
-task's verifier (reasoning_gym), `code` for HumanEval, or `math` for files. `--compare` prints
-both results and the paired difference with a 95 % bootstrap confidence interval over problems.
+task's verifier (reasoning_gym), `code` for HumanEval, or `math` for files. Sampling settings
+come from the flags, else from the recipe's `eval` section (num_samples, k, temperature) and
+`rollout` section (top_p, stop), so `eval --recipe R` scores exactly as R's training run does.
+`--compare` prints both results and the paired difference with a 95 % bootstrap confidence
+interval over problems.
 """
 
 from __future__ import annotations
@@ -18,33 +21,33 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, RewardSpec, load_config
+from .config import Config, DataConfig, RewardSpec, load_config
 from .errors import UserError
+from .runtime import import_beside
 
 DEFAULT_SYSTEM_PROMPT = (
     "Solve the problem. First reason briefly inside <think>...</think>, then write the final answer "
     "inside <answer>...</answer>."
 )
+DEFAULT_SAMPLES = 8  # n when --k is given and neither --n nor the recipe sets it
 BOOTSTRAP_SAMPLES = 2000
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+COLUMN_KEYS = ("question_column", "answer_column", "tests_column", "answer_format", "on_bad_row")
 
 
 def build_config(args) -> Config:
+    """The recipe (or the defaults), its overrides, then the command-line flags: flags win over the
+    recipe, the recipe over the built-in defaults."""
     overrides = list(args.overrides)
     if args.recipe is None:
         overrides = [f"prompt.system_prompt={DEFAULT_SYSTEM_PROMPT}", "prompt.prefill=<think>", *overrides]
+    import_beside(args.recipe)  # as train and distill: a reward module beside the recipe imports by name
     cfg = load_config(args.recipe, overrides)
     if args.model:
         cfg.model.name = args.model
     keep_rewards = args.recipe is not None
     if args.task:
-        if args.task == "humaneval":
-            cfg.data.source = "humaneval"
-        elif args.task.endswith((".jsonl", ".json", ".csv", ".parquet")):
-            cfg.data.source, cfg.data.path = "file", args.task
-        else:
-            if args.task != cfg.data.task or cfg.data.mixture:
-                cfg.data.task_config, cfg.data.mixture = {}, []  # the recipe's task settings belong to its task
-            cfg.data.source, cfg.data.task = "reasoning_gym", args.task
+        cfg.data = task_data(cfg.data, args.task)
         # a recipe's task-agnostic reasoning-gym verifier still applies to another reasoning-gym task
         keep_rewards = keep_rewards and cfg.data.source == "reasoning_gym" and cfg.accuracy_reward_name == "reasoning_gym"
     if not keep_rewards:
@@ -56,57 +59,57 @@ def build_config(args) -> Config:
         cfg.data.eval_size = args.problems
     if args.max_new_tokens is not None:
         cfg.eval.max_new_tokens = args.max_new_tokens
+    if args.batch_size is not None:
+        cfg.eval.batch_size = args.batch_size
+    if args.temperature is not None:
+        cfg.eval.temperature = args.temperature
+    if args.k is not None:
+        cfg.eval.k = [int(k) for k in args.k.split(",")] if args.k.strip() else []
+    if args.n is not None:
+        cfg.eval.num_samples = args.n
+    elif cfg.eval.k and cfg.eval.num_samples == 0:
+        cfg.eval.num_samples = max(DEFAULT_SAMPLES, *cfg.eval.k)
+    if any(k > cfg.eval.num_samples for k in cfg.eval.k):
+        source = "--n" if args.n is not None else "the recipe's eval.num_samples"
+        raise UserError(f"--k: every k must be <= --n ({cfg.eval.num_samples}, from {source})")
     cfg.validate()
     return cfg
 
 
+def task_data(data: DataConfig, task: str) -> DataConfig:
+    """The data section for `--task`: the recipe's own when it names the same reasoning-gym task,
+    else a new one keeping the recipe's held-out size and seed (and its column mapping for files)."""
+    if task == "humaneval":
+        new = DataConfig(source="humaneval")
+    elif task.endswith(FILE_SUFFIXES):
+        new = DataConfig(source="file", path=task)
+        if data.source in ("file", "jsonl", "hf"):
+            for key in COLUMN_KEYS:
+                setattr(new, key, getattr(data, key))
+    elif data.source == "reasoning_gym" and data.task == task and not data.mixture:
+        return data  # the recipe's task, with its task_config
+    else:
+        new = DataConfig(source="reasoning_gym", task=task)
+    new.eval_size, new.seed = data.eval_size, data.seed
+    return new
+
+
 def run_eval(args) -> dict:
-    import torch
+    from .evaluation import evaluate_model
 
-    from .models import eos_token_ids, load_model
-    from .reward_runner import RewardRunner
-    from .rollout import RolloutEngine
-    from .tasks import load_task
-    from .trainer import quiet_library_progress_bars
-    from .evaluation import answer_fallback, evaluate
-    from .traces import Analyzer
-
-    cfg = build_config(args)
-    ks = tuple(int(k) for k in args.k.split(",")) if args.k else ()
-    if any(k > args.n for k in ks):
-        raise UserError(f"--k: every k must be <= --n ({args.n})")
-    quiet_library_progress_bars()
-    if not torch.cuda.is_available():
-        torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    data_cfg = cfg.data
-    problems = load_task(data_cfg, allow_empty_train=True).held_out  # e.g. all 164 HumanEval problems
-    spec = cfg.rewards[[r.name for r in cfg.rewards].index(cfg.accuracy_reward_name)]
-    scorer = RewardRunner([RewardSpec(spec.name, 1.0, spec.kwargs)], [1.0])
-    loaded = load_model(cfg.model.name, "cuda" if torch.cuda.is_available() else "cpu", cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
-    engine = RolloutEngine(loaded.model, loaded.tokenizer, eos_token_ids(loaded.model, loaded.tokenizer), loaded.tokenizer.pad_token_id)
-    metrics, records = evaluate(
-        engine, loaded.tokenizer, problems, cfg.prompt, scorer,
-        cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, list(cfg.rollout.stop), args.batch_size or cfg.eval.batch_size, 0,
-        n=args.n if ks else 0, ks=ks, temperature=args.temperature, top_p=cfg.rollout.top_p, seed=cfg.seed, answer_fallback=answer_fallback(scorer),
-        analyzer=Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers)),
-    )
-    task = data_cfg.task if data_cfg.source == "reasoning_gym" else (data_cfg.path or data_cfg.name or data_cfg.source)
-    result = {
-        "model": cfg.model.name,
-        "task": task,
-        "settings": {"n": args.n if ks else 0, "k": list(ks), "temperature": args.temperature, "top_p": cfg.rollout.top_p, "problems": len(problems),
-                     "max_new_tokens": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, "seed": cfg.seed},
-        "metrics": {k.removeprefix("eval/"): v for k, v in metrics.items()},
-        "per_problem": records,
-    }
+    result = evaluate_model(build_config(args))
     out = Path(args.out) if args.out else None
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        write_result(out, result)
     print(markdown_table([result]))
     if out:
         print(f"\nwritten: {out}")
     return result
+
+
+def write_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
 
 
 METRIC_ORDER = ("accuracy", "pass@", "maj@", "format_rate", "sampled_format_rate", "mean_length", "think_words", "sampled_mean_length", "truncated_frac", "sampled_truncated_frac", "num_problems", "greedy_seconds", "sampled_seconds", "seconds")
@@ -184,12 +187,13 @@ def add_parser(sub) -> None:
     ev.add_argument("--model", help="built-in name, checkpoint / HF dir, .gguf file or Hub id (default: the recipe's)")
     ev.add_argument("--task", help="reasoning-gym task name, 'humaneval', or a data file")
     ev.add_argument("--recipe", help="take data, prompt and accuracy reward from this recipe")
-    ev.add_argument("--n", type=int, default=8, help="samples per problem for pass@k / maj@k (default 8)")
-    ev.add_argument("--k", default="", help="comma-separated k values, e.g. 1,4,8 (default: greedy only)")
-    ev.add_argument("--temperature", type=float, default=0.6)
+    ev.add_argument("--n", type=int, help=f"samples per problem for pass@k / maj@k (default: the recipe's eval.num_samples, "
+                    f"or {DEFAULT_SAMPLES} when --k is given)")
+    ev.add_argument("--k", help="comma-separated k values, e.g. 1,4,8 (default: the recipe's eval.k; none = greedy only)")
+    ev.add_argument("--temperature", type=float, help="sampling temperature (default: the recipe's eval.temperature, 0.6)")
     ev.add_argument("--problems", type=int, help="held-out problems (default: the recipe's data.eval_size)")
     ev.add_argument("--max-new-tokens", type=int)
-    ev.add_argument("--batch-size", type=int, help="completions generated together (default: eval.batch_size)")
+    ev.add_argument("--batch-size", type=int, help="completions generated together (default: the recipe's eval.batch_size)")
     ev.add_argument("--out", help="write the JSON result here")
     ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two result files instead of evaluating")
     ev.set_defaults(func=main)

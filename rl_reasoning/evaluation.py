@@ -1,9 +1,14 @@
 """Held-out evaluation: greedy pass@1, unbiased pass@k, maj@k, format rate, length, truncation.
 
-The trainer (at start, every `eval.every` steps, at the end) and `rl-reasoning eval` both call
-`evaluate`, so "before" and "after" are scored by the same code. A completion is correct when
-the accuracy reward gives it >= 1 (rewards may give partial credit; only full credit counts).
+The trainer (at start, every `eval.every` steps, at the end), `rl-reasoning eval` and
+`rl-reasoning distill` all score through `evaluate`, with settings built by
+`EvalSettings.from_config` from one recipe, so "before" and "after" are scored by the same code
+with the same sampling. A completion is correct when the accuracy reward gives it >= 1 (rewards
+may give partial credit; only full credit counts).
 
+- Greedy and sampled generation take the recipe's `rollout` section (stop strings, top_p,
+  packed weights) with `eval.max_new_tokens`; sampling uses `eval.temperature` and
+  `eval.num_samples` completions per problem.
 - pass@k: the unbiased estimator of Chen et al. 2021 (Codex), 1 - C(n-c, k) / C(n, k) with n
   samples of which c are correct, averaged over problems.
 - maj@k: majority vote over the final answers extracted from the first k samples (answers
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,12 +28,38 @@ import torch
 from rewards.extract import completion_text, extract_answer, normalize_answer
 from rewards.format import is_well_formatted, reasoning_section
 
-from .config import RolloutConfig
+from .config import Config, PromptConfig, RolloutConfig
+from .engine import GenerationEngine
+from .models import eos_token_ids, load_model
 from .prompts import encode_prompt, render_prompt
-from .reward_runner import RewardRunner
+from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
+from .runtime import configure_cpu, default_device, quiet_library_progress_bars
+from .tasks import load_task
+from .traces import Analyzer, step_statistics
 
-CORRECT = 1.0 - 1e-6
+__all__ = ["CORRECT", "EvalSettings", "evaluate", "evaluate_model", "generate_and_score", "majority_vote", "pass_at_k", "problem_columns"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How held-out problems are generated and scored."""
+
+    greedy: RolloutConfig  # one completion per problem at temperature 0
+    sampled: RolloutConfig | None  # n completions per problem for pass@k / maj@k; None = greedy only
+    ks: tuple[int, ...]
+    batch_size: int  # completions generated together
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "EvalSettings":
+        """The recipe's `rollout` section with the `eval` section's length, temperature and sample count."""
+        length = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+        greedy = replace(cfg.rollout, num_generations=1, max_new_tokens=length, temperature=0.0)
+        sampled = None
+        if cfg.eval.num_samples >= 1:
+            sampled = replace(cfg.rollout, num_generations=cfg.eval.num_samples, max_new_tokens=length, temperature=cfg.eval.temperature)
+        return cls(greedy, sampled, tuple(cfg.eval.k), cfg.eval.batch_size, cfg.seed)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -54,19 +86,17 @@ def problem_columns(problems: list[dict], repeat: int) -> dict[str, list]:
     return {k: [p.get(k) for p in problems for _ in range(repeat)] for k in keys}
 
 
-def answer_fallback(accuracy: RewardRunner) -> str:
-    """maj@k extracts answers the way the accuracy reward does (its `fallback` parameter, if any)."""
-    fn = accuracy.components[0].fn
-    return getattr(fn, "keywords", {}).get("fallback", "none")
-
-
 def _answer_of(completion: str, fallback: str) -> str | None:
     found = extract_answer(completion_text(completion), fallback=fallback)
     return None if found is None else normalize_answer(found)
 
 
-def generate_and_score(engine, tokenizer, problems, prompt_cfg, scorer, params, batch_size, step, generator, label):
-    """Yields (chunk, batch, completions, scores) over prompt chunks of at most batch_size completions."""
+def generate_and_score(engine: GenerationEngine, tokenizer, problems: list[dict], prompt_cfg: PromptConfig, scorer: RewardRunner,
+                       params: RolloutConfig, batch_size: int, step: int, generator: torch.Generator | None, label: str):
+    """Yields (offset, chunk, batch, completions, scores) over chunks of problems with at most
+    `batch_size` completions each: `offset` is the chunk's first problem index, `batch` the
+    engine's RolloutBatch, `completions` the texts the scorer judged (prefill included), `scores`
+    its totals (P * G,)."""
     per_chunk = max(1, batch_size // params.num_generations)
     for lo in range(0, len(problems), per_chunk):
         chunk = problems[lo : lo + per_chunk]
@@ -80,28 +110,21 @@ def generate_and_score(engine, tokenizer, problems, prompt_cfg, scorer, params, 
 
 
 def evaluate(
-    engine: RolloutEngine,
+    engine: GenerationEngine,
     tokenizer,
     problems: list[dict],
-    prompt_cfg,
+    prompt_cfg: PromptConfig,
     accuracy: RewardRunner,
-    max_new_tokens: int,
-    stop: list[str],
-    batch_size: int,
+    settings: EvalSettings,
     step: int,
-    n: int = 0,
-    ks: tuple[int, ...] = (),
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    answer_fallback: str = "none",
     analyzer=None,
 ) -> tuple[dict, list[dict]]:
-    """Greedy pass@1 (always) and, with n >= 1 samples, pass@k and maj@k for each k in ks. Returns (metrics, per-problem records)."""
+    """Greedy pass@1 (always) and, with sampling settings, pass@k and maj@k for each k.
+    Returns (metrics, per-problem records)."""
     start = time.perf_counter()
     records = [{"step": step, "problem": i, "question": p["question"], "answer": p["answer"]} for i, p in enumerate(problems)]
-    greedy = RolloutConfig(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, stop=stop)
-    for lo, chunk, batch, completions, scores in generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, greedy, batch_size, step, None, "held-out evaluation"):
+    chunks = generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, settings.greedy, settings.batch_size, step, None, "held-out evaluation")
+    for lo, chunk, batch, completions, scores in chunks:
         for j in range(len(chunk)):
             records[lo + j].update(
                 completion=completions[j],
@@ -124,34 +147,69 @@ def evaluate(
     }
     if analyzer is not None and records:
         metrics.update(_reflection_metrics(records, analyzer))
-    if n >= 1 and problems:
-        sampled = RolloutConfig(num_generations=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
-        generator = torch.Generator(device=engine.device).manual_seed(seed)
-        lengths, truncated, formatted = [], [], []
-        for lo, chunk, batch, completions, scores in generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, sampled, batch_size, step, generator, "sampled evaluation"):
-            for j in range(len(chunk)):
-                rows = range(j * n, (j + 1) * n)
-                correct = [bool(scores[r] >= CORRECT) for r in rows]
-                answers = [_answer_of(completions[r], answer_fallback) for r in rows]
-                record = records[lo + j]
-                record["samples_correct"] = correct
-                record["sample_answers"] = answers
-                for k in ks:
-                    record[f"pass@{k}"] = pass_at_k(n, sum(correct), k)
-                    voted = majority_vote(answers[:k])
-                    record[f"maj@{k}"] = voted is not None and correct[voted]
-                lengths += [int(batch.lengths[r]) for r in rows]
-                truncated += [bool(batch.truncated[r]) for r in rows]
-                formatted += [is_well_formatted(completions[r]) for r in rows]
-        for k in ks:
-            metrics[f"eval/pass@{k}"] = sum(r[f"pass@{k}"] for r in records) / count
-            metrics[f"eval/maj@{k}"] = sum(r[f"maj@{k}"] for r in records) / count
-        metrics["eval/sampled_format_rate"] = sum(formatted) / max(len(formatted), 1)
-        metrics["eval/sampled_mean_length"] = sum(lengths) / max(len(lengths), 1)
-        metrics["eval/sampled_truncated_frac"] = sum(truncated) / max(len(truncated), 1)
+    if settings.sampled is not None and problems:
+        metrics.update(_sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings, step, records))
         metrics["eval/sampled_seconds"] = time.perf_counter() - start - metrics["eval/greedy_seconds"]
     metrics["eval/seconds"] = time.perf_counter() - start
     return metrics, records
+
+
+def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings: EvalSettings, step: int, records: list[dict]) -> dict:
+    """pass@k, maj@k and the sampled format/length/truncation rates; adds each problem's samples to its record."""
+    n, fallback = settings.sampled.num_generations, answer_fallback(accuracy)
+    generator = torch.Generator(device=engine.device).manual_seed(settings.seed)
+    lengths, truncated, formatted = [], [], []
+    chunks = generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, settings.sampled, settings.batch_size, step, generator, "sampled evaluation")
+    for lo, chunk, batch, completions, scores in chunks:
+        for j in range(len(chunk)):
+            rows = range(j * n, (j + 1) * n)
+            correct = [bool(scores[r] >= CORRECT) for r in rows]
+            answers = [_answer_of(completions[r], fallback) for r in rows]
+            record = records[lo + j]
+            record["samples_correct"] = correct
+            record["sample_answers"] = answers
+            for k in settings.ks:
+                record[f"pass@{k}"] = pass_at_k(n, sum(correct), k)
+                voted = majority_vote(answers[:k])
+                record[f"maj@{k}"] = voted is not None and correct[voted]
+            lengths += [int(batch.lengths[r]) for r in rows]
+            truncated += [bool(batch.truncated[r]) for r in rows]
+            formatted += [is_well_formatted(completions[r]) for r in rows]
+    count = max(len(records), 1)
+    metrics = {}
+    for k in settings.ks:
+        metrics[f"eval/pass@{k}"] = sum(r[f"pass@{k}"] for r in records) / count
+        metrics[f"eval/maj@{k}"] = sum(r[f"maj@{k}"] for r in records) / count
+    metrics["eval/sampled_format_rate"] = sum(formatted) / max(len(formatted), 1)
+    metrics["eval/sampled_mean_length"] = sum(lengths) / max(len(lengths), 1)
+    metrics["eval/sampled_truncated_frac"] = sum(truncated) / max(len(truncated), 1)
+    return metrics
+
+
+def evaluate_model(cfg: Config) -> dict:
+    """Load `cfg.model.name` and score it on the held-out problems of `cfg.data`, as `rl-reasoning
+    eval` does. Returns the result: model, task, settings, metrics (without the `eval/` prefix)
+    and one record per problem."""
+    quiet_library_progress_bars()
+    configure_cpu(cfg.threads)
+    problems = load_task(cfg.data, allow_empty_train=True).held_out  # e.g. all 164 HumanEval problems
+    scorer = accuracy_runner(cfg)
+    settings = EvalSettings.from_config(cfg)
+    loaded = load_model(cfg.model.name, default_device(), cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+    engine = RolloutEngine(loaded.model, loaded.tokenizer, eos_token_ids(loaded.model, loaded.tokenizer), loaded.tokenizer.pad_token_id)
+    analyzer = Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers))
+    metrics, records = evaluate(engine, loaded.tokenizer, problems, cfg.prompt, scorer, settings, 0, analyzer=analyzer)
+    data = cfg.data
+    task = data.task if data.source == "reasoning_gym" else (data.path or data.name or data.source)
+    return {
+        "model": cfg.model.name,
+        "task": task,
+        "settings": {"n": settings.sampled.num_generations if settings.sampled else 0, "k": list(settings.ks),
+                     "temperature": cfg.eval.temperature, "top_p": cfg.rollout.top_p, "problems": len(problems),
+                     "max_new_tokens": settings.greedy.max_new_tokens, "seed": cfg.seed},
+        "metrics": {k.removeprefix("eval/"): v for k, v in metrics.items()},
+        "per_problem": records,
+    }
 
 
 REFLECTION_METRICS = ("reflection_rate", "reflections_per_1k_tokens", "revision_rate", "verification_rate")
@@ -159,8 +217,6 @@ REFLECTION_METRICS = ("reflection_rate", "reflections_per_1k_tokens", "revision_
 
 def _reflection_metrics(records: list[dict], analyzer) -> dict:
     """Self-correction rates of the greedy completions (see rl_reasoning.traces); adds `reflections` to each record."""
-    from .traces import step_statistics
-
     analyses = []
     for r in records:
         a = analyzer(r["completion"], str(r["answer"]), r["correct"], r["length"])

@@ -7,7 +7,8 @@ Advantages (`scale_rewards`, names as in TRL):
     A_i = r_i - mean(r in i's group), divided by (std + 1e-4) where std is the unbiased
     standard deviation of i's group ("group"), of the whole batch ("batch"), or 1 ("none",
     the Dr. GRPO recommendation). Completions whose reward is NaN (every reward function
-    returned None) are left out of the statistics and get advantage 0.
+    returned None) are left out of the statistics and get advantage 0, and so does every
+    completion of a group whose valid rewards are all equal.
 
 Per-token loss, with ratio rho = exp(logp - logp_old):
     l_it = -min(rho * A_i, clip(rho, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
@@ -31,17 +32,39 @@ import torch
 STD_EPS = 1e-4
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
-    """rewards (N,) with N = B*G, NaN = no reward -> advantages (N,)."""
+def _centred_groups(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards (N,) -> (r - group mean over valid rewards, 0 where NaN) (B, G) and valid counts (B, 1)."""
     r = rewards.view(-1, group_size)  # (B, G)
     valid = ~torch.isnan(r)  # (B, G)
     count = valid.sum(-1, keepdim=True)  # (B, 1)
     r0 = torch.where(valid, r, torch.zeros_like(r))
     mean = r0.sum(-1, keepdim=True) / count.clamp(min=1)  # (B, 1)
-    centred = torch.where(valid, r - mean, torch.zeros_like(r))  # (B, G)
+    return torch.where(valid, r - mean, torch.zeros_like(r)), count  # (B, G), (B, 1)
+
+
+def group_reward_std(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Unbiased std of each group's valid rewards (B,); 0 for groups with fewer than two."""
+    centred, count = _centred_groups(rewards, group_size)
+    var = (centred**2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)  # (B, 1)
+    return torch.where(count > 1, var.sqrt(), torch.zeros_like(var)).squeeze(-1)  # (B,)
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) True where a group's valid rewards are all equal (or fewer than two are valid).
+    Compared exactly (max == min): a float std of equal values can come out as 1e-8, not 0."""
+    r = rewards.view(-1, group_size)  # (B, G)
+    valid = ~torch.isnan(r)
+    high = torch.where(valid, r, torch.full_like(r, -torch.inf)).amax(-1)  # (B,)
+    low = torch.where(valid, r, torch.full_like(r, torch.inf)).amin(-1)  # (B,)
+    return (valid.sum(-1) < 2) | (high == low)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
+    """rewards (N,) with N = B*G, NaN = no reward -> advantages (N,); exactly 0 in a group whose
+    rewards are all equal."""
+    centred, count = _centred_groups(rewards, group_size)  # (B, G), (B, 1)
     if scale_rewards == "group":
-        var = (centred**2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)  # unbiased, (B, 1)
-        adv = centred / (var.sqrt() + STD_EPS)
+        adv = centred / (group_reward_std(rewards, group_size)[:, None] + STD_EPS)
     elif scale_rewards == "batch":
         flat = rewards[~torch.isnan(rewards)]
         std = flat.std() if flat.numel() > 1 else torch.tensor(0.0)
@@ -50,18 +73,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
         adv = centred
     else:
         raise ValueError(f"scale_rewards must be group, batch or none, got {scale_rewards!r}")
-    adv = torch.where(count > 1, adv, torch.zeros_like(adv))  # a group of one has no baseline
+    flat_groups = zero_variance_groups(rewards, group_size)[:, None]  # (B, 1); includes groups of one valid reward
+    adv = torch.where(flat_groups, torch.zeros_like(adv), adv)  # no baseline, or no signal
     return adv.reshape(-1)
-
-
-def group_reward_std(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Per-group std of valid rewards (B,); 0 for groups with fewer than two valid rewards."""
-    r = rewards.view(-1, group_size)
-    out = torch.zeros(r.shape[0])
-    for b in range(r.shape[0]):
-        row = r[b][~torch.isnan(r[b])]
-        out[b] = row.std() if row.numel() > 1 else 0.0
-    return out
 
 
 @dataclass

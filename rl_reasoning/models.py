@@ -7,6 +7,8 @@ not savable), so we de-quantize it once, rebuild a plain fp32 model with `from_c
 `$RL_REASONING_CACHE` (default `~/.cache/rl_reasoning`). Later loads read the cache.
 
 Precision: fp32 on CPU, always (bf16 matmuls are ~400x slower on AVX2 CPUs); bf16 on CUDA.
+A LoRA checkpoint (adapter only) loads as its base model with the adapter merged in, and
+`export_checkpoint` (`rl-reasoning export`) saves that merged model as a plain checkpoint.
 """
 
 from __future__ import annotations
@@ -169,6 +171,20 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     elif eos:
         ids.update(int(i) for i in eos)
     return sorted(ids)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, cache_dir: str | None = None) -> Path:
+    """Write a full HF checkpoint (model + tokenizer) from a training checkpoint; LoRA adapters are merged."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if not checkpoint.is_dir():
+        raise UserError(f"export: {checkpoint} is not a directory")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"export: {out_dir} exists and is not empty")
+    loaded = load_model(str(checkpoint), "cpu", "float32", cache_dir=cache_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(out_dir)
+    loaded.tokenizer.save_pretrained(out_dir)
+    return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-import rewards as reward_registry
+from rewards import registry as reward_registry
 
-from .config import RewardSpec
+from .config import Config, RewardSpec
 from .errors import ConfigError, RewardError
+
+CORRECT = 1.0 - 1e-6  # a completion is correct when the accuracy reward gives it full credit (>= 1)
 
 
 @dataclass
@@ -121,3 +123,17 @@ class RewardRunner:
                 raise RewardError(f"reward {name!r} returned {v} for sample {i} ({where}); use None to skip a sample")
             vals.append(v)
         return torch.tensor(vals, dtype=torch.float32)
+
+
+def accuracy_runner(cfg: Config) -> RewardRunner:
+    """The recipe's accuracy reward alone, weight 1: what decides "correct" in training metrics,
+    traces, held-out evaluation and distillation's filter."""
+    spec = next(r for r in cfg.rewards if r.name == cfg.accuracy_reward_name)
+    return RewardRunner([RewardSpec(spec.name, 1.0, spec.kwargs)], [1.0])
+
+
+def answer_fallback(accuracy: RewardRunner) -> str:
+    """How the accuracy reward extracts an answer when there is no <answer> tag (its `fallback`
+    parameter, if any); traces and maj@k extract answers the same way."""
+    fn = accuracy.components[0].fn
+    return getattr(fn, "keywords", {}).get("fallback", "none")

@@ -17,59 +17,13 @@ How it works (and where it departs from `model.generate`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import DynamicCache
 
 from .config import RolloutConfig
 from .cpu_kernels import gqa_attention, packed_linear_weights
+from .engine import RolloutBatch, cut_at_stop, left_pad, positions_from_mask
 from .kv_cache import PreallocatedCache
-
-
-# The engine reads the recipe's `rollout` section directly (num_generations, max_new_tokens,
-# temperature, top_p, stop): one definition of the sampling knobs.
-SamplingParams = RolloutConfig
-
-
-@dataclass
-class RolloutBatch:
-    """N = P * G completions; row i belongs to prompt i // G."""
-
-    prompt_ids: torch.Tensor  # (N, Lp) left-padded with pad_id
-    prompt_mask: torch.Tensor  # (N, Lp) 1 = real prompt token
-    completion_ids: torch.Tensor  # (N, Lc) right-padded with pad_id
-    completion_mask: torch.Tensor  # (N, Lc) 1 = sampled token (EOS / stop token included)
-    logprobs: torch.Tensor  # (N, Lc) sampling log-probs log softmax(logits/T)[token]; 0 at padding
-    entropies: torch.Tensor  # (N, Lc) entropy of softmax(logits/T) at each sampled position; 0 at padding
-    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or stop string
-    texts: list[str]  # decoded completions, special tokens removed, cut after the stop string
-    group_size: int
-    sampler_logprobs: torch.Tensor | None = None  # (N, Lc) another engine's (vLLM) log-probs when `logprobs` were recomputed
-
-    @property
-    def lengths(self) -> torch.Tensor:  # (N,)
-        return self.completion_mask.sum(-1)
-
-    def __len__(self) -> int:
-        return self.completion_ids.shape[0]
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) ids and mask, padded on the left."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore padding: 0 at each row's first real token."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def sample_tokens(
@@ -105,7 +59,7 @@ def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
 
 
 class RolloutEngine:
-    """Samples completions from a causal LM; stateless apart from the model it wraps."""
+    """Samples completions from a causal LM (a `GenerationEngine`); stateless apart from the model it wraps."""
 
     compact_fraction = 0.25  # compact the batch once this share of its rows has finished
     preallocated_cache = True  # in-place KV appends (kv_cache.py); False = transformers' DynamicCache
@@ -125,7 +79,7 @@ class RolloutEngine:
     def generate(
         self,
         prompts: list[list[int]],
-        params: SamplingParams,
+        params: RolloutConfig,
         generator: torch.Generator | None = None,
         shard: tuple[int, int] | None = None,
     ) -> RolloutBatch:
@@ -136,7 +90,7 @@ class RolloutEngine:
         if offset < 0 or offset + N > total:
             raise ValueError(f"shard {shard} does not hold {N} rows")
         with (
-            packed_linear_weights(self.model, batch_hint=N, enabled=getattr(params, "packed_weights", True)),
+            packed_linear_weights(self.model, batch_hint=N, enabled=params.packed_weights),
             gqa_attention(self.model, enabled=self.cpu_gqa_attention),
         ):
             return self._generate(prompts, params, generator, offset, total)
@@ -238,111 +192,4 @@ class RolloutEngine:
         )
 
     def decode(self, ids: torch.Tensor, stop: list[str]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((text.find(s) + len(s) for s in stop if s in text), default=None)
-        return text[:cut] if cut is not None else text
-
-
-def _teacher_forced(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, **model_kwargs):
-    """One forward over prompt + completion: (scaled logits (B, Lc, V), model outputs, attention mask (B, Lp + Lc)).
-    Only the Lc + 1 last positions go through the LM head."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, Lp + Lc)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, Lp + Lc)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions_from_mask(attention_mask),
-        logits_to_keep=completion_ids.shape[1] + 1,
-        use_cache=False,
-        **model_kwargs,
-    )
-    logits = _scaled_(out.logits[:, :-1].float(), temperature)  # (B, Lc, V): position j predicts completion token j
-    return logits, out, attention_mask
-
-
-def completion_logprobs(
-    model,
-    prompt_ids: torch.Tensor,  # (B, Lp) left-padded
-    prompt_mask: torch.Tensor,  # (B, Lp)
-    completion_ids: torch.Tensor,  # (B, Lc) right-padded
-    completion_mask: torch.Tensor,  # (B, Lc)
-    temperature: float,
-    output_router_logits: bool = False,
-):
-    """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc).
-
-    The log-softmax is taken as logit - logsumexp, so the (B, Lc, V) log-prob tensor is never
-    materialised twice. With `output_router_logits` (MoE policies) returns (log-probs, model
-    outputs, attention mask).
-    """
-    logits, out, attention_mask = _teacher_forced(
-        model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-        **({"output_router_logits": True} if output_router_logits else {}),
-    )
-    logp = _picked_logprobs(logits, completion_ids)  # (B, Lc)
-    return (logp, out, attention_mask) if output_router_logits else logp
-
-
-@torch.no_grad()
-def completion_logprobs_and_entropy(
-    model,
-    prompt_ids: torch.Tensor,  # (B, Lp) left-padded
-    prompt_mask: torch.Tensor,  # (B, Lp)
-    completion_ids: torch.Tensor,  # (B, Lc) right-padded
-    completion_mask: torch.Tensor,  # (B, Lc)
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """No-grad log-probs (B, Lc) and entropies (B, Lc) of softmax(logits / T): what the trainer
-    recomputes for completions sampled by another engine (vLLM)."""
-    logits = _teacher_forced(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
-    logp_all = torch.log_softmax(logits, dim=-1)  # (B, Lc, V)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, Lc)
-    return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1), entropy
-
-
-def grouped_completion_logprobs(
-    model,
-    prompt_ids: torch.Tensor,  # (Lp,) one prompt, no padding
-    completion_ids: torch.Tensor,  # (b, Lc) completions of that prompt, right-padded
-    completion_mask: torch.Tensor,  # (b, Lc)
-    temperature: float,
-) -> torch.Tensor:
-    """`completion_logprobs` for b completions sharing one prompt, with the prompt run once.
-
-    The prompt's keys/values (with gradients) are repeated b times and the completions attend to
-    them, so the prompt costs one forward/backward per group instead of b (verl's "prefix
-    grouping"). Autograd sums the b gradients flowing into the shared prompt activations, which
-    is exactly the plain path's sum over b identical prompt copies: the loss and gradients are
-    equal up to float rounding (tested).
-    """
-    b, Lc = completion_ids.shape
-    Lp = prompt_ids.shape[0]
-    prompt_out = model(input_ids=prompt_ids[None], past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-    cache = prompt_out.past_key_values
-    if b > 1:
-        cache.batch_repeat_interleave(b)
-    first = torch.log_softmax(_scaled_(prompt_out.logits[:, -1:].float(), temperature), dim=-1)  # (1, 1, V): predicts completion token 0
-    logp = first.expand(b, 1, -1).gather(-1, completion_ids[:, :1, None]).squeeze(-1)  # (b, 1)
-    if Lc > 1:
-        attention_mask = torch.cat([completion_mask.new_ones((b, Lp)), completion_mask[:, :-1]], dim=1)  # (b, Lp + Lc - 1)
-        rest = model(
-            input_ids=completion_ids[:, :-1],
-            attention_mask=attention_mask,
-            position_ids=torch.arange(Lp, Lp + Lc - 1, device=completion_ids.device).expand(b, -1),
-            past_key_values=cache,
-            use_cache=True,
-        ).logits.float()  # (b, Lc - 1, V): position j predicts completion token j + 1
-        logp = torch.cat([logp, _picked_logprobs(_scaled_(rest, temperature), completion_ids[:, 1:])], dim=1)  # (b, Lc)
-    return logp
-
-
-def _scaled_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits / T, in place: `logits` is a fresh LM-head output that autograd does not save
-    (a matmul's backward needs its inputs, not its output), so no (B, L, V) copy is made."""
-    return logits.div_(temperature) if temperature > 0 else logits
-
-
-def _picked_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(scaled_logits)[token] for (B, L, V) logits already divided by T and tokens
-    (B, L), as logit - logsumexp so no second (B, L, V) tensor is materialised: (B, L)."""
-    return scaled_logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(scaled_logits, dim=-1)
+        return cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)

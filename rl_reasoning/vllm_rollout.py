@@ -27,7 +27,8 @@ from typing import Iterable
 import torch
 
 from .errors import UserError
-from .rollout import RolloutBatch, SamplingParams, left_pad
+from .config import RolloutConfig
+from .engine import RolloutBatch, cut_at_stop, left_pad
 
 INSTALL_HINT = (
     "rollout.backend: vllm needs vLLM: `pip install vllm` on a CUDA machine, or on CPU `make vllm` "
@@ -47,7 +48,7 @@ def import_vllm():
 
 
 class VLLMRolloutEngine:
-    """Same `generate` contract as `rollout.RolloutEngine`; plus `sync_weights`."""
+    """A `GenerationEngine` (engine.py) backed by vLLM; plus `sync_weights`."""
 
     def __init__(self, model_dir: str, tokenizer, eos_token_ids: list[int], pad_token_id: int, cfg, max_new_tokens: int,
                  seed: int, dtype: torch.dtype):
@@ -79,7 +80,7 @@ class VLLMRolloutEngine:
         self.pad_token_id = pad_token_id
         self.device = torch.device("cpu")  # where the returned tensors live
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None,
+    def generate(self, prompts: list[list[int]], params: RolloutConfig, generator: torch.Generator | None = None,
                  shard: tuple[int, int] | None = None) -> RolloutBatch:
         G = params.num_generations
         N = len(prompts) * G
@@ -132,9 +133,7 @@ class VLLMRolloutEngine:
         )
 
     def _decode(self, ids: torch.Tensor, stop: list[str]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((text.find(s) + len(s) for s in stop if s in text), default=None)
-        return text[:cut] if cut is not None else text
+        return cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
         """Load new weights (HF names) into the engine in place; returns seconds taken."""
@@ -163,3 +162,15 @@ def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
         finally:
             model.unmerge_adapter()
     return [(name, p.detach()) for name, p in model.state_dict().items()]
+
+
+def sampler_mismatch_metrics(logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor, cap: float) -> dict[str, float]:
+    """vllm/* metrics of the gap between the policy's recomputed log-probs and vLLM's, (N, Lc) each,
+    over the tokens of `mask` (N, Lc)."""
+    diff = (logprobs - sampler_logprobs)[mask.bool()]  # log pi_train - log pi_vllm per token
+    weights = diff.exp()
+    return {
+        "vllm/logprob_abs_diff": float(diff.abs().mean()) if diff.numel() else 0.0,
+        "vllm/importance_weight_mean": float(weights.clamp(max=cap).mean()) if diff.numel() else 1.0,
+        "vllm/importance_weight_capped_frac": float((weights > cap).float().mean()) if diff.numel() else 0.0,
+    }

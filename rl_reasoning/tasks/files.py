@@ -134,7 +134,7 @@ def read_hub_rows(cfg: DataConfig) -> tuple[list[dict], int]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
+        ds = datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split or "train")
     except Exception as e:  # noqa: BLE001 - offline, unknown name, unknown split...
         raise UserError(f"data: cannot load Hugging Face dataset {cfg.name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return map_rows(ds, ds.column_names, cfg, f"{cfg.name}[{cfg.split}]")
+    return map_rows(ds, ds.column_names, cfg, f"{cfg.name}[{cfg.split or 'train'}]")

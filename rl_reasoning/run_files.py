@@ -1,0 +1,102 @@
+"""The files a training run writes in its directory, and the trace schema.
+
+    config.yaml         the resolved configuration
+    metrics.jsonl       one line per step
+    traces.jsonl        one line per sampled completion (`trace_records`)
+    eval.jsonl          one line per held-out evaluation
+    eval_traces.jsonl   one line per held-out problem per evaluation
+    summary.json        where everything is, and held-out accuracy before and after
+
+Only the main process writes. JSONL files are append-only and fsync'ed (jsonl.py); on resume
+from step s, the records of later steps are first moved to `<file>.dropped`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rewards.extract import extract_answer
+
+from .config import Config, dump_config
+from .jsonl import JsonlWriter, truncate_after_step
+from .metrics import StepRows
+from .reward_runner import CORRECT
+
+JSONL_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
+
+
+class RunFiles:
+    """Writers for one run directory; every method is a no-op when `enabled` is false (ranks > 0)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._writers: dict[str, JsonlWriter] = {}
+
+    def truncate_after(self, step: int) -> None:
+        """Resume from `step`: records of later steps would be written again, so move them aside."""
+        if self.enabled:
+            for name in JSONL_FILES:
+                truncate_after_step(self.run_dir / name, step)
+
+    def open(self, cfg: Config) -> None:
+        """Create the directory, write config.yaml and open the JSONL files for appending."""
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        self._writers = {name: JsonlWriter(self.run_dir / name) for name in JSONL_FILES}
+
+    def _write(self, name: str, records: list[dict]) -> None:
+        if self.enabled:
+            self._writers[name].write(records)
+
+    def step(self, metrics: dict, traces: list[dict]) -> None:
+        self._write("traces.jsonl", traces)
+        self._write("metrics.jsonl", [metrics])
+
+    def evaluation(self, metrics: dict, records: list[dict]) -> None:
+        self._write("eval.jsonl", [metrics])
+        self._write("eval_traces.jsonl", records)
+
+    def summary(self, summary: dict) -> None:
+        if self.enabled:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+def trace_records(step: int, problems: list[dict], prompt_texts: list[str], rows: StepRows, analyses: list,
+                  accuracy_reward: str, answer_fallback: str) -> list[dict]:
+    """One `traces.jsonl` record per completion of a step (schema in the README, "What a run writes")."""
+    G = rows.group_size
+    records = []
+    for i, completion in enumerate(rows.completions):
+        p = i // G
+        total = rows.rewards[i]
+        record = {
+            "step": step,
+            "prompt_id": problems[p]["id"],
+            "group_index": i % G,
+            "prompt": prompt_texts[p],
+            "completion": completion,
+            "answer": problems[p]["answer"],
+            "rewards": {name: (None if torch.isnan(v[i]) else float(v[i])) for name, v in rows.components.items()},
+            "reward": None if torch.isnan(total) else float(total),
+            "correct": bool(rows.components[accuracy_reward][i] >= CORRECT),
+            "advantage": float(rows.advantages[i]),
+            "length": int(rows.lengths[i]),
+            "truncated": bool(rows.truncated[i]),
+            "extracted_answer": extract_answer(completion, answer_fallback),
+        }
+        if analyses:
+            a = analyses[i]
+            record.update(reflections=[r.label for r in a.reflections], revision=a.revision.kind if a.revision else None,
+                          verified=bool(a.verifications))
+        records.append(record)
+    return records

@@ -1,0 +1,238 @@
+"""The policy update: mu optimizer steps on one generation batch.
+
+The planning is pure functions on tensors, tested on hand-built inputs:
+- `zero_variance_rows` and `loss_mask`: which completions and tokens are trained;
+- `normalizer_counts`: the sequence and token counts of the loss normalisers (grpo.py);
+- `plan_micro_batches`: which rows go into which micro-batch, and in what order.
+`PolicyUpdate` runs them: for each of mu iterations, a forward and backward per micro-batch
+(gradients accumulate over the whole batch), clipping, one optimizer and scheduler step.
+
+Departures from TRL's GRPOTrainer:
+- Old log-probs are the rollout's own sampling log-probs (computed at the loss's temperature),
+  for every mu, so no extra forward pass is run for them.
+- When beta = 0 and there is no router loss, completions whose advantage is exactly 0 are not
+  run through the model: their loss and gradient are exactly 0. They still count in the loss
+  normalisers and the optimizer still steps, so the update is the same.
+- `grpo.drop_zero_variance_groups` (DAPO's filter) takes groups whose rewards are all equal out
+  of the batch: out of the loss and out of both normaliser counts, for every loss type.
+- Prefix grouping (`optim.prefix_grouping`, single process, dense models): micro-batches never
+  mix prompts and each prompt runs once per micro-batch (logprobs.grouped_completion_logprobs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import reference_context
+from .config import Config
+from .cpu_kernels import gqa_attention
+from .distributed import Collective
+from .engine import RolloutBatch
+from .grpo import LossNormalizer, policy_loss, zero_variance_groups
+from .logprobs import completion_logprobs, grouped_completion_logprobs, micro_batch_inputs
+from .moe import MoESpec, expert_load, load_metrics
+from .sharded import accumulation_boundary, is_sharded
+
+
+def zero_variance_rows(rewards: torch.Tensor, group_size: int, enabled: bool) -> torch.Tensor:
+    """(N,) True for every row of a group whose rewards are all equal, when the filter is on."""
+    if not enabled:
+        return torch.zeros(rewards.shape[0], dtype=torch.bool)
+    return zero_variance_groups(rewards, group_size).repeat_interleave(group_size)  # (N,)
+
+
+def loss_mask(
+    completion_mask: torch.Tensor,  # (N, T) 1 = sampled token
+    rewards: torch.Tensor,  # (N,) weighted total, NaN = no reward
+    truncated: torch.Tensor,  # (N,) bool
+    dropped: torch.Tensor,  # (N,) bool, rows taken out of the batch (zero_variance_rows)
+    mask_truncated: bool,
+) -> torch.Tensor:
+    """The trained tokens (N, T): sampled tokens of completions that have a reward, are not
+    dropped, and (with `mask_truncated`) did not hit max_new_tokens."""
+    mask = completion_mask.clone()  # (N, T)
+    mask[torch.isnan(rewards)] = 0
+    if mask_truncated:
+        mask[truncated] = 0
+    mask[dropped] = 0
+    return mask
+
+
+def normalizer_counts(mask: torch.Tensor, dropped: torch.Tensor) -> dict[str, int]:
+    """This process's share of the loss normalisers: sequences still in the batch (masked ones
+    included, as in TRL; dropped groups excluded) and trained tokens."""
+    return {"sequences": int((~dropped).sum()), "tokens": int(mask.sum())}
+
+
+def plan_micro_batches(
+    lengths: torch.Tensor,  # (N,) trained tokens per row
+    prompt_lengths: torch.Tensor,  # (N,) real prompt tokens per row
+    advantages: torch.Tensor,  # (N,)
+    micro_batch_size: int,
+    group_size: int,
+    prefix_grouping: bool,
+    skip_zero_advantage: bool,
+    keep_every_row: bool,
+) -> list[torch.Tensor]:
+    """Row indices of each micro-batch, in the order they run.
+
+    Rows with no trained token are skipped, and so are rows with advantage 0 when
+    `skip_zero_advantage` (their gradient is exactly 0). `keep_every_row` (several processes)
+    keeps them all, so every rank runs the same number of micro-batches (DDP's all-reduce).
+    Rows are sorted by prompt + completion length (little padding); with `prefix_grouping`
+    a micro-batch never mixes prompts (row // G is the prompt).
+    """
+    if keep_every_row:
+        trainable = torch.ones_like(lengths, dtype=torch.bool)
+    else:
+        trainable = lengths > 0
+        if skip_zero_advantage:
+            trainable &= advantages != 0
+    rows = torch.nonzero(trainable).flatten()
+    total_len = prompt_lengths + lengths  # (N,)
+    rows = rows[torch.argsort(total_len[rows], stable=True)]
+    if prefix_grouping:
+        prompts = len(lengths) // group_size
+        return [c for p in range(prompts) for c in torch.split(rows[rows // group_size == p], micro_batch_size) if len(c)]
+    return [rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
+
+
+def trained_tokens(micro: list[torch.Tensor], lengths: torch.Tensor, prompt_lengths: torch.Tensor, prefix_grouping: bool) -> int:
+    """Tokens through forward and backward in one optimizer step (a grouped prompt counts once per micro-batch)."""
+    return sum(int(lengths[idx].sum()) + int(prompt_lengths[idx[0]]) * (1 if prefix_grouping else len(idx)) for idx in micro)
+
+
+class PolicyUpdate:
+    """mu optimizer steps on a generation batch; holds the optimizer-step count."""
+
+    def __init__(self, cfg: Config, accelerator, model, optimizer, scheduler, collective: Collective,
+                 moe: MoESpec | None, ref_model=None):
+        self.cfg, self.accelerator, self.model = cfg, accelerator, model
+        self.optimizer, self.scheduler, self.collective = optimizer, scheduler, collective
+        self.moe, self.ref_model = moe, ref_model
+        self.optimizer_steps = 0
+
+    @property
+    def prefix_grouping(self) -> bool:
+        # DDP expects one forward per backward and the router loss one batch of whole sequences;
+        # the grouped path runs the model twice.
+        return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1 and self.moe is None
+
+    def __call__(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor) -> dict:
+        """advantages (N,), loss mask (N, T) and dropped rows (N,) of this process; returns summed statistics."""
+        cfg = self.cfg
+        world = self.collective.world
+        counts = self.collective.sum(normalizer_counts(mask, dropped))
+        normalizer = LossNormalizer(cfg.grpo.loss_type, int(counts["sequences"]), int(counts["tokens"]), cfg.rollout.max_new_tokens)
+        lengths = mask.sum(-1)  # (N,)
+        prompt_lengths = rollout.prompt_mask.sum(-1)  # (N,)
+        router_loss = self.moe is not None and self.moe.aux_loss_coef > 0
+        grouped = self.prefix_grouping
+        micro = plan_micro_batches(
+            lengths, prompt_lengths, advantages, cfg.optim.micro_batch_size, rollout.group_size, grouped,
+            skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss, keep_every_row=world > 1,
+        )
+        ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if cfg.grpo.beta > 0 else {}
+
+        totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm"), 0.0)
+        aux_sum, load_sum = 0.0, None
+        self.model.train()
+        for _ in range(cfg.grpo.num_iterations):
+            self._zero_grads()
+            for k, idx in enumerate(micro):
+                if self.moe is not None:
+                    logp, c_mask, aux, load = self._moe_logprobs(rollout, mask, idx)  # (b, T'), (b, T'), scalar, (E,)
+                    aux_sum += float(aux.detach())
+                    load_sum = load if load_sum is None else load_sum + load
+                else:
+                    logp, c_mask = self._logprobs(self.model, rollout, mask, idx, grouped)  # (b, T'), (b, T')
+                width = c_mask.shape[1]
+                loss, stats = policy_loss(
+                    logp,
+                    rollout.logprobs[idx, :width].to(logp.device),
+                    advantages[idx].to(logp.device),
+                    c_mask,
+                    normalizer,
+                    epsilon=cfg.grpo.epsilon,
+                    epsilon_high=cfg.grpo.epsilon_high,
+                    beta=cfg.grpo.beta,
+                    ref_logp=ref_logps.get(k),
+                    token_weights=self._importance_weights(rollout, idx, width),
+                )
+                if router_loss:  # mean over micro-batches (and processes) of the aux loss
+                    loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)
+                # `loss` is this process's share of the global-batch loss; DDP averages gradients
+                # over processes, so scaling by W makes the all-reduced gradient their sum.
+                with accumulation_boundary(self.accelerator, self.model, last=k == len(micro) - 1):
+                    self.accelerator.backward(loss * world)
+                totals["loss"] += float(loss.detach())
+                for key, value in stats.items():
+                    totals[key] += value
+            totals["grad_norm"] += self._optimizer_step()
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients until the next update (peak memory)
+
+        mu = cfg.grpo.num_iterations
+        grad_norm = totals.pop("grad_norm") / mu  # already identical on every process
+        totals = {k: v / mu for k, v in totals.items()}
+        totals["trained_sequences"] = sum(len(idx) for idx in micro)
+        totals["trained_tokens"] = trained_tokens(micro, lengths, prompt_lengths, grouped)
+        totals = self.collective.sum(totals)
+        totals["grad_norm"] = grad_norm
+        if load_sum is not None:
+            passes = len(micro) * mu * world
+            load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
+            totals["moe"] = load_metrics(load, self.collective.sum({"aux": aux_sum})["aux"] / passes)
+        return totals
+
+    def _optimizer_step(self) -> float:
+        """Clip, step the optimizer and the scheduler; returns the gradient norm before clipping."""
+        max_norm = self.cfg.optim.max_grad_norm if self.cfg.optim.max_grad_norm > 0 else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer_steps += 1
+        return float(grad_norm if grad_norm is not None else float("nan"))  # DeepSpeed: the engine's norm
+
+    def _reference_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, micro: list[torch.Tensor], grouped: bool) -> dict:
+        """Reference-policy log-probs of each micro-batch (b, T'), for the KL term."""
+        policy = self.accelerator.unwrap_model(self.model)
+        reference = self.ref_model if self.ref_model is not None else policy  # LoRA: adapters off
+        with torch.no_grad(), reference_context(reference):
+            return {k: self._logprobs(reference, rollout, mask, idx, grouped)[0] for k, idx in enumerate(micro)}
+
+    def _zero_grads(self) -> None:
+        """Zero gradients that exist and allocate the missing ones as zeros: AdamW must step (decay
+        its moments) even when no micro-batch ran, and skips parameters whose grad is None."""
+        self.optimizer.zero_grad(set_to_none=False)
+        if is_sharded(self.accelerator):  # FSDP/DeepSpeed own their gradient storage
+            return
+        for p in self.accelerator.unwrap_model(self.model).parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    def _importance_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int) -> torch.Tensor | None:
+        """min(pi_train / pi_sampler, cap) per token (b, T') when vLLM sampled and the correction is on."""
+        vcfg = self.cfg.rollout.vllm
+        if rollout.sampler_logprobs is None or not vcfg.importance_correction:
+            return None
+        delta = rollout.logprobs[idx, :width] - rollout.sampler_logprobs[idx, :width]  # (b, T')
+        return delta.exp().clamp(max=vcfg.importance_cap).to(self.accelerator.device)
+
+    def _moe_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
+        """Policy log-probs (b, T'), loss mask (b, T'), router aux loss and per-expert load (E,)."""
+        p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
+        logp, out, attention_mask = completion_logprobs(
+            self.model, p_ids, p_mask, c_ids, c_mask, self.cfg.rollout.temperature, output_router_logits=True
+        )
+        load = expert_load(out.router_logits, attention_mask, self.moe.top_k)
+        return logp, c_mask, out.aux_loss, load
+
+    def _logprobs(self, model, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, grouped: bool):
+        """Log-probs of the completions in rows `idx` under `model` (b, T'), and their loss mask (b, T')."""
+        p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
+        T = self.cfg.rollout.temperature
+        with gqa_attention(self.accelerator.unwrap_model(model)):  # CPU: shared KV heads, no repeat_kv copies to save
+            if grouped:
+                prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
+                return grouped_completion_logprobs(model, prompt, c_ids, c_mask, T), c_mask
+            return completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T), c_mask
