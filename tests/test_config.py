@@ -73,6 +73,15 @@ def test_reward_entries_carry_parameters_and_weights(tmp_path):
         ("threads: -3", "threads: must be >= 1"),
         ("rewards: [{name: math, weight: .nan}]", "rewards[0].weight: must be a finite number"),
         ("eval: {num_samples: 4, k: [8]}", "eval.k: each k must be between 1 and eval.num_samples"),
+        ("data: {source: file, path: x.jsonl, split: test}", "data.split: has no effect with data.source 'file' (it is read only with data.source hf)"),
+        ("data: {split: validation}", "data.split: has no effect with data.source 'reasoning_gym'"),
+        ("data: {source: humaneval, task_config: {max_digits: 2}}", "data.task_config: has no effect with data.source 'humaneval' (it is read only with data.source reasoning_gym)"),
+        ("data: {path: x.jsonl}", "data.path: has no effect with data.source 'reasoning_gym' (it is read only with data.source file)"),
+        ("data: {source: hf, name: openai/gsm8k, path: x.jsonl}", "data.path: has no effect with data.source 'hf'"),
+        ("data: {answer_format: gsm8k}", "data.answer_format: has no effect with data.source 'reasoning_gym' (it is read only with data.source file or hf)"),
+        ("data: {mixture: [{task: leg_counting}], task_config: {max_digits: 2}}", "data.task_config: has no effect with data.source 'reasoning_gym' (a mixture sets its own tasks and configs)"),
+        ("data: {source: file, path: x.jsonl, mixture: [{task: leg_counting}]}", "data.mixture: has no effect with data.source 'file'"),
+        ("data: {train_size: 0}", "data.train_size: must be >= 1"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, message):
@@ -114,3 +123,11 @@ def test_accelerate_configs_load(name):
     assert "accelerate launch --config_file recipes/accelerate_configs/" + name in path.read_text()
     cfg = ClusterConfig.from_yaml_file(str(path))
     assert cfg.num_processes >= 1 and yaml.safe_load(path.read_text())["distributed_type"] == str(cfg.distributed_type.value)
+
+
+def test_data_keys_the_source_reads_are_accepted():
+    load_config(None, ["data.source=hf", "data.name=openai/gsm8k", "data.config_name=main", "data.split=test", "data.answer_format=gsm8k"])
+    load_config(None, ["data.source=file", "data.path=x.jsonl", "data.question_column=q", "data.on_bad_row=skip", "data.train_size=5"])
+    load_config(None, ["data.source=humaneval", "data.train_size=100", "data.eval_size=64", "data.seed=3"])
+    load_config(None, ["data.task=leg_counting", "data.task_config={min_animals: 2}", "data.train_size=100"])
+    load_config(None, ["data.mixture=[{task: leg_counting}]"])

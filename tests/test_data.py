@@ -130,3 +130,11 @@ def test_prompt_templates(tiny):
     assert raw == R1ZERO_TEMPLATE.format(question="What is 2+2?") + " <think>"
     custom = render_prompt(tok, "2+2", PromptConfig(template="Q: {question}\nA:"))
     assert custom == "Q: 2+2\nA:"
+
+
+def test_train_size_caps_a_file_source_at_the_first_shuffled_rows(arithmetic_jsonl):
+    """data.train_size works for files (and every other source): the first rows of the seeded shuffle."""
+    full = load_task(DataConfig(source="file", path=str(arithmetic_jsonl), eval_size=5))
+    capped = load_task(DataConfig(source="file", path=str(arithmetic_jsonl), eval_size=5, train_size=7))
+    assert len(full.train) == 35 and list(capped.train) == list(full.train)[:7]
+    assert capped.held_out == full.held_out

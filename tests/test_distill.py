@@ -71,3 +71,31 @@ def test_distill_with_nothing_passing_is_a_clear_error(tiny_model_dir, arithmeti
     assert json.loads((out / "summary.json").read_text())["counts"]["sampled"] == 4  # what was done is still written
     assert cli.main(["distill", "--recipe", str(recipe), "--teacher", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_distillation_samples_with_the_recipes_rollout_settings(tiny_model_dir, arithmetic_jsonl, tmp_path, monkeypatch):
+    """The teacher samples with the recipe's top_p, stop strings and packed-weights choice (packing used to be always on)."""
+    from rl_reasoning import rollout
+    from rl_reasoning.config import load_config
+    from rl_reasoning.distill import build_sft_data
+
+    calls, generate, packed = [], rollout.RolloutEngine.generate, rollout.packed_linear_weights
+
+    def generate_spy(self, prompts, params, *args, **kwargs):
+        calls.append(params)
+        return generate(self, prompts, params, *args, **kwargs)
+
+    def packed_spy(model, batch_hint=16, enabled=True):
+        calls.append(enabled)
+        return packed(model, batch_hint, enabled)
+
+    monkeypatch.setattr(rollout.RolloutEngine, "generate", generate_spy)
+    monkeypatch.setattr(rollout, "packed_linear_weights", packed_spy)
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "data.source=file", f"data.path={arithmetic_jsonl}", "data.eval_size=4",
+                             "rollout.max_new_tokens=4", "rollout.top_p=0.8", "rollout.stop=['!']", "rollout.packed_weights=false",
+                             "rewards=[{name: 'tests.reward_fns:has_letter_e'}]"])
+    build_sft_data(cfg, str(tiny_model_dir), problems=2, samples=3, temperature=0.9, keep_per_problem=1, require_format=False,
+                   batch_size=6, stats=DistillStats())
+    params, enabled = calls[0], calls[1]
+    assert (params.num_generations, params.temperature, params.top_p, params.stop, params.packed_weights) == (3, 0.9, 0.8, ["!"], False)
+    assert enabled is False

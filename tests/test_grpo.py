@@ -130,3 +130,24 @@ def test_micro_batches_sum_to_the_full_batch_gradient(loss_type):
     for idx in (torch.tensor([0, 3]), torch.tensor([1, 2, 5]), torch.tensor([4])):
         policy_loss(split[idx], old[idx], adv[idx], mask[idx], norm, epsilon=0.2, epsilon_high=0.3)[0].backward()
     torch.testing.assert_close(full.grad, split.grad)
+
+
+def test_group_std_matches_a_per_group_reference():
+    """The vectorised std (shared with the advantages) equals torch.std group by group, NaNs left out."""
+    torch.manual_seed(0)
+    r = torch.randn(40)
+    r[torch.rand(40) < 0.3] = float("nan")
+    r[:4] = float("nan")  # a group with no valid reward
+    expected = []
+    for group in r.view(-1, 4):
+        valid = group[~torch.isnan(group)]
+        expected.append(float(valid.std()) if valid.numel() > 1 else 0.0)
+    torch.testing.assert_close(group_reward_std(r, 4), torch.tensor(expected))
+
+
+def test_equal_rewards_give_exactly_zero_advantage():
+    """torch.std of eight 0.7s is 6e-8, not 0: the advantages of an all-equal group are set to exactly 0."""
+    r = torch.tensor([0.7] * 8 + [0.7] * 7 + [0.1])
+    for scale in ("group", "batch", "none"):
+        adv = group_advantages(r, 8, scale)
+        assert torch.count_nonzero(adv[:8]) == 0 and torch.count_nonzero(adv[8:]) == 8

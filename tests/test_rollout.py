@@ -302,3 +302,21 @@ def test_preallocated_cache_grows_repeats_and_selects_like_dynamic_cache(tiny):
         assert cache.get_seq_length() == 11
     for a, b in zip(logits["prealloc"], logits["dynamic"]):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_stop_strings_cut_after_the_first_one_to_end():
+    """One function cuts completions for both engines."""
+    from rl_reasoning.engine import cut_at_stop
+
+    assert cut_at_stop("<answer>7</answer> more", ["</answer>"]) == "<answer>7</answer>"
+    assert cut_at_stop("a STOP b END", ["END", "STOP"]) == "a STOP"
+    assert cut_at_stop("xabc", ["abc", "b"]) == "xab"  # "b" ends first
+    assert cut_at_stop("no stop here", ["</answer>"]) == "no stop here" and cut_at_stop("text", []) == "text"
+
+
+def test_our_engine_implements_the_engine_contract(tiny):
+    from rl_reasoning.engine import GenerationEngine
+
+    model, tok = tiny
+    assert isinstance(RolloutEngine(model, tok, [tok.eos_token_id], tok.pad_token_id), GenerationEngine)
+    assert not isinstance(object(), GenerationEngine)

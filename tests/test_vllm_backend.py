@@ -70,7 +70,10 @@ def prompts(tok):
 
 @needs_vllm
 def test_greedy_generations_equal_the_hf_backend(engines):
+    from rl_reasoning.engine import GenerationEngine
+
     model, tok, ours, theirs = engines
+    assert isinstance(theirs, GenerationEngine) and isinstance(ours, GenerationEngine)  # one contract, two engines
     params = RolloutConfig(num_generations=1, max_new_tokens=24, temperature=0.0)
     a, b = ours.generate(prompts(tok), params), theirs.generate(prompts(tok), params)
     assert b.texts == a.texts
