@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
 
-.PHONY: setup model browser vllm train test test-fast clean
+.PHONY: setup model browser vllm train lint test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,10 +42,14 @@ browser:
 train: model
 	$(VENV)/bin/rl-reasoning train recipes/quickstart.yaml $(ARGS)
 
-test: model browser vllm
+# ruff (configured in pyproject.toml) before any test runs.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint model browser vllm
 	RL_REASONING_REQUIRE_VLLM=1 $(PY) -m pytest -m "slow or not slow" $(ARGS)
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest $(ARGS)
 
 clean:

@@ -15,15 +15,14 @@ import torch
 
 from rewards.extract import extract_answer, last_number
 from rewards.format import is_well_formatted
-from rl_reasoning.config import PromptConfig, load_config
-from rl_reasoning.tasks import load_task
+from rl_reasoning.config import PromptConfig, RolloutConfig, load_config
+from rl_reasoning.evaluation import problem_columns
 from rl_reasoning.grpo import zero_variance_groups
 from rl_reasoning.models import eos_token_ids, load_model
 from rl_reasoning.prompts import encode_prompt, render_prompt
 from rl_reasoning.reward_runner import RewardRunner
-from rl_reasoning.config import RolloutConfig
 from rl_reasoning.rollout import RolloutEngine
-from rl_reasoning.evaluation import problem_columns
+from rl_reasoning.tasks import load_task
 
 VARIANTS = {
     "plain instruction": PromptConfig(

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from rl_reasoning.models import eos_token_ids, load_model
 from rl_reasoning.config import RolloutConfig
 from rl_reasoning.engine import left_pad
+from rl_reasoning.models import eos_token_ids, load_model
 from rl_reasoning.rollout import RolloutEngine
 
 SYSTEM = "Solve the problem. Reason step by step inside <think> </think>, then give the final answer inside <answer> </answer>."

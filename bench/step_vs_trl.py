@@ -239,7 +239,8 @@ def report(backend, ours_m, trl_m, logs, prompt_tokens, n_params, peak, bandwidt
     print(f"| generation MFU | {og / rows['generation + reward (s)'][0] / (peak * 1e9):.0%} | {tg / rows['generation + reward (s)'][1] / (peak * 1e9):.0%} | |")
     print(f"| update MFU | {ou / rows['update (s)'][0] / (peak * 1e9):.0%} | {tu / rows['update (s)'][1] / (peak * 1e9):.0%} | |")
     gen_floor = max(og / (peak * 1e9), mem_floor)
-    print(f"\ngeneration floor (ours): max(FLOPs {og / (peak * 1e9):.1f} s, weight reads {mem_floor:.1f} s for {decode_steps} decode steps) = {gen_floor:.1f} s; "
+    print(f"\ngeneration floor (ours): max(FLOPs {og / (peak * 1e9):.1f} s, weight reads {mem_floor:.1f} s for {decode_steps} decode steps) "
+          f"= {gen_floor:.1f} s; "
           f"ours takes {rows['generation + reward (s)'][0] / gen_floor:.1f}x the floor")
     prefill = 2 * n_params * P * mean_prompt / (peak * 1e9)
     step_floor = med([prefill + decode_floor_seconds(n, n_params, peak, bandwidth) for n in lengths])

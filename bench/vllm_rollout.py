@@ -23,10 +23,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from rl_reasoning.config import DataConfig, PromptConfig, VLLMConfig
+    from rl_reasoning.config import DataConfig, PromptConfig, RolloutConfig, VLLMConfig
     from rl_reasoning.models import eos_token_ids, load_model
     from rl_reasoning.prompts import encode_prompt, render_prompt
-    from rl_reasoning.config import RolloutConfig
     from rl_reasoning.rollout import RolloutEngine
     from rl_reasoning.tasks import load_task
     from rl_reasoning.vllm_rollout import VLLMRolloutEngine

@@ -27,7 +27,10 @@ from .scored import ScoredList
 
 FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 VERDICTS = ("pass", "fail", "timeout", "memory", "runtime_error", "sandbox_error")
-_SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "float", "int", "len", "list", "max", "min", "range", "round", "set", "sorted", "str", "sum", "tuple", "dict", "bool", "True", "False", "None", "frozenset")}
+_SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
+    "abs", "float", "int", "len", "list", "max", "min", "range", "round", "set", "sorted", "str", "sum", "tuple", "dict", "bool",
+    "True", "False", "None", "frozenset",
+)}
 
 
 def extract_program(text: str, extract: str = "block") -> str | None:

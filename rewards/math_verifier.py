@@ -1,7 +1,8 @@
 """Compare math answers with math-verify inside worker processes that can be killed.
 
-Why not call math-verify directly: its timeout is SIGALRM-based (it fails off the main thread,
-math-verify #50/#55), it can hang or eat all memory on exponent towers (#65), and it rounds
+Why not call math-verify directly: its timeout is SIGALRM-based (it fails off the main thread:
+huggingface/Math-Verify issues 50 and 55), it can hang or eat all memory on exponent towers
+(its issue 65), and it rounds
 numbers to 6 decimals before comparing, so `1/2004!` equals `1/2006!`. Here:
 
 - Every comparison runs in a long-lived worker process (spawned, so no torch state is

@@ -6,12 +6,12 @@ Needs the dataset columns our reasoning-gym loader provides: `answer`, `question
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from .extract import completion_text, extract_answer
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scorer(task: str):
     import reasoning_gym
 

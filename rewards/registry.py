@@ -10,8 +10,8 @@ entry-point group (so a separate pip package can add rewards), then a dotted pat
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable
 
 RewardFn = Callable[..., list]
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
@@ -74,7 +74,7 @@ class SampleResult:
         return self.verdicts.count("pass")
 
 
-@lru_cache(maxsize=None)
+@cache
 def isolation_level() -> str:
     """'namespaces+nobody' (root, unshare works), 'rlimits' otherwise."""
     if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("mount"):

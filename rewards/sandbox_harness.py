@@ -76,7 +76,7 @@ def isolate_filesystem(tmp_mb, drop_privileges, hide=()):
     covered = []
     for shared in WORLD_WRITABLE:
         if os.path.isdir(shared) and not os.path.islink(shared):
-            _mount("-t", "tmpfs", "-o", "size=%dm,mode=1777" % tmp_mb, "tmpfs", shared)
+            _mount("-t", "tmpfs", "-o", f"size={tmp_mb}m,mode=1777", "tmpfs", shared)
             covered.append(shared)
     for b in blocked:
         if not any(_under(b, c) for c in covered):
@@ -85,7 +85,7 @@ def isolate_filesystem(tmp_mb, drop_privileges, hide=()):
     for prefix, fd in handles.items():
         if any(_under(prefix, c) for c in covered):
             os.makedirs(prefix, mode=0o755, exist_ok=True)
-            _mount("--no-canonicalize", "--bind", "/proc/%d/fd/%d" % (os.getpid(), fd), prefix)
+            _mount("--no-canonicalize", "--bind", f"/proc/{os.getpid()}/fd/{fd}", prefix)
             _mount("-o", "remount,bind,ro", prefix)
         os.close(fd)
     for path in hide:  # the trainer's working tree, site-packages: data and solutions live there

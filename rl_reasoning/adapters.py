@@ -25,7 +25,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 def apply_lora(model, cfg: LoraConfig):
     """The policy wrapped with fresh LoRA adapters (a peft.PeftModel)."""
     try:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
     except ImportError:  # pragma: no cover - peft is a dependency
         raise UserError("lora: needs peft (pip install peft)") from None
     targets = "all-linear" if list(cfg.target_modules) == ["all-linear"] else list(cfg.target_modules)

@@ -164,9 +164,9 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     drop_zero_variance_groups: bool = False
     """DAPO's dynamic-sampling filter: leave groups whose rewards are all equal out of the loss and
-    its normaliser (they have zero advantage, so they only dilute the token-mean and the KL). DAPO
-    also refills the batch with new prompts until it is full; we do not, so raise
-    `prompts_per_step` instead (see README)."""
+    out of its normalisers, sequences and tokens, for every loss_type (they have zero advantage,
+    so they would only dilute the mean and the KL). DAPO also refills the batch with new prompts
+    until it is full; we do not, so raise `prompts_per_step` instead."""
 
 
 @dataclass
@@ -253,7 +253,7 @@ class Config:
     """Checkpoint every N steps (0 = only at the end)."""
     save_total_limit: int = 2
     log_every: int = 1
-    resume: Union[bool, str] = False
+    resume: bool | str = False
     """true = latest checkpoint in output_dir; a path = that checkpoint."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     threads: int | None = None
@@ -307,7 +307,8 @@ class Config:
             ("traces.alarms.patience", self.traces.alarms.patience >= 1, "must be >= 1"),
             ("traces.alarms.degenerate_frac", 0 < self.traces.alarms.degenerate_frac <= 1, "must be in (0, 1]"),
             ("traces.alarms.entropy_ratio", 0 <= self.traces.alarms.entropy_ratio < 1, "must be in [0, 1)"),
-            ("traces.reflection_markers", all(m.strip() for m in (self.traces.reflection_markers or []) + self.traces.extra_reflection_markers), "markers must not be empty"),
+            ("traces.reflection_markers", all(m.strip() for m in (self.traces.reflection_markers or []) + self.traces.extra_reflection_markers),
+             "markers must not be empty"),
         ]
         for key, ok, why in checks:
             if not ok:

@@ -1,6 +1,6 @@
 """Cross-process plumbing for data-parallel training under `accelerate launch`.
 
-How a step is split (the choice #6 asks us to state): every process draws the same global batch
+How a step is split: every process draws the same global batch
 of B prompts from the seeded sampler and keeps the contiguous slice
 [rank * B/W, (rank + 1) * B/W), so the G completions of a prompt always live on one process.
 Rewards are computed where the completions are; the reward totals are then all-gathered so

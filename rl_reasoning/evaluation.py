@@ -52,7 +52,7 @@ class EvalSettings:
     seed: int
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "EvalSettings":
+    def from_config(cls, cfg: Config) -> EvalSettings:
         """The recipe's `rollout` section with the `eval` section's length, temperature and sample count."""
         length = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
         greedy = replace(cfg.rollout, num_generations=1, max_new_tokens=length, temperature=0.0)

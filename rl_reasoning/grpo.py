@@ -1,6 +1,7 @@
 """GRPO maths as pure tensor functions: group-relative advantages and the clipped policy loss.
 
-Notation: N = B*G completions in a generation batch, T = completion length (padded),
+Notation: N = B*G completions in a generation batch (less the groups `drop_zero_variance_groups`
+takes out), T = completion length (padded),
 l_it = per-token loss of completion i at token t, m_it = its mask (1 = trained token).
 
 Advantages (`scale_rewards`, names as in TRL):

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
-from .errors import UserError
 from .config import RolloutConfig
 from .engine import RolloutBatch, cut_at_stop, left_pad
+from .errors import UserError
 
 INSTALL_HINT = (
     "rollout.backend: vllm needs vLLM: `pip install vllm` on a CUDA machine, or on CPU `make vllm` "
@@ -40,7 +40,8 @@ INSTALL_HINT = (
 def import_vllm():
     try:
         import vllm  # noqa: F401
-        from vllm import LLM, SamplingParams as VSamplingParams
+        from vllm import LLM
+        from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
     except ImportError as e:
         raise UserError(f"{INSTALL_HINT} ({e})") from None

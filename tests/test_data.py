@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rl_reasoning.config import DataConfig
-from rl_reasoning.tasks import PromptSampler, load_task
+from rl_reasoning.config import DataConfig, PromptConfig
 from rl_reasoning.errors import UserError
 from rl_reasoning.prompts import R1ZERO_TEMPLATE, render_prompt
-from rl_reasoning.config import PromptConfig
+from rl_reasoning.tasks import PromptSampler, load_task
 
 
 def test_reasoning_gym_held_out_is_disjoint_from_training():

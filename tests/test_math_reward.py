@@ -91,7 +91,7 @@ def test_workers_run_under_the_memory_cap():
         assert pool.compare_many([("2", "2")]) == ["equal"]
         pid = pool._workers[0].process.pid
         limits = Path(f"/proc/{pid}/limits").read_text()
-        line = next(l for l in limits.splitlines() if l.startswith("Max address space"))
+        line = next(row for row in limits.splitlines() if row.startswith("Max address space"))
         assert line.split()[3] == str(cap)
     finally:
         pool.close()

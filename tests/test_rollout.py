@@ -134,7 +134,8 @@ def test_rollout_logprobs_match_teacher_forcing(tiny, temperature):
     model, tok = tiny
     # Variable lengths (so batch compaction happens) and variable prompt lengths (left padding).
     engine = engine_for(model, tok, eos=list(range(0, len(tok), 4)))
-    batch = engine.generate(prompts_for(tok, QUESTIONS), RolloutConfig(num_generations=4, max_new_tokens=16, temperature=temperature), torch.Generator().manual_seed(3))
+    params = RolloutConfig(num_generations=4, max_new_tokens=16, temperature=temperature)
+    batch = engine.generate(prompts_for(tok, QUESTIONS), params, torch.Generator().manual_seed(3))
     assert len(set(batch.completion_mask.sum(-1).tolist())) > 1
     with torch.no_grad():
         forced = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, temperature)

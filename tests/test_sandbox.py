@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.code import code_reward, extract_program, check_to_tests
+from rewards.code import check_to_tests, code_reward, extract_program
 from rewards.sandbox import SandboxLimits, isolation_level, run_sample
 
 FAST = SandboxLimits(test_seconds=2.0, sample_seconds=6.0)
@@ -134,7 +134,8 @@ def test_writes_outside_the_sandbox_land_nowhere(tmp_path):
 
 
 def test_ten_gigabyte_file_is_stopped():
-    program = "def add(a, b):\n    with open('big', 'wb') as f:\n        for _ in range(10 * 1024):\n            f.write(b'x' * 1024 * 1024)\n    return a + b\n"
+    program = ("def add(a, b):\n    with open('big', 'wb') as f:\n        for _ in range(10 * 1024):\n"
+               "            f.write(b'x' * 1024 * 1024)\n    return a + b\n")
     s, result = score(program)
     assert s == 0.0 and result.verdicts[0] == "runtime_error"
 
@@ -154,7 +155,7 @@ def test_no_network():
                 conn, _ = server.accept()
                 received.append(conn.recv(100))
                 conn.close()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     thread = threading.Thread(target=accept)
@@ -248,7 +249,7 @@ def test_code_reward_modes_and_sandbox_error_is_none(monkeypatch):
     import rewards.code as code_module
     from rewards.sandbox import SampleResult
 
-    monkeypatch.setattr(code_module, "run_sample", lambda p, t, l: SampleResult(["sandbox_error"] * len(t), "test"))
+    monkeypatch.setattr(code_module, "run_sample", lambda program, tests, limits: SampleResult(["sandbox_error"] * len(tests), "test"))
     assert code_reward(completions[:1], tests=[ADD_TESTS]) == [None]
 
 
@@ -281,7 +282,8 @@ def test_forged_and_flooded_result_lines_do_not_crash_the_grader():
         "    return 0\n"
     )
     assert score(forge)[0] == 0.0
-    flood = "import os\ndef add(a, b):\n    for fd in range(3, 256):\n        try:\n            while True:\n                os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\n    return 0\n"
+    flood = ("import os\ndef add(a, b):\n    for fd in range(3, 256):\n        try:\n            while True:\n"
+             "                os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\n    return 0\n")
     start = time.monotonic()
     assert score(flood)[0] == 0.0
     assert time.monotonic() - start < FAST.sample_seconds + 5

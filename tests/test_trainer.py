@@ -254,7 +254,7 @@ def test_prefix_grouped_update_equals_the_plain_update(tiny_model_dir, arithmeti
 
 
 def test_reward_goes_up_on_a_trivially_learnable_task(tiny_model_dir, arithmetic_jsonl, tmp_path):
-    """The learning test (#8): rewarding the share of 'e' characters, a few GRPO steps of the tiny
+    """The learning test: rewarding the share of 'e' characters, a few GRPO steps of the tiny
     model raise the reward well above the same run with a negligible learning rate (same seeds)."""
     def rewards(lr, name):
         train(tiny_model_dir, arithmetic_jsonl, tmp_path / name, max_steps=8, optim__lr=lr, rollout__num_generations=8,

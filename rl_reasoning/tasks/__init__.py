@@ -19,8 +19,8 @@ not read is a config error (config.py, `DataConfig.unused_keys`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -7,7 +7,7 @@ per-item draw, so item i is the same on every run) and takes that task's item i.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..config import DataConfig
 from ..errors import UserError

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ class AlarmMonitor:
         if fmt is None or acc is None:
             return None
         if fmt >= self.cfg.format_rise and acc <= -self.cfg.accuracy_drop:
-            return f"format rate rose {fmt:+.2f} while accuracy fell {acc:+.2f} over the last {self.cfg.window} steps: the policy may be gaming the format reward"
+            return (f"format rate rose {fmt:+.2f} while accuracy fell {acc:+.2f} over the last {self.cfg.window} steps: "
+                    "the policy may be gaming the format reward")
         return None
 
     def _repetition(self, metrics: dict) -> str | None:

@@ -8,8 +8,8 @@ trace file, so old runs and runs with other marker lists can be re-analysed).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from .detectors import (
     REVISION_CLASSES,

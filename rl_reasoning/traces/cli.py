@@ -131,7 +131,8 @@ def cmd_summary(args) -> int:
     rows = summary_rows(args.run, args.split, bucket, analyzer_from_args(args))
     if not rows:
         raise UserError(f"{args.run}: no {args.split} traces yet")
-    header = ["steps", "n", "reward", "accuracy", "length", "reflect", "refl/1k tok", "revise", "w→r", "r→w", "w→w", "verify", "aha", "acc/reflect", "acc/no reflect", "degenerate"]
+    header = ["steps", "n", "reward", "accuracy", "length", "reflect", "refl/1k tok", "revise", "w→r", "r→w", "w→w", "verify", "aha",
+              "acc/reflect", "acc/no reflect", "degenerate"]
     body = [
         [
             r["steps"], str(r["completions"]), _fmt(r["reward"], rate=False) if r["reward"] is not None else "–", _fmt(r["accuracy"]),

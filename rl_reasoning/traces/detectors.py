@@ -16,9 +16,9 @@ import bisect
 import math
 import re
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterable, Sequence
 
 from rewards.extract import extract_answer_with_source, normalize_answer
 

@@ -20,8 +20,8 @@ from ..errors import UserError
 from ..jsonl import read_records
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis
-from .detectors import mark_revision
 from .cli import analyze_record, summary_rows
+from .detectors import mark_revision
 from .store import iter_steps, load, prompt_key
 
 MAX_AHA = 50
@@ -75,7 +75,8 @@ def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
         f"<details><summary>config.yaml</summary><pre>{html.escape(config)}</pre></details>",
     ]
     body = "\n".join(parts)
-    return f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(run.name)} · rl-reasoning report</title><style>{CSS}</style></head><body>{body}</body></html>"
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(run.name)} · rl-reasoning report</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>")
 
 
 def _read_json(path: Path) -> dict:
@@ -225,7 +226,8 @@ def _card(record: dict, analysis: TraceAnalysis) -> str:
     bits.append(f"{record.get('length', '?')} tok")
     if analysis.reflections:
         bits.append("reflects: " + ", ".join(s.label for s in analysis.reflections))
-    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{highlighted_html(record.get('completion') or '', analysis)}</pre></div>"
+    text = highlighted_html(record.get("completion") or "", analysis)
+    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{text}</pre></div>"
 
 
 def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
@@ -248,7 +250,8 @@ def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
             if step in (first_step, last_step):
                 firsts.setdefault(step, str(prompt_key(records[0])))
         wanted = {p: {s} for s, p in firsts.items()}
-        intro = "<p>No prompt was drawn twice in this run (the training set is larger than steps × prompts); shown: the first group of the first and of the last step.</p>"
+        intro = ("<p>No prompt was drawn twice in this run (the training set is larger than steps × prompts); "
+                 "shown: the first group of the first and of the last step.</p>")
     found = defaultdict(lambda: defaultdict(list))
     for record in load(run):
         p = str(prompt_key(record))
@@ -296,7 +299,8 @@ def _eval_across_steps(run: Path) -> str:
                 cells.append("<td></td>")
                 continue
             cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{html.escape(r.get('completion', ''))}</pre></td>")
-        rows.append(f"<tr><td><b>{html.escape(str(problem))}</b><br>{html.escape(str(first.get('question', '')))}<br><span class=muted>gold: {html.escape(str(first.get('answer')))}</span></td>{''.join(cells)}</tr>")
+        question, gold = html.escape(str(first.get("question", ""))), html.escape(str(first.get("answer")))
+        rows.append(f"<tr><td><b>{html.escape(str(problem))}</b><br>{question}<br><span class=muted>gold: {gold}</span></td>{''.join(cells)}</tr>")
     return f"<table id=eval-table>{header}{''.join(rows)}</table>"
 
 
@@ -337,7 +341,8 @@ def _compute_table(metrics, evals, summary) -> str:
         rows.insert(0, ("model parameters", f"{summary['model_parameters']:,}"))
     if evals:
         first, last = evals[0], evals[-1]
-        rows.append(("held-out accuracy", f"{first.get('eval/accuracy', 0):.1%} (step {first['step']}) → {last.get('eval/accuracy', 0):.1%} (step {last['step']})"))
+        before, after = first.get("eval/accuracy", 0), last.get("eval/accuracy", 0)
+        rows.append(("held-out accuracy", f"{before:.1%} (step {first['step']}) → {after:.1%} (step {last['step']})"))
         rows.append(("held-out format", f"{first.get('eval/format_rate', 0):.1%} → {last.get('eval/format_rate', 0):.1%}"))
     return "<table id=compute-table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
 

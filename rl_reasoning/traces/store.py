@@ -7,8 +7,8 @@ order, so iterating is O(one record) in memory and a step filter can stop readin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import UserError
 from ..jsonl import read_records
