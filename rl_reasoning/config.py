@@ -85,7 +85,9 @@ class DataConfig:
         if self.source == "reasoning_gym" and self.mixture:
             used -= {"task", "task_config"}  # a mixture names its own tasks and configs
         default = DataConfig()
-        return [f.name for f in dataclasses.fields(self) if f.name not in used and getattr(self, f.name) != getattr(default, f.name)]
+        unset = {"split": (None, "train")}  # "train" is what split means when unset (and what older config.yaml files hold)
+        return [f.name for f in dataclasses.fields(self)
+                if f.name not in used and getattr(self, f.name) not in unset.get(f.name, (getattr(default, f.name),))]
 
 
 _COLUMN_KEYS = {"question_column", "answer_column", "tests_column", "answer_format", "on_bad_row"}
@@ -257,7 +259,8 @@ class Config:
     """true = latest checkpoint in output_dir; a path = that checkpoint."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     threads: int | None = None
-    """torch intra-op threads on CPU (default: all cores)."""
+    """torch intra-op threads on CPU (default: all cores, os.cpu_count(), divided among the processes
+    launched on this machine). Used by train, eval and distill alike."""
 
     def validate(self) -> None:
         """Range checks that types alone cannot express; each error names its key."""

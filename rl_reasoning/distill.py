@@ -33,8 +33,6 @@ from pathlib import Path
 
 from .config import Config
 from .errors import UserError
-from .reward_runner import CORRECT, accuracy_runner
-from .runtime import configure_cpu, default_device, import_beside, quiet_library_progress_bars
 
 
 @dataclass
@@ -64,6 +62,8 @@ def select_completions(
 ) -> list[list[int]]:
     """Indices of the completions kept for each problem: fully correct, formatted if required,
     first occurrence of each distinct (whitespace-normalised) text, at most keep_per_problem."""
+    from .reward_runner import CORRECT
+
     kept = []
     for p in range(len(completions) // samples):
         seen, chosen = set(), []
@@ -114,7 +114,9 @@ def build_sft_data(cfg: Config, teacher: str, problems: int, samples: int, tempe
     from .evaluation import generate_and_score
     from .models import eos_token_ids, load_model
     from .prompts import render_prompt
+    from .reward_runner import accuracy_runner
     from .rollout import RolloutEngine
+    from .runtime import default_device
     from .tasks import load_task
 
     task = load_task(cfg.data)
@@ -155,6 +157,7 @@ def finetune(student: str, rows: list[dict], out_dir: Path, cfg, epochs: float, 
     import trl
 
     from .models import load_model
+    from .runtime import default_device
 
     device = default_device()
     loaded = load_model(student, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
@@ -176,8 +179,9 @@ def finetune(student: str, rows: list[dict], out_dir: Path, cfg, epochs: float, 
 
 def run(args) -> dict:
     from .config import load_config
-    from .eval_cli import markdown_table, write_result
     from .evaluation import evaluate_model
+    from .results import markdown_table, write_result
+    from .runtime import configure_cpu, import_beside, quiet_library_progress_bars
 
     import_beside(args.recipe)  # as `train`: a reward module beside the recipe imports by name
     cfg = load_config(args.recipe, list(args.overrides))

@@ -16,21 +16,16 @@ interval over problems.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import numpy as np
 
 from .config import Config, DataConfig, RewardSpec, load_config
 from .errors import UserError
-from .runtime import import_beside
 
 DEFAULT_SYSTEM_PROMPT = (
     "Solve the problem. First reason briefly inside <think>...</think>, then write the final answer "
     "inside <answer>...</answer>."
 )
 DEFAULT_SAMPLES = 8  # n when --k is given and neither --n nor the recipe sets it
-BOOTSTRAP_SAMPLES = 2000
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 COLUMN_KEYS = ("question_column", "answer_column", "tests_column", "answer_format", "on_bad_row")
 
@@ -38,6 +33,8 @@ COLUMN_KEYS = ("question_column", "answer_column", "tests_column", "answer_forma
 def build_config(args) -> Config:
     """The recipe (or the defaults), its overrides, then the command-line flags: flags win over the
     recipe, the recipe over the built-in defaults."""
+    from .runtime import import_beside
+
     overrides = list(args.overrides)
     if args.recipe is None:
         overrides = [f"prompt.system_prompt={DEFAULT_SYSTEM_PROMPT}", "prompt.prefill=<think>", *overrides]
@@ -96,6 +93,7 @@ def task_data(data: DataConfig, task: str) -> DataConfig:
 
 def run_eval(args) -> dict:
     from .evaluation import evaluate_model
+    from .results import markdown_table, write_result
 
     result = evaluate_model(build_config(args))
     out = Path(args.out) if args.out else None
@@ -105,80 +103,6 @@ def run_eval(args) -> dict:
     if out:
         print(f"\nwritten: {out}")
     return result
-
-
-def write_result(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-
-
-METRIC_ORDER = ("accuracy", "pass@", "maj@", "format_rate", "sampled_format_rate", "mean_length", "think_words", "sampled_mean_length",
-                "truncated_frac", "sampled_truncated_frac", "num_problems", "greedy_seconds", "sampled_seconds", "seconds")
-
-
-def _metric_names(results: list[dict]) -> list[str]:
-    names = {k for r in results for k in r["metrics"]}
-    return sorted(names, key=lambda m: (next((i for i, p in enumerate(METRIC_ORDER) if m.startswith(p)), 99), m))
-
-
-def markdown_table(results: list[dict]) -> str:
-    header = "| metric | " + " | ".join(f"{r['model']} on {r['task']}" for r in results) + " |"
-    lines = [header, "|---|" + "---|" * len(results)]
-    for name in _metric_names(results):
-        cells = []
-        for r in results:
-            v = r["metrics"].get(name)
-            cells.append("" if v is None else f"{v:.1%}" if _is_rate(name) else f"{v:.1f}" if isinstance(v, float) else str(v))
-        label = "greedy pass@1" if name == "accuracy" else name
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _is_rate(name: str) -> bool:
-    return name == "accuracy" or name.startswith(("pass@", "maj@")) or name.endswith(("_rate", "_frac"))
-
-
-def _per_problem(record: dict, metric: str) -> float | None:
-    key = "correct" if metric == "accuracy" else metric
-    value = record.get(key)
-    return None if value is None else float(value)
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of b - a and its 95 % percentile-bootstrap interval (resampling problems)."""
-    diff = b - a
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(BOOTSTRAP_SAMPLES, len(diff)))
-    means = diff[idx].mean(axis=1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def compare(path_a: str, path_b: str) -> str:
-    results = []
-    for p in (path_a, path_b):
-        try:
-            results.append(json.loads(Path(p).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"--compare: cannot read {p}: {e}") from None
-    a, b = results
-    by_question = {r["question"]: r for r in a["per_problem"]}
-    pairs = [(by_question[r["question"]], r) for r in b["per_problem"] if r["question"] in by_question]
-    if not pairs:
-        raise UserError("--compare: the two results share no problems")
-    lines = [markdown_table(results), "", f"paired over {len(pairs)} shared problems; 95 % CI from {BOOTSTRAP_SAMPLES} bootstrap resamples", "",
-             "| metric | A | B | B − A | 95 % CI |", "|---|---|---|---|---|"]
-    for name in _metric_names(results):
-        if not (name == "accuracy" or name.startswith(("pass@", "maj@"))):
-            continue
-        values = [(_per_problem(x, name), _per_problem(y, name)) for x, y in pairs]
-        values = [(x, y) for x, y in values if x is not None and y is not None]
-        if not values:
-            continue
-        xa, xb = np.array([v[0] for v in values]), np.array([v[1] for v in values])
-        mean, lo, hi = paired_bootstrap(xa, xb)
-        label = "greedy pass@1" if name == "accuracy" else name
-        lines.append(f"| {label} | {xa.mean():.1%} | {xb.mean():.1%} | {mean:+.1%} | [{lo:+.1%}, {hi:+.1%}] |")
-    return "\n".join(lines)
 
 
 def add_parser(sub) -> None:
@@ -201,6 +125,8 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    from .results import compare
+
     if args.compare:
         print(compare(*args.compare))
         return 0

@@ -197,7 +197,7 @@ def evaluate_model(cfg: Config) -> dict:
     settings = EvalSettings.from_config(cfg)
     loaded = load_model(cfg.model.name, default_device(), cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
     engine = RolloutEngine(loaded.model, loaded.tokenizer, eos_token_ids(loaded.model, loaded.tokenizer), loaded.tokenizer.pad_token_id)
-    analyzer = Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers))
+    analyzer = Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers)) if cfg.traces.analyze else None
     metrics, records = evaluate(engine, loaded.tokenizer, problems, cfg.prompt, scorer, settings, 0, analyzer=analyzer)
     data = cfg.data
     task = data.task if data.source == "reasoning_gym" else (data.path or data.name or data.source)

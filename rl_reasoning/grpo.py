@@ -84,7 +84,7 @@ class LossNormalizer:
     """Batch-level constants of the aggregation, fixed before the micro-batches are split."""
 
     loss_type: str
-    num_sequences: int  # N: every completion in the generation batch
+    num_sequences: int  # N: the completions of the generation batch, less the groups drop_zero_variance_groups takes out
     num_tokens: int  # sum of the trained-token mask over the whole batch
     max_new_tokens: int  # the configured completion budget (Dr. GRPO's constant)
 
@@ -93,9 +93,9 @@ class LossNormalizer:
         masked = per_token_loss * mask  # (b, T)
         if self.loss_type == "grpo":
             per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # (b,)
-            return per_seq.sum() / self.num_sequences
+            return per_seq.sum() / max(self.num_sequences, 1)  # 0 when every group was dropped
         if self.loss_type == "dr_grpo":
-            return masked.sum() / (self.num_sequences * self.max_new_tokens)
+            return masked.sum() / (max(self.num_sequences, 1) * self.max_new_tokens)
         if self.loss_type == "dapo":
             return masked.sum() / max(self.num_tokens, 1)
         raise ValueError(f"loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}")

@@ -16,8 +16,6 @@ import torch
 
 from .memory import pin_mmap_threshold
 
-_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # physical cores, read before anything changes it
-
 
 def default_device() -> torch.device:
     """CUDA when there is a GPU, else the CPU (accelerate makes the same choice for training)."""
@@ -25,13 +23,13 @@ def default_device() -> torch.device:
 
 
 def configure_cpu(threads: int | None) -> None:
-    """On a CPU-only machine: `threads` intra-op threads (default: torch's own default, the
-    physical cores, divided among the processes launched on this machine), and glibc's mmap
-    threshold pinned (memory.py). On a GPU machine, nothing: both are CPU-only choices."""
+    """On a CPU-only machine: `threads` intra-op threads (default: all cores, divided among the
+    processes launched on this machine), and glibc's mmap threshold pinned (memory.py). On a GPU
+    machine, nothing: both are CPU-only choices."""
     if torch.cuda.is_available():
         return
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(threads or max(1, _TORCH_DEFAULT_THREADS // local_processes))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_processes))
     pin_mmap_threshold()  # freed activations go back to the OS
 
 

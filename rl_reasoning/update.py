@@ -10,9 +10,10 @@ The planning is pure functions on tensors, tested on hand-built inputs:
 Departures from TRL's GRPOTrainer:
 - Old log-probs are the rollout's own sampling log-probs (computed at the loss's temperature),
   for every mu, so no extra forward pass is run for them.
-- When beta = 0 and there is no router loss, completions whose advantage is exactly 0 are not
-  run through the model: their loss and gradient are exactly 0. They still count in the loss
-  normalisers and the optimizer still steps, so the update is the same.
+- In a single process, when beta = 0 and there is no router loss, completions whose advantage
+  is exactly 0 are not run through the model: their loss and gradient are exactly 0. They still
+  count in the loss normalisers and the optimizer still steps, so the update is the same. (With
+  several processes every row runs, so that every rank runs the same micro-batches.)
 - `grpo.drop_zero_variance_groups` (DAPO's filter) takes groups whose rewards are all equal out
   of the batch: out of the loss and out of both normaliser counts, for every loss type.
 - Prefix grouping (`optim.prefix_grouping`, single process, dense models): micro-batches never

@@ -131,3 +131,14 @@ def test_data_keys_the_source_reads_are_accepted():
     load_config(None, ["data.source=humaneval", "data.train_size=100", "data.eval_size=64", "data.seed=3"])
     load_config(None, ["data.task=leg_counting", "data.task_config={min_animals: 2}", "data.train_size=100"])
     load_config(None, ["data.mixture=[{task: leg_counting}]"])
+
+
+def test_a_runs_config_yaml_loads_back_as_a_recipe(tmp_path):
+    """config.yaml (dump_config) is a recipe: it loads to the same config, and so does one written
+    before data.split and data.train_size defaulted to null (`split: train` was then the default)."""
+    from rl_reasoning.config import dump_config
+
+    cfg = load_config(None, ["data.task_config={min_digits: 2}", "optim.lr=3e-6"])
+    assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+    older = dump_config(cfg).replace("split: null", "split: train")
+    assert "split: train" in older and load_config(write(tmp_path, older)).data.split == "train"

@@ -8,8 +8,8 @@ from math import comb
 import pytest
 
 from rl_reasoning import cli
-from rl_reasoning.eval_cli import paired_bootstrap
 from rl_reasoning.evaluation import majority_vote, pass_at_k
+from rl_reasoning.results import paired_bootstrap
 
 
 @pytest.mark.parametrize("n, c, k", [(8, 0, 1), (8, 1, 1), (8, 3, 4), (8, 8, 8), (10, 2, 5), (5, 4, 3)])

@@ -53,6 +53,21 @@ def test_dropped_groups_leave_every_normaliser(loss_type):
     assert float(full) == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_a_batch_whose_groups_are_all_dropped_has_a_zero_finite_loss(loss_type):
+    """Several processes run every row even when all are masked: the normalisers are 0 then, and
+    the loss must be 0 with a zero gradient, not 0/0."""
+    flat = torch.tensor([0.5, 0.5, 1.0, 1.0, 0.0, 0.0])
+    dropped = zero_variance_rows(flat, G, enabled=True)
+    mask = loss_mask(COMPLETION_MASK, flat, TRUNCATED, dropped, mask_truncated=False)
+    counts = normalizer_counts(mask, dropped)
+    assert counts == {"sequences": 0, "tokens": 0}
+    logp = torch.randn(6, 4, requires_grad=True)
+    loss, _ = policy_loss(logp, torch.randn(6, 4), group_advantages(flat, G), mask, LossNormalizer(loss_type, 0, 0, 4))
+    loss.backward()
+    assert float(loss) == 0.0 and torch.count_nonzero(logp.grad) == 0 and torch.isfinite(logp.grad).all()
+
+
 def test_masked_but_kept_sequences_still_count_as_sequences():
     """A completion without a reward (or truncated and masked) stays in N, as in TRL; only dropped groups leave it."""
     rewards = REWARDS.clone()
@@ -97,7 +112,7 @@ def test_trained_tokens_count_a_grouped_prompt_once_per_micro_batch():
 
 
 @pytest.mark.parametrize("prefix_grouping", [True, False])
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss_type):
     """PolicyUpdate (micro-batches of 3, length-sorted, prefix-grouped or not, zero-advantage rows
     skipped, a dropped group) moves the weights exactly as one SGD step on the plain full-batch
