@@ -18,7 +18,7 @@ Each sample runs in its own child process (`rewards/sandbox_harness.py`):
 
 Test formats (the reward's `tests` column): {"call": "f(1, 2)", "expected": 3} (optional
 "tolerance" for floats, or "truthy": true/false), or {"script": "assert f(1) == 3"} — a script
-test runs its assertions inside the sandbox, so it is weaker (see README). Verdicts per test:
+test runs its assertions inside the sandbox, so it is weaker (see docs/rewards.md). Verdicts per test:
 pass, fail, timeout, memory, runtime_error, sandbox_error.
 """
 

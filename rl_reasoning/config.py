@@ -212,7 +212,7 @@ class TracesConfig:
     analyze: bool = True
     """Run the self-correction detectors on every completion; log traces/* metrics and alarms."""
     reflection_markers: list[str] | None = None
-    """Plain phrases replacing the default reflection markers (null = the defaults listed in the README)."""
+    """Plain phrases replacing the default reflection markers (null = the defaults listed in docs/traces.md)."""
     extra_reflection_markers: list[str] = field(default_factory=list)
     """Phrases added to the markers, e.g. ["let me think"]."""
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
