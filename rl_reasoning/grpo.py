@@ -43,11 +43,15 @@ def _centred_groups(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tenso
     return torch.where(valid, r - mean, torch.zeros_like(r)), count  # (B, G), (B, 1)
 
 
+def _group_std(centred: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Unbiased std (B, 1) from `_centred_groups`' output; 0 for groups with fewer than two valid rewards."""
+    var = (centred**2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)  # (B, 1)
+    return torch.where(count > 1, var.sqrt(), torch.zeros_like(var))
+
+
 def group_reward_std(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Unbiased std of each group's valid rewards (B,); 0 for groups with fewer than two."""
-    centred, count = _centred_groups(rewards, group_size)
-    var = (centred**2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)  # (B, 1)
-    return torch.where(count > 1, var.sqrt(), torch.zeros_like(var)).squeeze(-1)  # (B,)
+    return _group_std(*_centred_groups(rewards, group_size)).squeeze(-1)  # (B,)
 
 
 def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -65,7 +69,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     rewards are all equal."""
     centred, count = _centred_groups(rewards, group_size)  # (B, G), (B, 1)
     if scale_rewards == "group":
-        adv = centred / (group_reward_std(rewards, group_size)[:, None] + STD_EPS)
+        adv = centred / (_group_std(centred, count) + STD_EPS)
     elif scale_rewards == "batch":
         flat = rewards[~torch.isnan(rewards)]
         std = flat.std() if flat.numel() > 1 else torch.tensor(0.0)

@@ -35,19 +35,17 @@ class StepRows:
     group_size: int
     reward_seconds: dict[str, float]  # slowest process
     reward_metrics: dict[str, dict]  # averaged over processes
+    zero_variance: torch.Tensor  # (B,) groups whose valid rewards are all equal
     advantages: torch.Tensor | None = None  # (B*G,)
-
-    @property
-    def zero_variance(self) -> torch.Tensor:  # (B,) groups whose rewards are all equal
-        return zero_variance_groups(self.rewards, self.group_size)
 
 
 def gather_rows(collective: Collective, rollout: RolloutBatch, rewards, completions: list[str], has_entropy: bool) -> StepRows:
     """Per-completion values of the whole generation batch, gathered from every process."""
     c = collective
+    total = c.gather(rewards.total)  # (B*G,)
     return StepRows(
         completions=c.gather_objects(completions),
-        rewards=c.gather(rewards.total),
+        rewards=total,
         components={name: c.gather(v) for name, v in rewards.components.items()},
         lengths=c.gather(rollout.lengths),
         prompt_lengths=c.gather(rollout.prompt_mask.sum(-1)),
@@ -56,6 +54,7 @@ def gather_rows(collective: Collective, rollout: RolloutBatch, rewards, completi
         group_size=rollout.group_size,
         reward_seconds=c.max(rewards.seconds),
         reward_metrics=c.mean_of_dicts(rewards.metrics),
+        zero_variance=zero_variance_groups(total, rollout.group_size),
     )
 
 

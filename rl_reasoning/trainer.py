@@ -46,7 +46,7 @@ from .runtime import configure_cpu, quiet_library_progress_bars, seed_everything
 from .sharded import check_engine_matches_launch, configure_deepspeed, full_parameters_for_generation, gathered_state_dict, is_sharded
 from .tasks import PromptSampler, load_task
 from .traces import AlarmMonitor, Analyzer, step_statistics
-from .update import PolicyUpdate, loss_mask, zero_variance_rows
+from .update import PolicyUpdate, dropped_rows, loss_mask
 
 
 class GRPOTrainer:
@@ -243,7 +243,7 @@ class GRPOTrainer:
         rows = gather_rows(self.collective, rollout, rewards, completions, has_entropy=not self._uses_vllm or self._recomputes)
         rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
         mine_rows = shard.row_slice(len(rows.advantages))
-        dropped = zero_variance_rows(rows.rewards, G, cfg.grpo.drop_zero_variance_groups)[mine_rows]  # (N,)
+        dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine_rows]  # (N,)
         mask = loss_mask(rollout.completion_mask, rewards.total, rollout.truncated, dropped, cfg.grpo.mask_truncated_completions)  # (N, T)
         update_stats = self.update(rollout, rows.advantages[mine_rows], mask, dropped)
         if self._uses_vllm:
@@ -290,18 +290,15 @@ class GRPOTrainer:
     def _recomputes(self) -> bool:
         return self._uses_vllm and self.cfg.rollout.vllm.recompute_logprobs
 
+    @contextlib.contextmanager
     def _generation_engine(self):
-        """Context yielding the engine to sample with: vLLM as is, or ours on the full-parameter policy."""
+        """The engine to sample with: vLLM as is, or ours on the full-parameter policy (sharded.py)."""
         if self._uses_vllm:
-            return contextlib.nullcontext(self.engine)
-
-        @contextlib.contextmanager
-        def ours():
-            with full_parameters_for_generation(self.accelerator, self.model) as policy:
-                self.engine.model = policy
-                yield self.engine
-
-        return ours()
+            yield self.engine
+            return
+        with full_parameters_for_generation(self.accelerator, self.model) as policy:
+            self.engine.model = policy
+            yield self.engine
 
     def _sync_vllm(self) -> float:
         """Push the policy's weights (adapters merged) into the vLLM engine; returns seconds taken."""

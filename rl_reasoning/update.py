@@ -1,7 +1,7 @@
 """The policy update: mu optimizer steps on one generation batch.
 
 The planning is pure functions on tensors, tested on hand-built inputs:
-- `zero_variance_rows` and `loss_mask`: which completions and tokens are trained;
+- `dropped_rows` and `loss_mask`: which completions and tokens are trained;
 - `normalizer_counts`: the sequence and token counts of the loss normalisers (grpo.py);
 - `plan_micro_batches`: which rows go into which micro-batch, and in what order.
 `PolicyUpdate` runs them: for each of mu iterations, a forward and backward per micro-batch
@@ -29,24 +29,25 @@ from .config import Config
 from .cpu_kernels import gqa_attention
 from .distributed import Collective
 from .engine import RolloutBatch
-from .grpo import LossNormalizer, policy_loss, zero_variance_groups
+from .grpo import LossNormalizer, policy_loss
 from .logprobs import completion_logprobs, grouped_completion_logprobs, micro_batch_inputs
 from .moe import MoESpec, expert_load, load_metrics
 from .sharded import accumulation_boundary, is_sharded
 
 
-def zero_variance_rows(rewards: torch.Tensor, group_size: int, enabled: bool) -> torch.Tensor:
-    """(N,) True for every row of a group whose rewards are all equal, when the filter is on."""
+def dropped_rows(zero_variance: torch.Tensor, group_size: int, enabled: bool) -> torch.Tensor:
+    """(N,) True for every row of a zero-variance group (`grpo.zero_variance_groups`, (B,)) when
+    DAPO's filter is on, else all False."""
     if not enabled:
-        return torch.zeros(rewards.shape[0], dtype=torch.bool)
-    return zero_variance_groups(rewards, group_size).repeat_interleave(group_size)  # (N,)
+        return torch.zeros(zero_variance.shape[0] * group_size, dtype=torch.bool)
+    return zero_variance.repeat_interleave(group_size)  # (N,)
 
 
 def loss_mask(
     completion_mask: torch.Tensor,  # (N, T) 1 = sampled token
     rewards: torch.Tensor,  # (N,) weighted total, NaN = no reward
     truncated: torch.Tensor,  # (N,) bool
-    dropped: torch.Tensor,  # (N,) bool, rows taken out of the batch (zero_variance_rows)
+    dropped: torch.Tensor,  # (N,) bool, rows taken out of the batch (dropped_rows)
     mask_truncated: bool,
 ) -> torch.Tensor:
     """The trained tokens (N, T): sampled tokens of completions that have a reward, are not

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_reasoning.grpo import LossNormalizer, group_advantages, policy_loss
-from rl_reasoning.update import loss_mask, normalizer_counts, plan_micro_batches, trained_tokens, zero_variance_rows
+from rl_reasoning.grpo import LossNormalizer, group_advantages, policy_loss, zero_variance_groups
+from rl_reasoning.update import dropped_rows, loss_mask, normalizer_counts, plan_micro_batches, trained_tokens
 
 G = 2
 # Three groups of two completions, four token slots; group 1 (rows 2, 3) has equal rewards.
@@ -15,13 +15,13 @@ COMPLETION_MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0,
 TRUNCATED = torch.tensor([False, False, True, False, True, False])
 
 
-def test_zero_variance_rows_cover_whole_groups_and_only_when_enabled():
-    assert zero_variance_rows(REWARDS, G, enabled=True).tolist() == [False, False, True, True, False, False]
-    assert not zero_variance_rows(REWARDS, G, enabled=False).any()
+def test_dropped_rows_cover_whole_zero_variance_groups_and_only_when_enabled():
+    assert dropped_rows(zero_variance_groups(REWARDS, G), G, enabled=True).tolist() == [False, False, True, True, False, False]
+    assert not dropped_rows(zero_variance_groups(REWARDS, G), G, enabled=False).any()
     tenths = torch.tensor([0.7] * 8 + [0.7] * 7 + [0.1])  # torch.std of eight 0.7s is 6e-8, not 0
-    assert zero_variance_rows(tenths, 8, enabled=True).tolist() == [True] * 8 + [False] * 8
+    assert dropped_rows(zero_variance_groups(tenths, 8), 8, enabled=True).tolist() == [True] * 8 + [False] * 8
     one_valid = torch.tensor([1.0, float("nan"), 0.0, 1.0])  # a single valid reward has no baseline: no signal either
-    assert zero_variance_rows(one_valid, 2, enabled=True).tolist() == [True, True, False, False]
+    assert dropped_rows(zero_variance_groups(one_valid, 2), 2, enabled=True).tolist() == [True, True, False, False]
 
 
 def test_loss_mask_drops_nan_rewards_truncated_and_dropped_rows():
@@ -41,7 +41,7 @@ def test_dropped_groups_leave_every_normaliser(loss_type):
     torch.manual_seed(0)
     logp, old = torch.randn(6, 4), torch.randn(6, 4)
     adv = group_advantages(REWARDS, G, "group")
-    dropped = zero_variance_rows(REWARDS, G, enabled=True)
+    dropped = dropped_rows(zero_variance_groups(REWARDS, G), G, enabled=True)
     mask = loss_mask(COMPLETION_MASK, REWARDS, TRUNCATED, dropped, mask_truncated=False)
     counts = normalizer_counts(mask, dropped)
     assert counts == {"sequences": 4, "tokens": 12}
@@ -58,7 +58,7 @@ def test_a_batch_whose_groups_are_all_dropped_has_a_zero_finite_loss(loss_type):
     """Several processes run every row even when all are masked: the normalisers are 0 then, and
     the loss must be 0 with a zero gradient, not 0/0."""
     flat = torch.tensor([0.5, 0.5, 1.0, 1.0, 0.0, 0.0])
-    dropped = zero_variance_rows(flat, G, enabled=True)
+    dropped = dropped_rows(zero_variance_groups(flat, G), G, enabled=True)
     mask = loss_mask(COMPLETION_MASK, flat, TRUNCATED, dropped, mask_truncated=False)
     counts = normalizer_counts(mask, dropped)
     assert counts == {"sequences": 0, "tokens": 0}
@@ -140,7 +140,7 @@ def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss
     rollout = RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, old * completion_mask, torch.zeros(P * G, Lc),
                            torch.zeros(P * G, dtype=torch.bool), [""] * (P * G), G)
     advantages = group_advantages(rewards, G, "group")
-    dropped = zero_variance_rows(rewards, G, enabled=True)
+    dropped = dropped_rows(zero_variance_groups(rewards, G), G, enabled=True)
     mask = loss_mask(completion_mask, rewards, rollout.truncated, dropped, mask_truncated=False)
 
     cfg = load_config(None, [f"grpo.loss_type={loss_type}", "rollout.max_new_tokens=5", "rollout.temperature=1.0",
