@@ -16,6 +16,10 @@ numbers to 6 decimals before comparing, so `1/2004!` equals `1/2006!`. Here:
   *relative* tolerance when a float is involved, after math-verify has said "equal".
 - A gold answer with several values (a set, or `\\pm`) only matches a prediction with the same
   values; a prediction with several values never matches a single-valued gold.
+- Infinities compare structurally (`\\infty` = `+\\infty`, never `-\\infty`): math-verify says
+  equal but `oo - oo` is nan, so the exact check used to turn `\\infty` vs `\\infty` into "different".
+- A percentage gold (`28\\%`) also matches the bare number of percent (`28`), as math-verify
+  does for integers; `28\\%` in a prediction is always 0.28 (it never matches a gold `28`).
 
 Verdicts: "equal", "different", "pred_unparseable", "gold_unparseable", "refused", "timeout",
 "memory", "error". The reward maps gold_unparseable to None, "equal" to 1 and the rest to 0.
@@ -90,6 +94,8 @@ def _exact_equal(a, b) -> bool | None:
     if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)) or not (a.is_number and b.is_number):
         return None
     a, b = a.doit(), b.doit()  # math-verify leaves e.g. 25% as an unevaluated 25*(1/100)
+    if a.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) or b.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
+        return a == b and not a.has(sympy.nan, sympy.zoo)  # oo - oo is nan: compare infinities structurally
     try:
         if a.has(sympy.Float) or b.has(sympy.Float):
             fa, fb = complex(sympy.N(a, 30)), complex(sympy.N(b, 30))
@@ -119,6 +125,8 @@ def compare(gold: str, pred: str) -> str:
     g_vals, p_vals = _values(g), _values(p)
     if len(g_vals) != len(p_vals):  # {1331, 1728} vs 1728; 2021 vs \pm 2021
         return "different"
+    if len(g_vals) == 1 and _percent_gold_bare_pred(g, p):
+        return "equal"
     if not verify(g, p, timeout_seconds=None):
         return "different"
     if len(g_vals) == 1:
@@ -126,6 +134,22 @@ def compare(gold: str, pred: str) -> str:
         if exact is False:
             return "different"
     return "equal"
+
+
+def _percent_of(expr):
+    """X for math-verify's X% (X*UnevaluatedExpr(1/100)), else None."""
+    import sympy
+
+    if isinstance(expr, sympy.Mul) and len(expr.args) == 2 and expr.args[1] == sympy.UnevaluatedExpr(sympy.Rational(1, 100)):
+        return expr.args[0]
+    return None
+
+
+def _percent_gold_bare_pred(g, p) -> bool:
+    """Gold `28\\%`, prediction a bare `28`: the gold's percent sign names the unit the number is in
+    (math-verify's own rule for integers). A prediction that carries a percent sign never gets this."""
+    value = _percent_of(g)
+    return value is not None and _percent_of(p) is None and _exact_equal(value, p) is True
 
 
 def _worker_main(memory_bytes: int) -> None:

@@ -1,4 +1,9 @@
-"""The hardened math reward against a corpus of equivalent, non-equivalent and hostile cases."""
+"""The hardened math reward against a corpus of equivalent, non-equivalent and hostile cases.
+
+`expected` in tests/data/math_cases.jsonl is the true verdict. A case the reward knowingly gets
+wrong carries `"known_miss": true` (always a false negative: expected 1, scored 0); every other
+case must score exactly its `expected`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,27 @@ from pathlib import Path
 
 import pytest
 
+from rewards.extract import clean_answer, final_answer_with_source, final_boxes, gold_answer
 from rewards.math import math_reward
 from rewards.math_verifier import MathVerifierPool, refuse_reason
 
 CORPUS = Path(__file__).parent / "data" / "math_cases.jsonl"
-GENERATED = {"unbalanced_braces_10mb": lambda: "\\boxed{" * 1_000_000 + "{" * 4_000_000}
+GENERATED = {
+    "unbalanced_braces_10mb": lambda: "\\boxed{" * 1_000_000 + "{" * 4_000_000,
+    "nested_boxes_3000": lambda: "\\boxed{" * 3000 + "1" + "}" * 3000,
+    "same_box_5000": lambda: "\\boxed{4}, " * 5000,
+    "distinct_boxes_5000": lambda: ", ".join(f"\\boxed{{{i}}}" for i in range(5000)),
+    "spaces_after_box": lambda: "\\boxed{1}" + " " * 19990,
+    "spaces_in_box": lambda: "\\boxed{" + " " * 19000 + "1}",
+    "phrases_1000": lambda: "Final answer: 3\n" * 1000 + "Final answer: 7",
+    "spaces_after_phrase": lambda: "The final answer is" + " " * 19000,
+}
+# The classes added for item 9 of the accuracy issue (right answers written differently), by note prefix.
+NEW_CLASSES = (
+    "worked-solution gold", "infinity", "currency", "units", "degrees", "percent", "thousands", "final-answer phrase",
+    "multiple boxes", "text", "mixed numbers", "juxtaposed numbers", "hostile reading",
+)
+MIN_AGREEMENT = 0.97
 
 
 def load_cases():
@@ -31,18 +52,42 @@ def completion_of(case) -> str:
     return case["completion"] if case.get("completion") is not None else f"<think>working</think> <answer>{case['pred']}</answer>"
 
 
+def case_class(case) -> str:
+    return case["note"].split(":")[0]
+
+
 def test_corpus_is_large_and_balanced():
     expected = [c["expected"] for c in CASES]
-    assert len(CASES) >= 150
+    assert len(CASES) >= 350
     assert expected.count(1) >= 50 and expected.count(0) >= 50 and expected.count(None) >= 3
+    new = [c["expected"] for c in CASES if case_class(c) in NEW_CLASSES]
+    assert len(new) >= 150 and new.count(1) >= 60 and new.count(0) >= 60
+    for cls in NEW_CLASSES:
+        verdicts = [c["expected"] for c in CASES if case_class(c) == cls]
+        assert verdicts.count(0) >= 2, f"{cls}: needs negative cases"
+    known = [c for c in CASES if c.get("known_miss")]
+    assert all(c["expected"] == 1 for c in known), "a known miss is a false negative, never a tolerated false positive"
+    assert len(known) <= 5
+
+
+def corpus_agreement(cases, scores) -> tuple[float, list, list]:
+    """(share of cases scored as expected, false positives, unexpected disagreements)."""
+    agree = sum(s == c["expected"] for c, s in zip(cases, scores))
+    false_positives = [(c["note"], c["gold"][:80], c["pred"][:80]) for c, s in zip(cases, scores) if c["expected"] == 0 and s == 1]
+    wrong = [(c["note"], c["gold"][:80], c["pred"][:80], c["expected"], s) for c, s in zip(cases, scores) if s != c["expected"] and not c.get("known_miss")]
+    return agree / len(cases), false_positives, wrong
 
 
 def test_corpus_verdicts():
     start = time.perf_counter()
     scores = math_reward([completion_of(c) for c in CASES], answer=[c["gold"] for c in CASES])
-    wrong = [(c["note"], c["gold"], c["pred"], c["expected"], s) for c, s in zip(CASES, scores) if s != c["expected"]]
+    agreement, false_positives, wrong = corpus_agreement(CASES, scores)
+    assert not false_positives, "\n".join(map(repr, false_positives))
     assert not wrong, "\n".join(map(repr, wrong))
-    print(f"{len(CASES)} math cases in {time.perf_counter() - start:.1f} s")
+    assert agreement >= MIN_AGREEMENT
+    new = [(c, s) for c, s in zip(CASES, scores) if case_class(c) in NEW_CLASSES]
+    assert corpus_agreement(*zip(*new))[0] >= MIN_AGREEMENT
+    print(f"{len(CASES)} math cases in {time.perf_counter() - start:.1f} s, agreement {agreement:.1%}")
 
 
 @pytest.mark.parametrize(
@@ -152,5 +197,137 @@ def test_model_text_never_reaches_sympy_parse_expr(monkeypatch):
     assert compare("5", "__import__('os').system('id')") in ("pred_unparseable", "different")
     assert compare("5", "(lambda: 5)()") in ("pred_unparseable", "different")
     assert compare("x^2+2x+1", "(x+1)^2") == "equal"
+    assert compare("\\infty", "\\infty") == "equal" and compare("28\\%", "28") == "equal"
     assert seen, "the spy saw nothing: the patch did not reach math-verify"
     assert all(re.fullmatch(r"[A-Za-z0-9.]+", t) for t in seen if isinstance(t, str)), [t for t in seen if not re.fullmatch(r"[A-Za-z0-9.]+", str(t))]
+
+
+# ----------------------------------------------------------------------------- right answers written differently
+
+SOLUTION = "Of the 8 marbles 6 are red, so the probability is $\\frac{6}{8}$; the answer is $\\boxed{\\frac{3}{4}}$."
+# open-r1's `solution` column: a whole worked solution, usually longer than the 512 characters a CAS may see
+LONG_SOLUTION = "Let $n$ be the number of students. " * 20 + "Then $3n + 2 = 2n + 9$, so $n = 7$, and the class has $\\boxed{7}$ students."
+TWO_BOX_SOLUTION = "First $3 \\cdot 4 = \\boxed{12}$ apples. He eats 5 and buys 8, so he ends with $12 - 5 + 8 = \\boxed{15}$."
+
+
+@pytest.mark.parametrize(
+    "completion, gold",
+    [
+        ("n = \\boxed{7}", LONG_SOLUTION),  # a worked solution as the gold: its last box
+        ("She sold \\boxed{72} clips.", "48/2 = <<48/2=24>>24 clips in May.\n#### 72"),  # GSM8K's answer column
+        ("\\boxed{\\frac{3}{4}}", SOLUTION),
+        ("so \\boxed{0.75}", SOLUTION),
+        ("He ends with \\boxed{15} apples.", TWO_BOX_SOLUTION),
+        ("The limit is \\boxed{\\infty}", "\\infty"),
+        ("It costs \\boxed{\\$15}.", "15"),
+        ("About \\boxed{28} pct of them.", "28\\%"),
+        ("The final answer is 28 percent.", "28\\%"),
+        ("The final answer is $10,455$", "10455"),
+        ("x = \\boxed{3} or x = \\boxed{5}", "3, 5"),
+        ("\\boxed{3} and \\boxed{5}", "x=3 \\text{ or } x=5"),
+        ("\\boxed{10{,}455}", "10455"),
+        ("\\boxed{10\\,455}", "10455"),
+        ("\\boxed{30°}", "30"),
+        ("\\boxed{2 1/2}", "\\frac{5}{2}"),
+    ],
+)
+def test_right_answers_written_differently_score_one(completion, gold):
+    assert math_reward([completion], answer=[gold]) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "completion, gold",
+    [
+        ("\\boxed{-\\infty}", "\\infty"),
+        ("\\boxed{15}", "\\$150"),
+        ("\\boxed{\\$150}", "15"),
+        ("\\boxed{\\frac{4}{3}}", SOLUTION),
+        ("n = \\boxed{23}", LONG_SOLUTION),
+        ("He has \\boxed{12} apples.", TWO_BOX_SOLUTION),  # the solution's earlier box is not its answer
+        ("I first get 12, then remove 3. The final answer is 9.", "12"),  # a non-final number is never read
+        ("\\boxed{3} and \\boxed{6}", "3, 5"),
+        ("x = \\boxed{3}", "3, 5"),
+        ("\\boxed{1}, \\boxed{2}, \\boxed{3}, \\boxed{4}, \\boxed{5}", "4"),  # candidates for a single-valued gold
+        ("\\boxed{1}\n\\boxed{2}\n\\boxed{3}\n\\boxed{4}", "4"),
+        ("The final answer is $12$ or $15$.", "12"),
+        ("\\boxed{10\\,455}", "465"),  # latex2sympy alone reads 10 + 455
+        ("\\boxed{2 1/2}", "\\frac{3}{2}"),  # latex2sympy alone reads (2 + 1)/2
+        ("\\boxed{2 3}", "5"),  # latex2sympy alone reads 2 + 3
+        ("\\boxed{28\\%}", "28"),
+    ],
+)
+def test_wrong_answers_in_the_new_shapes_score_zero(completion, gold):
+    assert math_reward([completion], answer=[gold]) == [0.0]
+
+
+def test_open_r1_solution_column_is_the_gold_when_there_is_no_answer_column():
+    """TRL passes every dataset column by name; open-r1's math sets carry the worked solution as `solution`."""
+    completions = [[{"role": "assistant", "content": "<think>6/8</think> \\boxed{0.75}"}], [{"role": "assistant", "content": "\\boxed{\\frac{4}{3}}"}]]
+    prompts = [[{"role": "user", "content": "p"}]] * 2
+    out = math_reward(prompts=prompts, completions=completions, completion_ids=[[1], [2]], solution=[SOLUTION] * 2, problem=["p"] * 2)
+    assert out == [1.0, 0.0]
+    assert math_reward(["\\boxed{0.75}"], answer=["3/4"], solution=["\\boxed{7}"]) == [1.0]  # `answer` wins when both exist
+    with pytest.raises(TypeError, match="answer"):
+        math_reward(["\\boxed{1}"], problem=["p"])
+
+
+def test_answer_phrase_metric():
+    out = math_reward(["Final Answer: 7", "\\boxed{7}", "nothing"], answer=["7"] * 3)
+    assert out == [1.0, 1.0, 0.0] and out.metrics["answer_phrase_frac"] == pytest.approx(1 / 3)
+
+
+def test_the_math_reward_reading():
+    assert final_answer_with_source("\\boxed{3} or \\boxed{5}.") == ("3, 5", "boxed")
+    assert final_answer_with_source("x = \\boxed{3} or x = \\boxed{5}.") == ("x=3, x=5", "boxed")  # labels stay in a run
+    assert final_answer_with_source("$x_1 = \\boxed{-1}$ and $x_2 = \\boxed{4}$") == ("x_1=-1, x_2=4", "boxed")
+    assert final_answer_with_source("x = \\boxed{5}, y = \\boxed{3}") == ("x=5, y=3", "boxed")
+    assert final_answer_with_source("\\boxed{3}. Checking again, it is \\boxed{5}") == ("5", "boxed")
+    assert final_answer_with_source("\\boxed{\\boxed{5}}") == ("5", "boxed")
+    assert final_answer_with_source("\\boxed{28} pct") == ("28", "boxed")  # text after a box is not read (a unit)
+    assert final_answer_with_source("\\boxed{3} then \\boxed{4") == (None, None)  # the last box is unclosed
+    assert final_answer_with_source("<answer>\\boxed{8}") == ("8", "boxed")
+    assert final_answer_with_source("<answer>The final answer is 7</answer>") == ("7", "answer_tag")
+    assert final_answer_with_source("The final answer is $10,455$. I hope it is correct.") == ("10,455", "answer_phrase")
+    assert final_answer_with_source("So 3 boxes.\n**Answer:** 12 apples") == ("12 apples", "answer_phrase")
+    assert final_answer_with_source("The final answer is $3$ and $5$.") == ("3, 5", "answer_phrase")
+    assert final_answer_with_source("the answer is 12") == (None, None)  # a passing phrase is the fallback's job
+    assert final_answer_with_source("the answer is 12", fallback="last_number") == ("12", "last_number")
+    assert final_boxes("no box") is None
+
+
+def test_gold_reading_and_cleaning():
+    assert gold_answer(SOLUTION) == "\\frac{3}{4}" and gold_answer(LONG_SOLUTION) == "7" and len(LONG_SOLUTION) > 512
+    assert gold_answer(TWO_BOX_SOLUTION) == "15"
+    assert gold_answer("Factoring, the roots are $x = \\boxed{2}$ and $x = \\boxed{-3}$.") == "x=2, x=-3"
+    assert gold_answer("48/2 = <<48/2=24>>24 clips.\n#### 72") == "72"
+    assert gold_answer("x=3 \\text{ or } x=5") == "x=3 \\text{ or } x=5"
+    assert gold_answer(42) == "42"
+    assert clean_answer("\\$10,455") == "10455" and clean_answer("10{,}455") == "10455" and clean_answer("10\\,455") == "10455"
+    assert clean_answer("10,45") == "10,45" and clean_answer("1,234 567") == "1,234 567"  # not one grouping: left alone
+    assert clean_answer("15 \\text{ dollars}") == "15" and clean_answer("€20") == "20"
+    assert clean_answer("30°") == "30" and clean_answer("30^{\\circ}") == "30" and clean_answer("100^\\circ C") == "100"
+    assert clean_answer("28 percent") == "28\\%" and clean_answer("28%") == "28\\%" and clean_answer("28\\%") == "28\\%"
+    assert clean_answer("2 1/2") == "2\\frac{1}{2}" and clean_answer("-2 1/3") == "-2\\frac{1}{3}"
+    assert clean_answer("2 3") == "2, 3" and clean_answer("∞") == "\\infty"
+
+
+HOSTILE_READINGS = {
+    **{name: make for name, make in GENERATED.items() if name != "unbalanced_braces_10mb"},
+    "long_gaps": lambda: ("\\boxed{1}" + " " * 39 + "!") * 400,
+    "gap_of_connectors": lambda: "\\boxed{1}" + " and or , $ x = " * 2 + "?\\boxed{2}",
+    "unclosed_dollars_after_phrase": lambda: "Final answer: $" + "\\$" * 9000,
+    "bold_markers": lambda: "<answer>" + "**" * 9000 + "</answer>",
+    "spaces_before_dollars": lambda: "<answer>1" + " " * 990 + "x</answer>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_READINGS))
+def test_the_new_readings_are_fast_on_hostile_text(name):
+    text = HOSTILE_READINGS[name]()
+    start = time.perf_counter()
+    answer, _ = final_answer_with_source(text)
+    gold = gold_answer(text)
+    for s in (answer, gold, text[:1000], text[-999:]):
+        if s is not None:
+            clean_answer(s)
+    assert time.perf_counter() - start < 0.5
