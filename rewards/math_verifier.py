@@ -156,8 +156,12 @@ def _worker_main(memory_bytes: int) -> None:
     """`python -m rewards.math_verifier --worker BYTES`: one JSON task per stdin line, one verdict per stdout line."""
     import json
     import resource
+    import signal
     import sys
 
+    # A Ctrl-C in the terminal reaches the whole process group; the trainer finishes its step on
+    # the first one (docs/resume.md), so the checker must not die under that step's comparisons.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

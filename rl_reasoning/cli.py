@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .untrusted import terminal_safe
 
 EXIT_USER_ERROR = 2
 
@@ -74,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(terminal_safe(f"error: {e}"), file=sys.stderr)  # messages may quote file contents or model text
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted; checkpoints and traces written so far are intact (resume=true continues)", file=sys.stderr)
+        # (a training run interrupted once it has started stops cleanly itself and says how to resume: docs/resume.md)
+        print("interrupted; files already written are intact", file=sys.stderr)
         return 130
 
 

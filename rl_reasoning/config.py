@@ -20,6 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .traces.alarms import AlarmConfig
+from .yaml_io import decode_utf8, load_yaml
 
 
 @dataclass
@@ -364,7 +365,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(decode_utf8(path.read_bytes(), str(path)), str(path)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):
@@ -385,7 +386,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text, f"override {key}") if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return key, value

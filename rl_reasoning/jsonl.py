@@ -4,21 +4,33 @@ Each batch of records is written with one `write` of whole lines, then flushed a
 so a killed run leaves every earlier line intact; at worst the last line is cut short, and
 `read_records` skips such a line. On resume, `truncate_after_step` drops the records of steps
 after the checkpoint (they would be produced again), keeping a copy of them in `<file>.dropped`.
+
+Reading policy (run files are untrusted: hand-edited, copied, or written by another version):
+a line that is not valid UTF-8, not JSON, not a JSON object, or that the caller's `check`
+rejects is skipped and counted, and one warning per file says how many and why the first one
+was; a torn last line (a killed run) is skipped silently. Nothing here raises on content.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from .untrusted import terminal_safe
+
+RecordCheck = Callable[[dict], "str | None"]  # the reason a record is malformed, or None
+_WARNED: set[str] = set()
 
 
 class JsonlWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        # backslashreplace: a lone surrogate in model text becomes a JSON escape, not a crash mid-run
+        self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace")
 
     def write(self, records: Iterable[dict]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -33,19 +45,39 @@ class JsonlWriter:
             self._file.close()
 
 
-def read_records(path: Path) -> Iterator[dict]:
-    """Yield every complete JSON line; a torn or corrupt line is skipped."""
+def read_records(path: Path, check: RecordCheck | None = None, warn: bool = True) -> Iterator[dict]:
+    """Yield every complete, well-formed JSON object line; skip and count the others (see the module docstring)."""
     path = Path(path)
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # the run was killed mid-line
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    skipped, first = 0, ""
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n"):
+                    break  # the run was killed mid-line
+                reason = None
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    reason = "invalid UTF-8"
+                except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested beyond the parser's stack
+                    reason = "not JSON"
+                else:
+                    if not isinstance(record, dict):
+                        reason = f"a JSON {type(record).__name__}, not an object"
+                    elif check is not None:
+                        reason = check(record)
+                if reason is None:
+                    yield record
+                elif raw.strip():
+                    skipped += 1
+                    first = first or f"line {lineno}: {reason}"
+    finally:
+        message = f"warning: {path}: skipped {skipped} malformed line(s) (first at {first})"
+        if skipped and warn and message not in _WARNED:  # a file read several times warns once
+            _WARNED.add(message)
+            print(terminal_safe(message), file=sys.stderr)
 
 
 def truncate_after_step(path: Path, step: int) -> int:
@@ -54,17 +86,19 @@ def truncate_after_step(path: Path, step: int) -> int:
     if not path.exists():
         return 0
     kept, dropped = [], []
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for line in f:
             try:
-                record = json.loads(line)
-                (kept if line.endswith("\n") and record.get("step", 0) <= step else dropped).append(line)
-            except json.JSONDecodeError:
-                dropped.append(line if line.endswith("\n") else line + "\n")
+                record = json.loads(line.decode("utf-8"))
+                step_of = record.get("step", 0) if isinstance(record, dict) else None
+                keep = line.endswith(b"\n") and isinstance(step_of, int) and step_of <= step
+            except (ValueError, RecursionError):  # not JSON, or not UTF-8
+                keep = False
+            (kept if keep else dropped).append(line if line.endswith(b"\n") else line + b"\n")
     if dropped:
-        with path.with_name(path.name + ".dropped").open("a", encoding="utf-8") as f:
+        with path.with_name(path.name + ".dropped").open("ab") as f:
             f.writelines(dropped)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.write_bytes(b"".join(kept))
         os.replace(tmp, path)
     return len(dropped)

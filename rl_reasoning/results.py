@@ -52,7 +52,7 @@ def _is_rate(name: str) -> bool:
 def _per_problem(record: dict, metric: str) -> float | None:
     key = "correct" if metric == "accuracy" else metric
     value = record.get(key)
-    return None if value is None else float(value)
+    return float(value) if isinstance(value, (int, float)) else None  # bool counts as 0/1; text is no value
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
@@ -64,13 +64,30 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def _result_problem(result) -> str | None:
+    """Why a result file cannot be compared, or None (files given to --compare are untrusted)."""
+    if not isinstance(result, dict):
+        return "not a JSON object"
+    if not isinstance(result.get("metrics"), dict) or not all(isinstance(v, (int, float)) or v is None for v in result["metrics"].values()):
+        return "'metrics' is not an object of numbers"
+    if not isinstance(result.get("model"), str) or not isinstance(result.get("task"), str):
+        return "'model' or 'task' is not text"
+    rows = result.get("per_problem")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("question"), str) for r in rows):
+        return "'per_problem' is not a list of objects with a 'question'"
+    return None
+
+
 def compare(path_a: str, path_b: str) -> str:
     results = []
     for p in (path_a, path_b):
         try:
-            results.append(json.loads(Path(p).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+            result = json.loads(Path(p).read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON
             raise UserError(f"--compare: cannot read {p}: {e}") from None
+        if problem := _result_problem(result):
+            raise UserError(f"--compare: {p} is not a result written by `rl-reasoning eval` ({problem})")
+        results.append(result)
     a, b = results
     by_question = {r["question"]: r for r in a["per_problem"]}
     pairs = [(by_question[r["question"]], r) for r in b["per_problem"] if r["question"] in by_question]

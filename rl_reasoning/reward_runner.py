@@ -47,12 +47,9 @@ def _component(spec: RewardSpec, weight: float) -> RewardComponent:
         fn = reward_registry.get_reward(spec.name)
     except reward_registry.UnknownRewardError as e:
         raise ConfigError(f"rewards: {e}") from None
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        sig = None
-    params = sig.parameters if sig else {}
-    accepts_any = sig is None or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    sig = _reward_signature(spec.name, fn)
+    params = sig.parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if spec.kwargs:
         # Recipe parameters must be named in the signature: **kwargs also receives dataset
         # columns, so accepting anything there would hide typos.
@@ -67,6 +64,27 @@ def _component(spec: RewardSpec, weight: float) -> RewardComponent:
     return RewardComponent(spec.name, fn, weight, accepts_any, frozenset(params))
 
 
+SHAPE = "a reward is fn(completions, **columns) -> list[float | None], as in TRL"
+PROVIDED = frozenset({"prompts", "step", "completion_ids"})  # passed besides the dataset columns
+
+
+def _reward_signature(name: str, fn) -> inspect.Signature:
+    """The signature of a reward, refused unless it has a reward's shape: a first positional
+    parameter named `completions` (or any first positional parameter plus **kwargs). Checked when
+    the recipe is loaded, so `os:system` or `builtins:print` fail before the model loads."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise ConfigError(f"rewards: {name!r} is not a reward function (its signature cannot be read; {SHAPE})") from None
+    params = list(sig.parameters.values())
+    first = params[0] if params else None
+    positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+    kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    if not positional or not (first.name == "completions" or kwargs):
+        raise ConfigError(f"rewards: {name!r} is not a reward function (signature {sig}; {SHAPE})")
+    return sig
+
+
 class RewardRunner:
     def __init__(self, specs: list[RewardSpec], weights: list[float]):
         self.components = [_component(s, w) for s, w in zip(specs, weights)]
@@ -77,6 +95,20 @@ class RewardRunner:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.components]
+
+    def check_columns(self, columns, where: str) -> None:
+        """Every parameter a reward requires (no default) must be a dataset column or one we pass."""
+        available = set(columns) | PROVIDED
+        for comp in self.components:
+            fn = comp.fn
+            bound = getattr(fn, "keywords", {})  # recipe parameters given with functools.partial
+            sig = inspect.signature(fn)
+            params = list(sig.parameters.values())[1:]
+            missing = [repr(p.name) for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                       and p.name not in available and p.name not in bound]
+            if missing:
+                raise ConfigError(f"rewards: {comp.name!r} needs {', '.join(missing)}, which {where} does not have "
+                                  f"(its columns: {', '.join(sorted(columns))})")
 
     def __call__(
         self, completions: list, columns: dict[str, list], prompts: list, step: int, where: str | None = None, completion_ids: list | None = None

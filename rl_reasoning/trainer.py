@@ -20,6 +20,7 @@ import contextlib
 import copy
 import importlib.util
 import logging
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,8 @@ from .runtime import configure_cpu, quiet_library_progress_bars, seed_everything
 from .sharded import check_engine_matches_launch, configure_deepspeed, full_parameters_for_generation, gathered_state_dict, is_sharded
 from .tasks import PromptSampler, load_task
 from .traces import AlarmMonitor, Analyzer, step_statistics
+from .traces.schema import metrics_problem
+from .untrusted import terminal_safe
 from .update import PolicyUpdate, dropped_rows, loss_mask
 
 
@@ -105,6 +108,10 @@ class GRPOTrainer:
         self.accuracy = accuracy_runner(cfg)
         self.answer_fallback = answer_fallback(self.accuracy)
         self.data = load_task(cfg.data)
+        first = (self.data.train or self.data.held_out or [{}])[0]
+        columns = [k for k in first if k != "id"]
+        self.rewards.check_columns(columns, "the data")
+        self.accuracy.check_columns(columns, "the data")
         self.sampler = PromptSampler(self.data, cfg.seed)
         self.analyzer = Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers))
         self.alarms = AlarmMonitor(cfg.traces.alarms)
@@ -168,7 +175,7 @@ class GRPOTrainer:
         self.files.truncate_after(self.step)
         if self.is_main:
             ckpt.set_aside_newer_checkpoints(self.run_dir, self.step)
-        self.eval_history = list(read_records(self.run_dir / "eval.jsonl"))
+        self.eval_history = list(read_records(self.run_dir / "eval.jsonl", check=metrics_problem))
         self._print(f"resumed from {resume_from} at step {self.step}")
         if self._uses_vllm:
             self._sync_vllm()
@@ -177,41 +184,66 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> dict:
+        """Train to max_steps, then the final evaluation, checkpoint and summary.
+
+        SIGINT (Ctrl-C) / SIGTERM: the step in progress is finished, with the evaluation and checkpoint
+        due after it, a checkpoint of that step is written, one line on stderr gives the command that
+        continues the run, and `ckpt.Interrupted` exits 130 / 143. Every process stops after the same
+        step (the request is shared between steps), so no collective is left waiting. A second signal
+        aborts at once (ckpt.StopSignals); resume then starts from the last checkpoint. docs/resume.md.
+        """
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        if cfg.eval.at_start and self.step == 0 and self.data.held_out:
-            self.run_eval()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="GRPO", unit="step", disable=self.quiet or not self.is_main, dynamic_ncols=True)
-        last = {}
-        try:
-            while self.step < cfg.max_steps:
-                last = self.train_step()
-                self.step += 1
-                for alarm in last.get("alarms", []):
-                    self._warn(f"step {self.step}: {alarm}", bar)
-                bar.update(1)
-                bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.2f}", fmt=f"{last['format_rate']:.2f}",
-                                len=f"{last['completions/mean_length']:.0f}", s=f"{last['time/step']:.1f}")
-                if self.step % cfg.log_every == 0 and not self.quiet and self.is_main:
-                    bar.write(summary_line(last))
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.max_steps and self.data.held_out:
-                    self.run_eval()
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
-                    self.save()
-        finally:
-            bar.close()
-        if cfg.eval.at_end and self.data.held_out and (not self.eval_history or self.eval_history[-1]["step"] != self.step):
-            self.run_eval()
-        summary = self.summary(last, self.save())
-        if self.collective.world > 1:
-            checksums = self.collective.parameter_checksums(self.accelerator.unwrap_model(self.model))
-            summary["processes"] = self.collective.world
-            summary["replica_checksums"] = checksums  # one per process; equal when the replicas agree
-            if len(set(checksums)) > 1:
-                self._print(f"warning: model replicas differ across processes (checksums {checksums})")
-        self.files.summary(summary)
-        self.close()
+        with ckpt.StopSignals(self.run_dir, self.step, tell=self.is_main) as signals:
+
+            def stop_requested() -> int:  # the signal any process received, 0 if none; the same on every process
+                return int(self.collective.max({"signal": float(signals.requested)})["signal"])
+
+            # (a run resumed from a step-0 checkpoint has its step-0 evaluation already)
+            if cfg.eval.at_start and self.step == 0 and self.data.held_out and not self.eval_history:
+                self.run_eval()
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="GRPO", unit="step", disable=self.quiet or not self.is_main, dynamic_ncols=True)
+            signals.newline_first = not bar.disable
+            last, saved_at = {}, None
+            try:
+                stop = stop_requested()
+                while self.step < cfg.max_steps and not stop:
+                    signals.step = self.step + 1
+                    last = self.train_step()
+                    self.step += 1
+                    for alarm in last.get("alarms", []):
+                        self._warn(f"step {self.step}: {alarm}", bar)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.2f}", fmt=f"{last['format_rate']:.2f}",
+                                    len=f"{last['completions/mean_length']:.0f}", s=f"{last['time/step']:.1f}")
+                    if self.step % cfg.log_every == 0 and not self.quiet and self.is_main:
+                        bar.write(summary_line(last))
+                    if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.max_steps and self.data.held_out:
+                        self.run_eval()
+                    if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                        self.save()
+                        saved_at = self.step
+                    stop = stop_requested()
+            finally:
+                bar.close()
+            if stop:
+                checkpoint = ckpt.checkpoint_dir(self.run_dir, self.step) if saved_at == self.step else self.save()
+                signals.report_stop(stop, self.step, checkpoint)
+                self.close()
+                raise ckpt.Interrupted(stop)
+            signals.step = None  # the steps are done: a signal from here on lets the run finish, a second one aborts
+            if cfg.eval.at_end and self.data.held_out and (not self.eval_history or self.eval_history[-1]["step"] != self.step):
+                self.run_eval()
+            summary = self.summary(last, self.save())
+            if self.collective.world > 1:
+                checksums = self.collective.parameter_checksums(self.accelerator.unwrap_model(self.model))
+                summary["processes"] = self.collective.world
+                summary["replica_checksums"] = checksums  # one per process; equal when the replicas agree
+                if len(set(checksums)) > 1:
+                    self._print(f"warning: model replicas differ across processes (checksums {checksums})")
+            self.files.summary(summary)
+            self.close()
         return summary
 
     def train_step(self) -> dict:
@@ -390,12 +422,13 @@ class GRPOTrainer:
 
     def _print(self, text: str) -> None:
         if not self.quiet and self.is_main:
-            print(text, flush=True)
+            print(terminal_safe(text), flush=True)
 
     def _warn(self, text: str, bar) -> None:
         """Alarms: above the progress bar, or through logging when the run is quiet."""
         if not self.is_main:
             return
+        text = terminal_safe(text)
         if self.quiet:
             logging.getLogger("rl_reasoning").warning(text)
         else:
@@ -415,9 +448,23 @@ def _run_dir(cfg: Config, recipe_name: str) -> Path:
         raise ConfigError("resume: true needs output_dir (the run to resume); or pass resume=<checkpoint dir>")
     if isinstance(cfg.resume, str) and not cfg.output_dir:
         run_dir = Path(cfg.resume).resolve().parent.parent
+    _check_writable_dir(run_dir)
     if cfg.resume is False and (run_dir / "metrics.jsonl").exists():
         raise UserError(f"output_dir {run_dir} already holds a run; pass resume=true or choose another output_dir")
     return run_dir
+
+
+def _check_writable_dir(path: Path) -> None:
+    """`path` is, or can be created as, a directory we may write in (checked before the model loads)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir {path} is a file, not a directory; choose another output_dir")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"output_dir {path}: {parent} is a file, so the directory cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir {path}: {parent} is not writable")
 
 
 def _importable(name: str) -> bool:

@@ -49,3 +49,8 @@ def letter_e_share(completions, **_):
 def letter_e_if_answer_even(completions, answer, **_):
     """has_letter_e for problems with an even answer, 0.0 for the rest: some groups mixed, some constant."""
     return [score if int(float(a)) % 2 == 0 else 0.0 for score, a in zip(has_letter_e(completions), answer)]
+
+
+def needs_difficulty(completions, difficulty, **_):
+    """Requires a `difficulty` column: a recipe pairing it with data without one must fail at start-up."""
+    return [float(d) for d in difficulty]

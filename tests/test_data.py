@@ -43,11 +43,11 @@ def test_sampler_state_resumes_the_same_order(arithmetic_jsonl):
 def test_jsonl_errors_name_file_row_and_column(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n" + json.dumps({"question": "2+2"}) + "\n")
-    with pytest.raises(UserError, match=r"bad.jsonl: row 2: column 'answer' is missing"):
+    with pytest.raises(UserError, match=r"bad.jsonl:2: column 'answer' is missing"):
         load_task(DataConfig(source="file", path=str(bad)))
     empty_q = tmp_path / "q.jsonl"
     empty_q.write_text(json.dumps({"question": " ", "answer": "2"}) + "\n")
-    with pytest.raises(UserError, match=r"q.jsonl: row 1: column 'question' is empty"):
+    with pytest.raises(UserError, match=r"q.jsonl:1: column 'question' is empty"):
         load_task(DataConfig(source="jsonl", path=str(empty_q)))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "1"}\n{not json\n')
@@ -67,7 +67,7 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path):
     rows = [{"question": "a", "answer": "x #### 1"}, {"question": "b", "answer": "no marker"}, {"question": "", "answer": "#### 3"},
             {"question": "d", "answer": "#### 4"}, {"answer": "#### 5"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(UserError, match=r"gsm.jsonl: row 2: column 'answer': no '#### <answer>' line"):
+    with pytest.raises(UserError, match=r"gsm.jsonl:2: column 'answer': no '#### <answer>' line"):
         load_task(DataConfig(source="file", path=str(path), answer_format="gsm8k", eval_size=0))
     data = load_task(DataConfig(source="file", path=str(path), answer_format="gsm8k", on_bad_row="skip", eval_size=0))
     assert data.skipped_rows == 3 and sorted(p["answer"] for p in data.train) == ["1", "4"]

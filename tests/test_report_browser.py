@@ -32,6 +32,13 @@ window.addEventListener('load', () => {
 </script>"""
 
 
+def without_csp(page: str) -> str:
+    """The page minus its Content-Security-Policy, so that our own injected probe script may run."""
+    stripped = re.sub(r"<meta http-equiv=Content-Security-Policy[^>]*>", "", page)
+    assert stripped != page, "the report must carry a Content-Security-Policy"
+    return stripped
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
@@ -55,7 +62,7 @@ def report(tmp_path) -> Path:
 
 def test_report_renders_plots_and_tables_in_chromium(report, tmp_path):
     probe = tmp_path / "probe.html"
-    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    probe.write_text(without_csp(report.read_text()).replace("</body>", PROBE + "</body>"))
     result = run_chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     dom = result.stdout
     assert "<body" in dom, result.stderr[-2000:]
@@ -77,3 +84,104 @@ def test_report_screenshot(report, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[0] == 2000 and pixels.shape[1] == 1280
     assert float(np.std(pixels[..., :3])) > 0.05, "the screenshot is blank"
+
+
+# --------------------------------------------------------------------------- a hostile run folder
+
+
+class Listener:
+    """A local HTTP server that records every request: the page must fetch nothing."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.paths: list[str] = []
+        listener = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                listener.paths.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def hostile_values(url: str) -> list[str]:
+    return [
+        '<img src=x onerror="document.title=\'PWNED\'">',
+        f"<script>document.title='PWNED'</script><script src='{url}/script.js'></script>",
+        f"</pre></td></tr></table><img src='{url}/img.png'><link rel=stylesheet href='{url}/style.css'>",
+        f"<style>body{{background:url('{url}/bg.png')}}</style><iframe src='{url}/frame'></iframe>",
+        f"<a href=\"javascript:document.title='PWNED'\">x</a><meta http-equiv=refresh content='0;url={url}/refresh'>",
+    ]
+
+
+def write_hostile_run(run: Path, url: str) -> Path:
+    import json
+
+    write_fixture_run(run)
+    values = hostile_values(url)
+    with (run / "traces.jsonl").open("a") as f:
+        for i, v in enumerate(values):
+            f.write(json.dumps({"step": 6, "prompt_id": v, "group_index": i, "prompt": v, "question": v, "answer": v, "completion": v * 3,
+                                "reward": 1.0, "correct": True, "length": 5}) + "\n")
+        f.write(json.dumps({"step": values[0], "prompt_id": "q-add", "completion": "x"}) + "\n")  # malformed: skipped
+    with (run / "eval_traces.jsonl").open("a") as f:
+        for i, v in enumerate(values):
+            f.write(json.dumps({"step": 6, "problem": i, "question": v, "answer": v, "completion": v, "correct": False}) + "\n")
+        f.write(json.dumps({"step": values[0], "problem": 0, "completion": "x"}) + "\n")
+    (run / "config.yaml").write_text("model:\n  name: " + json.dumps(values[2]) + "\n")
+    return run
+
+
+def dom_and_title(page: Path) -> tuple[str, str]:
+    # the title after scripts would have run, read from the DOM chromium dumps
+    result = run_chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    dom = result.stdout
+    assert "<body" in dom, result.stderr[-2000:]
+    title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
+    return dom, title
+
+
+def test_a_hostile_run_folder_runs_no_script_and_fetches_nothing(tmp_path):
+    listener = Listener()
+    try:
+        run = write_hostile_run(tmp_path / "run<img src=x onerror=alert(1)>", listener.url)
+        out = tmp_path / "report.html"
+        assert cli.main(["report", str(run), "-o", str(out)]) == 0
+        dom, title = dom_and_title(out)
+        assert "PWNED" not in title and title.endswith("rl-reasoning report")
+        assert not re.search(r"<(script|iframe|link|object|embed|style)\b", dom.split("</head>", 1)[1]), "markup from the run became elements"
+        images = re.findall(r"<img\b[^>]*>", dom)
+        assert images and all('class="plot"' in i and 'src="data:image/png;base64,' in i for i in images), [i[:80] for i in images]
+        assert listener.paths == [], f"the report fetched {listener.paths}"
+    finally:
+        listener.close()
+
+
+def test_the_csp_stops_script_even_if_escaping_slips(tmp_path, report):
+    """Simulate an escaping bug: raw markup pasted into the page. The policy must still block it."""
+    listener = Listener()
+    try:
+        slipped = tmp_path / "slipped.html"
+        injected = (f"<img src=x onerror=\"document.title='PWNED'\"><script>document.title='PWNED'</script>"
+                    f"<img src='{listener.url}/img.png'><script src='{listener.url}/s.js'></script>")
+        slipped.write_text(report.read_text().replace("</body>", injected + "</body>"))
+        dom, title = dom_and_title(slipped)
+        assert "PWNED" not in title
+        assert listener.paths == [], f"the page fetched {listener.paths} despite its policy"
+        control = tmp_path / "control.html"  # the same page without the policy does run the script: the test can fail
+        control.write_text(without_csp(slipped.read_text()))
+        assert "PWNED" in dom_and_title(control)[1]
+    finally:
+        listener.close()

@@ -6,8 +6,9 @@ kept and passed to the rewards. Answers are normalised by `answer_format`:
     gsm8k: the text after the last `####` ("... #### 1,234" -> "1234");
     math:  the content of the last \\boxed{} in the solution;
     raw:   as is;  auto: gsm8k if `####` is present, math if `\\boxed` is, else raw.
-A bad row (missing mapped column, empty question, answer that cannot be extracted) is an error
-naming the file, row and column, or, with `on_bad_row: skip`, dropped and counted.
+A bad row (a JSONL line that is not UTF-8, not JSON or not an object; a missing mapped column,
+an empty question, an answer that cannot be extracted) is a one-line error naming the file, the
+line (JSONL) or row, and the column, or, with `on_bad_row: skip`, dropped and counted.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     return next((c for c in candidates if c in columns), None)
 
 
-def map_rows(records, columns: list[str], cfg: DataConfig, where: str) -> tuple[list[dict], int]:
+def map_rows(numbered, columns: list[str], cfg: DataConfig, where: str, unit: str = "row") -> tuple[list[dict], int]:
+    """Rows with the mapped question / answer / tests columns, from (position, record) pairs.
+
+    A record may be a BadRow (a line that could not be read), which counts as a bad row; `unit`
+    names positions in errors ("line" for JSONL, else "row")."""
     q_col = _pick(columns, cfg.question_column, QUESTION_COLUMNS, "question", where)
     a_col = _pick(columns, cfg.answer_column, ANSWER_COLUMNS, "answer", where)
     t_col = _pick(columns, cfg.tests_column, ("tests",), "tests", where)
@@ -65,8 +70,12 @@ def map_rows(records, columns: list[str], cfg: DataConfig, where: str) -> tuple[
     if a_col is None and t_col is None:
         raise UserError(f"{where}: no answer column (looked for {', '.join(ANSWER_COLUMNS)}; set data.answer_column)")
     rows, skipped = [], 0
-    for i, record in enumerate(records, 1):
+    for i, record in numbered:
         try:
+            if isinstance(record, BadRow):
+                raise record
+            if not isinstance(record, dict):
+                raise BadRow(f"a JSON {type(record).__name__}, not an object with a {q_col!r} column")
             row = dict(record)
             for col in (q_col, a_col):
                 if col is not None and (col not in row or row[col] is None):
@@ -87,19 +96,28 @@ def map_rows(records, columns: list[str], cfg: DataConfig, where: str) -> tuple[
             if cfg.on_bad_row == "skip":
                 skipped += 1
                 continue
-            raise UserError(f"{where}: row {i}: {e} (set data.on_bad_row=skip to drop such rows)") from None
+            at = f"{where}:{i}" if unit == "line" else f"{where}: row {i}"  # path:line, as editors and compilers write it
+            raise UserError(f"{at}: {e} (set data.on_bad_row=skip to drop such rows)") from None
     return rows, skipped
 
 
-def _jsonl_records(path: Path):
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+def _jsonl_records(path: Path) -> list[tuple[int, object]]:
+    """(line number, parsed value or a BadRow saying why the line could not be read); blank lines left out."""
+    records = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                value = BadRow(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                value = BadRow(f"not valid JSON ({e.msg})")
+            except (ValueError, RecursionError):
+                value = BadRow("not valid JSON (a number too long, or nesting too deep)")
+            records.append((lineno, value))
+    return records
 
 
 def read_file_rows(cfg: DataConfig) -> tuple[list[dict], int]:
@@ -112,11 +130,14 @@ def read_file_rows(cfg: DataConfig) -> tuple[list[dict], int]:
     if kind is None:
         raise UserError(f"data.path: {path.suffix or 'no extension'} is not one of {', '.join(FORMATS)}")
     if path.suffix.lower() == ".jsonl":
-        records = list(_jsonl_records(path))
-        if not records:
+        lines = _jsonl_records(path)
+        if not lines:
             raise UserError(f"{path}: the file has no rows")
-        columns = sorted({k for r in records for k in r})
-        return map_rows(records, columns, cfg, str(path))
+        unreadable = next(((i, r) for i, r in lines if isinstance(r, BadRow)), None)
+        if unreadable and cfg.on_bad_row != "skip":  # before the columns are guessed from the readable lines
+            raise UserError(f"{path}:{unreadable[0]}: {unreadable[1]} (set data.on_bad_row=skip to drop such rows)")
+        columns = sorted({k for _, r in lines if isinstance(r, dict) for k in r})
+        return map_rows(lines, columns, cfg, str(path), unit="line")
     import datasets
 
     try:
@@ -125,7 +146,7 @@ def read_file_rows(cfg: DataConfig) -> tuple[list[dict], int]:
         raise UserError(f"{path}: cannot read as {kind} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if len(ds) == 0:
         raise UserError(f"{path}: the file has no rows")
-    return map_rows(ds, ds.column_names, cfg, str(path))
+    return map_rows(enumerate(ds, 1), ds.column_names, cfg, str(path))
 
 
 def read_hub_rows(cfg: DataConfig) -> tuple[list[dict], int]:
@@ -137,4 +158,4 @@ def read_hub_rows(cfg: DataConfig) -> tuple[list[dict], int]:
         ds = datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split or "train")
     except Exception as e:  # noqa: BLE001 - offline, unknown name, unknown split...
         raise UserError(f"data: cannot load Hugging Face dataset {cfg.name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return map_rows(ds, ds.column_names, cfg, f"{cfg.name}[{cfg.split or 'train'}]")
+    return map_rows(enumerate(ds, 1), ds.column_names, cfg, f"{cfg.name}[{cfg.split or 'train'}]")

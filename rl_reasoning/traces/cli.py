@@ -3,6 +3,10 @@
 Every command streams the trace file (one step or one bucket in memory), so it works on runs
 of 100k+ completions. Analyses are recomputed from the text, so old runs and other marker lists
 (`--marker`) work too. Highlighting uses ANSI colours on a terminal and ⟦brackets⟧ otherwise.
+
+Model text is untrusted: every text field of a record is passed through `terminal_safe` before
+anything is printed (escape sequences, other control characters and bidi overrides are shown
+as visible escapes; newlines and tabs are kept), and only then are our own colours added.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..jsonl import read_records
+from ..untrusted import terminal_safe
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis, step_statistics
 from .detectors import mark_revision
+from .schema import metrics_problem
 from .store import iter_steps, load, prompt_key
 
 # --------------------------------------------------------------------------- helpers
@@ -44,6 +50,12 @@ def analyze_record(analyzer: Analyzer, record: dict) -> TraceAnalysis:
 def _gold(record: dict) -> str | None:
     answer = record.get("answer")
     return None if answer is None else str(answer)
+
+
+def printable(records):
+    """The records with every text field made safe to print (see the module docstring)."""
+    for record in records:
+        yield {k: terminal_safe(v) if isinstance(v, str) else v for k, v in record.items()}
 
 
 def _fmt(v, rate: bool = True) -> str:
@@ -122,7 +134,7 @@ def summary_rows(run, split: str, bucket: int, analyzer: Analyzer) -> list[dict]
 
 def _auto_bucket(run, split: str) -> int:
     path = Path(run) / "metrics.jsonl"
-    steps = sum(1 for _ in read_records(path)) if split == "train" and path.exists() else 0
+    steps = sum(1 for _ in read_records(path, check=metrics_problem, warn=False)) if split == "train" and path.exists() else 0
     return max(1, math.ceil(steps / 20)) if steps else 1
 
 
@@ -146,7 +158,7 @@ def cmd_summary(args) -> int:
     print(_table(header, body))
     metrics = Path(args.run) / "metrics.jsonl"
     if args.split == "train" and metrics.exists():
-        alarms = alarms_from_metrics(read_records(metrics))
+        alarms = alarms_from_metrics(read_records(metrics, check=metrics_problem))
         print("\nalarms: " + ("none" if not alarms else ""))
         for a in alarms:
             print(f"  step {a.step}: {a.name}: {a.message}")
@@ -200,7 +212,7 @@ def cmd_show(args) -> int:
     steps = (args.step, args.step) if args.step is not None else None
     if args.aha:
         shown = 0
-        for record in load(args.run, args.split, steps=steps, prompt_id=args.prompt):
+        for record in printable(load(args.run, args.split, steps=steps, prompt_id=args.prompt)):
             a = analyze_record(analyzer, record)
             if a.aha:
                 shown += 1
@@ -214,7 +226,7 @@ def cmd_show(args) -> int:
         return 0
     if args.step is None:
         raise UserError("show: pass --step S (and --prompt P), or --aha")
-    records = list(load(args.run, args.split, steps=steps))
+    records = list(printable(load(args.run, args.split, steps=steps)))
     if not records:
         raise UserError(f"{args.run}: no {args.split} traces at step {args.step}")
     if args.prompt is None:
@@ -261,7 +273,7 @@ def cmd_grep(args) -> int:
     hl = Highlighter(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
     correct = True if args.correct else False if args.incorrect else None
     found = 0
-    for record in load(args.run, args.split, steps=_parse_steps(args.steps), correct=correct):
+    for record in printable(load(args.run, args.split, steps=_parse_steps(args.steps), correct=correct)):
         reward = record.get("reward")
         if args.min_reward is not None and (reward is None or reward < args.min_reward):
             continue
@@ -290,7 +302,7 @@ def cmd_diff(args) -> int:
     a_step, b_step = args.steps
     groups = {}
     for step in (a_step, b_step):
-        groups[step] = list(load(args.run, args.split, steps=(step, step), prompt_id=args.prompt))
+        groups[step] = list(printable(load(args.run, args.split, steps=(step, step), prompt_id=args.prompt)))
         if not groups[step]:
             seen = sorted({r["step"] for r in load(args.run, args.split, prompt_id=args.prompt)})
             raise UserError(f"prompt {args.prompt!r} has no {args.split} completions at step {step}; it appears at steps {seen[:30] or 'none'}"

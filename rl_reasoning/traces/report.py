@@ -4,6 +4,12 @@ Plots (matplotlib PNGs embedded as data URIs, so the file opens with no network)
 seen at several steps with their G completions, the held-out problems across evaluations, a
 table of "aha" completions (wrong -> right revisions) with the self-correction highlighted,
 alarms, the run's config and its compute (tokens, model FLOPs, wall time). Traces are streamed.
+
+The run folder is untrusted input (model text, and files anyone may have edited): records that
+do not match the schema (`traces.schema`) are skipped and counted; every field is HTML-escaped;
+a Content-Security-Policy allows no script, no fetch and only `data:` images, so one escaping
+slip cannot run anything; long texts are shortened (head and tail, with the command that shows
+the full text) and the number of cards, rows and columns is capped, so the page size is bounded.
 """
 
 from __future__ import annotations
@@ -11,23 +17,31 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import UserError
 from ..jsonl import read_records
+from ..untrusted import shorten
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis
 from .cli import analyze_record, summary_rows
 from .detectors import mark_revision
+from .schema import clean_summary, metrics_problem
 from .store import iter_steps, load, prompt_key
 
 MAX_AHA = 50
 MAX_PROMPTS = 3
 MAX_STEPS_PER_PROMPT = 6
+MAX_CARDS_PER_GROUP = 16
 MAX_EVAL_PROBLEMS = 6
+MAX_EVAL_STEPS = 8
+MAX_COMPLETION_CHARS, MAX_COMPLETION_LINES = 3000, 60  # per completion shown; the rest is one command away
+MAX_FIELD_CHARS, MAX_FIELD_LINES = 400, 8  # question, gold answer, prompt id
+MAX_CONFIG_CHARS, MAX_CONFIG_LINES = 20_000, 500
+# No script, no network: only inline styles and the data: URI plots.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;color:#1d1d1f;padding:0 16px}
@@ -43,7 +57,7 @@ th{background:#f6f6f6}
 .card header{font-weight:600;margin-bottom:4px;color:#333}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 mark.wrong{background:#ffd2cc}mark.right{background:#c9f2d0}mark.point{background:#ffe066;font-weight:700}
-.alarm{color:#a33}.muted{color:#888}details{margin:8px 0}
+.alarm{color:#a33}.muted{color:#888}details{margin:8px 0}.cut{color:#777;font-style:italic}
 """
 
 
@@ -52,11 +66,12 @@ def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
     if not (run / "traces.jsonl").exists() and not (run / "metrics.jsonl").exists():
         raise UserError(f"{run}: not a run directory (no metrics.jsonl or traces.jsonl)")
     analyzer = analyzer or Analyzer()
-    metrics = list(read_records(run / "metrics.jsonl"))
-    evals = list(read_records(run / "eval.jsonl"))
+    metrics = list(read_records(run / "metrics.jsonl", check=metrics_problem))
+    evals = list(read_records(run / "eval.jsonl", check=metrics_problem))
     series = _trace_series(run, metrics, analyzer)
-    summary = _read_json(run / "summary.json")
-    config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+    summary = clean_summary(run / "summary.json")
+    config = (run / "config.yaml").read_bytes().decode("utf-8", errors="replace") if (run / "config.yaml").is_file() else ""
+    config = shorten(config, MAX_CONFIG_CHARS, MAX_CONFIG_LINES)[0]
     parts = [
         f"<h1>{html.escape(run.name)}</h1>",
         f"<p class=sub>{len(metrics)} steps · {_compute_line(metrics, evals, summary)}</p>",
@@ -75,15 +90,13 @@ def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
         f"<details><summary>config.yaml</summary><pre>{html.escape(config)}</pre></details>",
     ]
     body = "\n".join(parts)
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(run.name)} · rl-reasoning report</title>"
-            f"<style>{CSS}</style></head><body>{body}</body></html>")
+    return (f"<!doctype html><html><head><meta charset=utf-8><meta http-equiv=Content-Security-Policy content=\"{CSP}\">"
+            f"<title>{html.escape(run.name)} · rl-reasoning report</title><style>{CSS}</style></head><body>{body}</body></html>")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+def _e(value) -> str:
+    """A short field (id, gold answer, question) shortened and escaped."""
+    return html.escape(shorten(str(value), MAX_FIELD_CHARS, MAX_FIELD_LINES)[0])
 
 
 # --------------------------------------------------------------------------- plots
@@ -103,6 +116,7 @@ def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [m["step"] for m in metrics]
     figures = []
@@ -115,6 +129,7 @@ def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> s
         draw(ax)
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -189,9 +204,37 @@ def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> s
 # --------------------------------------------------------------------------- completions
 
 
-def highlighted_html(text: str, analysis: TraceAnalysis) -> str:
-    """HTML-escaped completion with the abandoned answer, the revision point and the final answer marked."""
-    return mark_revision(text, analysis.revision, lambda span, kind: f"<mark class={kind}>{html.escape(span)}</mark>", html.escape)
+def highlighted_html(text: str, analysis: TraceAnalysis | None, full_text_hint: str = "") -> str:
+    """HTML-escaped completion with the abandoned answer, the revision point and the final answer marked.
+
+    A completion over MAX_COMPLETION_CHARS / MAX_COMPLETION_LINES is shortened: the budget is
+    shared by the plain stretches between the marks, each keeping its head and tail, and a
+    line after it says how to see the full text (`full_text_hint`).
+    """
+    revision = analysis.revision if analysis is not None else None
+    pieces = 1 if revision is None else 4  # plain stretches around three marks
+    chars, lines = MAX_COMPLETION_CHARS // pieces, max(4, MAX_COMPLETION_LINES // pieces)
+    cut = []
+
+    def plain(stretch: str) -> str:
+        short, note = shorten(stretch, chars, lines)
+        cut.append(bool(note))
+        return html.escape(short)
+
+    def mark(span: str, kind: str) -> str:
+        return f"<mark class={kind}>{html.escape(shorten(span, 200, 3)[0])}</mark>"
+
+    body = mark_revision(text, revision, mark, plain)
+    if any(cut) and full_text_hint:
+        body += f"\n<span class=cut>shortened here; the full text: {html.escape(full_text_hint)}</span>"
+    return body
+
+
+def _full_text_hint(run: Path, record: dict, split: str = "train") -> str:
+    flag = " --split eval" if split == "eval" else ""
+    where = f"{run.name}/{'eval_traces' if split == 'eval' else 'traces'}.jsonl"
+    return (f"{where}, step {record['step']}, prompt {str(prompt_key(record))[:80]}, #{record.get('group_index', 0)} · "
+            f"rl-reasoning traces show RUN{flag} --step {record['step']} --prompt {str(prompt_key(record))[:80]}")
 
 
 def _aha_table(run: Path, analyzer: Analyzer) -> str:
@@ -205,9 +248,9 @@ def _aha_table(run: Path, analyzer: Analyzer) -> str:
         total += 1
         if len(rows) < MAX_AHA:
             rows.append(
-                f"<tr class=aha-row><td>{html.escape(str(record.get('step')))}</td><td>{html.escape(str(prompt_key(record)))}</td>"
-                f"<td>{html.escape(str(record.get('answer')))}</td><td>{html.escape(a.revision.before.value)} → {html.escape(a.revision.after.value)}</td>"
-                f"<td>{html.escape(a.revision.point.label)}</td><td><pre>{highlighted_html(record.get('completion') or '', a)}</pre></td></tr>"
+                f"<tr class=aha-row><td>{_e(record['step'])}</td><td>{_e(prompt_key(record))}</td>"
+                f"<td>{_e(record.get('answer'))}</td><td>{_e(a.revision.before.value)} → {_e(a.revision.after.value)}</td>"
+                f"<td>{_e(a.revision.point.label)}</td><td><pre>{highlighted_html(record['completion'], a, _full_text_hint(run, record))}</pre></td></tr>"
             )
     note = f"<p>{total} completion(s) revise a wrong answer into the right one" + (f"; the first {MAX_AHA} are shown" if total > MAX_AHA else "") + ". "
     note += "<mark class=wrong>abandoned answer</mark> · <mark class=point>where it changes its mind</mark> · <mark class=right>final answer</mark></p>"
@@ -215,7 +258,7 @@ def _aha_table(run: Path, analyzer: Analyzer) -> str:
     return note + f"<table id=aha-table>{header}{''.join(rows)}</table>"
 
 
-def _card(record: dict, analysis: TraceAnalysis) -> str:
+def _card(record: dict, analysis: TraceAnalysis, hint: str) -> str:
     ok = bool(record.get("correct"))
     reward = record.get("reward")
     adv = record.get("advantage")
@@ -226,7 +269,7 @@ def _card(record: dict, analysis: TraceAnalysis) -> str:
     bits.append(f"{record.get('length', '?')} tok")
     if analysis.reflections:
         bits.append("reflects: " + ", ".join(s.label for s in analysis.reflections))
-    text = highlighted_html(record.get("completion") or "", analysis)
+    text = highlighted_html(record["completion"], analysis, hint)
     return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{text}</pre></div>"
 
 
@@ -260,12 +303,13 @@ def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
     out = [intro]
     for p, by_step in found.items():
         question = next(iter(by_step.values()))[0]
-        out.append(f"<h3>prompt {html.escape(p)} · gold answer {html.escape(str(question.get('answer')))}</h3>")
+        out.append(f"<h3>prompt {_e(p)} · gold answer {_e(question.get('answer'))}</h3>")
         for step in sorted(by_step):
             group = by_step[step]
             acc = sum(bool(r.get("correct")) for r in group) / len(group)
-            out.append(f"<p><b>step {step}</b> · {len(group)} completions · accuracy {acc:.0%}</p><div class='group prompt-view'>")
-            out += [_card(r, analyze_record(analyzer, r)) for r in group]
+            more = f" (the first {MAX_CARDS_PER_GROUP} shown)" if len(group) > MAX_CARDS_PER_GROUP else ""
+            out.append(f"<p><b>step {_e(step)}</b> · {len(group)} completions{more} · accuracy {acc:.0%}</p><div class='group prompt-view'>")
+            out += [_card(r, analyze_record(analyzer, r), _full_text_hint(run, r)) for r in group[:MAX_CARDS_PER_GROUP]]
             out.append("</div>")
     return "\n".join(out)
 
@@ -288,7 +332,10 @@ def _eval_across_steps(run: Path) -> str:
             by_problem[record["problem"]][record["step"]] = record
     if not by_problem:
         return "<p class=muted>no held-out evaluations</p>"
-    header = "<tr><th>problem</th>" + "".join(f"<th>step {s}</th>" for s in steps) + "</tr>"
+    shown = sorted(_spread(steps, MAX_EVAL_STEPS))
+    note = f"<p>{len(steps)} evaluations; {len(shown)} of them shown.</p>" if len(shown) < len(steps) else ""
+    steps = shown
+    header = "<tr><th>problem</th>" + "".join(f"<th>step {_e(s)}</th>" for s in steps) + "</tr>"
     rows = []
     for problem, per_step in sorted(by_problem.items()):
         first = next(iter(per_step.values()))
@@ -298,10 +345,11 @@ def _eval_across_steps(run: Path) -> str:
             if r is None:
                 cells.append("<td></td>")
                 continue
-            cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{html.escape(r.get('completion', ''))}</pre></td>")
-        question, gold = html.escape(str(first.get("question", ""))), html.escape(str(first.get("answer")))
-        rows.append(f"<tr><td><b>{html.escape(str(problem))}</b><br>{question}<br><span class=muted>gold: {gold}</span></td>{''.join(cells)}</tr>")
-    return f"<table id=eval-table>{header}{''.join(rows)}</table>"
+            text = highlighted_html(r["completion"], None, _full_text_hint(run, r, "eval"))
+            cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{text}</pre></td>")
+        question, gold = _e(first.get("question", "")), _e(first.get("answer"))
+        rows.append(f"<tr><td><b>{_e(problem)}</b><br>{question}<br><span class=muted>gold: {gold}</span></td>{''.join(cells)}</tr>")
+    return note + f"<table id=eval-table>{header}{''.join(rows)}</table>"
 
 
 # --------------------------------------------------------------------------- alarms, compute
@@ -311,7 +359,7 @@ def _alarms(metrics: list[dict]) -> str:
     alarms = alarms_from_metrics(metrics)
     if not alarms:
         return "<p>None fired (reward hacking, repetition collapse, entropy collapse, all-equal rewards).</p>"
-    return "<ul>" + "".join(f"<li class=alarm>step {a.step}: <b>{a.name}</b>: {html.escape(a.message)}</li>" for a in alarms) + "</ul>"
+    return "<ul>" + "".join(f"<li class=alarm>step {_e(a.step)}: <b>{_e(a.name)}</b>: {_e(a.message)}</li>" for a in alarms) + "</ul>"
 
 
 def _totals(metrics: list[dict], evals: list[dict]) -> dict:
@@ -341,10 +389,14 @@ def _compute_table(metrics, evals, summary) -> str:
         rows.insert(0, ("model parameters", f"{summary['model_parameters']:,}"))
     if evals:
         first, last = evals[0], evals[-1]
-        before, after = first.get("eval/accuracy", 0), last.get("eval/accuracy", 0)
-        rows.append(("held-out accuracy", f"{before:.1%} (step {first['step']}) → {after:.1%} (step {last['step']})"))
-        rows.append(("held-out format", f"{first.get('eval/format_rate', 0):.1%} → {last.get('eval/format_rate', 0):.1%}"))
+        before, after = _pct(first.get("eval/accuracy")), _pct(last.get("eval/accuracy"))
+        rows.append(("held-out accuracy", f"{before} (step {first['step']}) → {after} (step {last['step']})"))
+        rows.append(("held-out format", f"{_pct(first.get('eval/format_rate'))} → {_pct(last.get('eval/format_rate'))}"))
     return "<table id=compute-table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _pct(value) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.1%}"
 
 
 # --------------------------------------------------------------------------- command

@@ -3,6 +3,8 @@
 A run directory holds `traces.jsonl` (every training completion) and `eval_traces.jsonl` (every
 held-out completion, one record per problem per evaluation). Both are append-only JSONL in step
 order, so iterating is O(one record) in memory and a step filter can stop reading early.
+Records that do not match the schema (`schema.trace_problem`: a text reward, a null completion,
+a non-integer step, a line that is not UTF-8 or not JSON) are skipped, and counted in one warning.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..jsonl import read_records
+from .schema import trace_problem
 
 SPLIT_FILES = {"train": "traces.jsonl", "eval": "eval_traces.jsonl"}
 
@@ -43,7 +46,7 @@ def load(
     Example: `for r in load("runs/quickstart-...", steps=(10, 12)): print(r["completion"])`.
     """
     lo, hi = steps if steps is not None else (None, None)
-    for record in read_records(trace_path(run, split)):
+    for record in read_records(trace_path(run, split), check=trace_problem):
         step = record.get("step", 0)
         if lo is not None and step < lo:
             continue
