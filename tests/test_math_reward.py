@@ -155,6 +155,23 @@ def test_a_worker_that_dies_mid_task_is_a_verdict_and_is_replaced():
         pool.close()
 
 
+def test_a_ctrl_c_in_the_terminal_does_not_kill_the_checker_mid_step():
+    """Ctrl-C reaches the whole process group; the trainer finishes its step on it, so the
+    checker workers must survive it and keep answering (docs/resume.md)."""
+    import signal
+
+    pool = MathVerifierPool(workers=1, timeout_s=30.0)
+    try:
+        pool.compare_many([("1", "1")])
+        worker = pool._workers[0].process
+        worker.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert worker.poll() is None, "the worker died on SIGINT"
+        assert pool.compare_many([("\\frac{1}{2}", "0.5")]) == ["equal"] and pool.restarts == 0
+    finally:
+        pool.close()
+
+
 def test_works_off_the_main_thread():
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("r", math_reward(["<answer>0.5</answer>"], answer=["\\frac12"])))
