@@ -35,8 +35,9 @@ Two layers:
   refused as too long): besides `normalize_answer`'s presentation it removes currency (`$`, `\\$`,
   €, £, ¥, ₹, "dollars", "USD"...), degree signs (`^\\circ`, `^{\\circ}`, °, `\\degree`, a following
   C/F; degrees are never converted to radians), a `\\text{unit}` right after a quantity, and the
-  separators of one grouped number (`10,455`, `10{,}455`, `10\\,455`, `10 455`: one separator kind,
-  groups of three); it writes percent markers (`%`, "percent", "pct", `\\text{percent}`) as `\\%`
+  separators of one grouped number (`10,455`, `10{,}455`, `10\\,455`: one separator kind, groups of
+  three; a plain space is not one, as "100 200" may be two values); a removed unit, currency or
+  degree sign leaves a space, so "1 \\text{ hr } 5 \\text{ min}" is the list 1, 5, never 15; it writes percent markers (`%`, "percent", "pct", `\\text{percent}`) as `\\%`
   and ∞ as `\\infty`. "2 1/2" (an integer, a space, a fraction) is the mixed number `2\\frac{1}{2}`
   = 5/2, the way LaTeX's `2\\frac{1}{2}` is read (so "2 3/2" is 7/2); other numbers separated only
   by spaces ("2 3") are a list `2, 3`. Unit words outside `\\text{}` (cm, hours...) are left to
@@ -316,7 +317,8 @@ _UNIT_TEXT = re.compile(r"(?<=[\d}])\s*\\(?:text|textrm|mbox|mathrm)\s*\{(?!\s*(
 _DEGREES = re.compile(r"\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b|\\textdegree\b)(?:\s*(?:\\text\s*\{\s*)?[CF](?![A-Za-z])\}?)?")
 _PERCENT_WORD = re.compile(r"\s*(?:\\(?:text|mbox|mathrm)\s*\{\s*(?:per\s?cent|pct|\\?%)\s*\}|\b(?:per\s?cent|pct)\b\.?)", re.IGNORECASE)
 _BARE_PERCENT = re.compile(r"(?<!\\)%")
-_GROUPED = re.compile(r"^(-?)(\d{1,3}(?:(,|\{,\}|\\,|\\ |\\;| )\d{3})(?:(?:,|\{,\}|\\,|\\ |\\;| )\d{3})*)(\.\d+)?(\s*\\%)?$")
+# A plain space is not a separator here: "100 200" may as well be two values (see _JUXTAPOSED).
+_GROUPED = re.compile(r"^(-?)(\d{1,3}(?:(,|\{,\}|\\,|\\ |\\;)\d{3})(?:(?:,|\{,\}|\\,|\\ |\\;)\d{3})*)(\.\d+)?(\s*\\%)?$")
 _JUXTAPOSED = re.compile(r"^-?\d+(?:\.\d+)?(?:\s+-?\d+(?:\.\d+)?)+$")
 MAX_CLEAN_CHARS = 1_000
 _SPACES = re.compile(r"\s+")
@@ -324,7 +326,7 @@ _MIXED = re.compile(r"^(-?)\s*(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})$")
 
 
 def _ungroup(s: str) -> str:
-    """10,455 / 10{,}455 / 10\\,455 / 10 455 -> 10455, when the whole answer is that one number (one separator kind)."""
+    """10,455 / 10{,}455 / 10\\,455 -> 10455, when the whole answer is that one number (one separator kind)."""
     m = _GROUPED.match(s)
     if not m:
         return s
@@ -344,9 +346,11 @@ def clean_answer(answer: str) -> str:
     s = s.replace("∞", "\\infty").replace("−", "-")
     s = _PERCENT_WORD.sub("\\%", s)  # before units: "28 \\text{ percent}" is 28\\%, not 28
     s = _BARE_PERCENT.sub("\\%", s)
-    s = _DEGREES.sub("", s)
-    s = _UNIT_TEXT.sub("", s)
-    s = _CURRENCY.sub("", s).strip()
+    # Removed units and currency leave a space, never nothing: "1 \\text{ hr } 5 \\text{ min}" must not
+    # become "15", nor "5 dollars 50" become "550"; what is left apart reads as a list, not one number.
+    s = _DEGREES.sub(" ", s)
+    s = _UNIT_TEXT.sub(" ", s)
+    s = _SPACES.sub(" ", _CURRENCY.sub(" ", s)).strip()
     s = normalize_answer(s)  # "\$1,250." -> "1,250." -> "1250"
     s = _ungroup(s)
     m = _MIXED.match(s)

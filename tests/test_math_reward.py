@@ -32,7 +32,7 @@ GENERATED = {
 # The classes added for item 9 of the accuracy issue (right answers written differently), by note prefix.
 NEW_CLASSES = (
     "worked-solution gold", "infinity", "currency", "units", "degrees", "percent", "thousands", "final-answer phrase",
-    "multiple boxes", "text", "mixed numbers", "juxtaposed numbers", "hostile reading",
+    "multiple boxes", "text", "mixed numbers", "juxtaposed numbers", "hostile reading", "gluing",
 )
 MIN_AGREEMENT = 0.97
 
@@ -67,7 +67,7 @@ def test_corpus_is_large_and_balanced():
         assert verdicts.count(0) >= 2, f"{cls}: needs negative cases"
     known = [c for c in CASES if c.get("known_miss")]
     assert all(c["expected"] == 1 for c in known), "a known miss is a false negative, never a tolerated false positive"
-    assert len(known) <= 5
+    assert len(known) <= 6
 
 
 def corpus_agreement(cases, scores) -> tuple[float, list, list]:
