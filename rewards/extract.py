@@ -37,10 +37,11 @@ Two layers:
   C/F; degrees are never converted to radians), a `\\text{unit}` right after a quantity, and the
   separators of one grouped number (`10,455`, `10{,}455`, `10\\,455`: one separator kind, groups of
   three; a plain space is not one, as "100 200" may be two values); a removed unit, currency or
-  degree sign leaves a space, so "1 \\text{ hr } 5 \\text{ min}" is the list 1, 5, never 15; it writes percent markers (`%`, "percent", "pct", `\\text{percent}`) as `\\%`
-  and ∞ as `\\infty`. "2 1/2" (an integer, a space, a fraction) is the mixed number `2\\frac{1}{2}`
-  = 5/2, the way LaTeX's `2\\frac{1}{2}` is read (so "2 3/2" is 7/2); other numbers separated only
-  by spaces ("2 3") are a list `2, 3`. Unit words outside `\\text{}` (cm, hours...) are left to
+  degree sign leaves a space, so "1 \\text{ hr } 5 \\text{ min}" is the list 1, 5, never 15; it
+  writes percent markers (`%`, "percent", "pct", `\\text{percent}`) as `\\%` and ∞ as `\\infty`.
+  "2 1/2" (an integer, a space, a fraction) is the mixed number `2\\frac{1}{2}` = 5/2, the way
+  LaTeX's `2\\frac{1}{2}` is read (so "2 3/2" is 7/2); other numbers separated only by spaces
+  ("2 3") are a list `2, 3`. Unit words outside `\\text{}` (cm, hours...) are left to
   math-verify's own unit stripping.
 
 Where this departs from math-verify / open-r1 (whose accuracy reward takes the gold from the

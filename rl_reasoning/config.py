@@ -357,6 +357,9 @@ class Config:
 # Loading
 
 
+MAX_INT = 2**53  # larger integers in a recipe are mistakes or attacks (max_steps with 5,000 digits)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML recipe (or start from defaults when `path` is None) and apply overrides."""
     raw: dict = {}
@@ -486,6 +489,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= MAX_INT:
+                raise ConfigError(f"{key}: {_describe(value)} is out of range (at most {MAX_INT:,})")
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -493,7 +498,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            number = float(value) if not isinstance(value, int) or abs(value) < MAX_INT else math.inf
         elif isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
             try:
                 number = float(value)
@@ -512,7 +517,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'thousands of'} digits"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 200 else text[:200] + '…'}"
 
 
 def dump_config(cfg: Config) -> str:

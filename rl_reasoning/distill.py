@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import UserError
+from .untrusted import terminal_safe
 
 
 @dataclass
@@ -215,7 +216,7 @@ def run(args) -> dict:
                 eval_cfg.data.eval_size = args.eval_problems
             eval_result = evaluate_model(eval_cfg)
             write_result(out / "eval.json", eval_result)
-            print(markdown_table([eval_result]))
+            print(terminal_safe(markdown_table([eval_result])))
     _write_summary(out, args, stats, eval_result)
     print(f"student: {student_dir}\nsummary: {out / 'summary.json'}")
     return {"stats": stats, "eval": eval_result}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import Config, DataConfig, RewardSpec, load_config
 from .errors import UserError
+from .untrusted import terminal_safe
 
 DEFAULT_SYSTEM_PROMPT = (
     "Solve the problem. First reason briefly inside <think>...</think>, then write the final answer "
@@ -99,7 +100,7 @@ def run_eval(args) -> dict:
     out = Path(args.out) if args.out else None
     if out:
         write_result(out, result)
-    print(markdown_table([result]))
+    print(terminal_safe(markdown_table([result])))
     if out:
         print(f"\nwritten: {out}")
     return result
@@ -128,7 +129,7 @@ def main(args) -> int:
     from .results import compare
 
     if args.compare:
-        print(compare(*args.compare))
+        print(terminal_safe(compare(*args.compare)))  # model/task names come from the files
         return 0
     run_eval(args)
     return 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rewards.extract import completion_text, extract_answer, normalize_answer
+from rewards.extract import clean_answer, completion_text, final_answer_with_source
 from rewards.format import is_well_formatted, reasoning_section
 
 from .config import Config, PromptConfig, RolloutConfig
@@ -87,8 +87,10 @@ def problem_columns(problems: list[dict], repeat: int) -> dict[str, list]:
 
 
 def _answer_of(completion: str, fallback: str) -> str | None:
-    found = extract_answer(completion_text(completion), fallback=fallback)
-    return None if found is None else normalize_answer(found)
+    """The answer a sample votes for: read and cleaned as the math reward reads it, so that surface
+    forms the reward counts as equal ("\\$1,250" and "1250") vote together."""
+    found, _ = final_answer_with_source(completion_text(completion), fallback=fallback)
+    return None if found is None else clean_answer(found)
 
 
 def generate_and_score(engine: GenerationEngine, tokenizer, problems: list[dict], prompt_cfg: PromptConfig, scorer: RewardRunner,

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from .errors import UserError
 from .untrusted import terminal_safe
 
 RecordCheck = Callable[[dict], "str | None"]  # the reason a record is malformed, or None
@@ -50,9 +51,11 @@ def read_records(path: Path, check: RecordCheck | None = None, warn: bool = True
     path = Path(path)
     if not path.exists():
         return
-    skipped, first = 0, ""
+    if not path.is_file():  # a directory, or a FIFO that would block forever
+        raise UserError(f"{path}: not a regular file")
+    skipped, first, complete = 0, "", False
     try:
-        with path.open("rb") as f:
+        with _open_for_reading(path) as f:
             for lineno, raw in enumerate(f, 1):
                 if not raw.endswith(b"\n"):
                     break  # the run was killed mid-line
@@ -73,11 +76,19 @@ def read_records(path: Path, check: RecordCheck | None = None, warn: bool = True
                 elif raw.strip():
                     skipped += 1
                     first = first or f"line {lineno}: {reason}"
+            complete = True
     finally:
-        message = f"warning: {path}: skipped {skipped} malformed line(s) (first at {first})"
-        if skipped and warn and message not in _WARNED:  # a file read several times warns once
-            _WARNED.add(message)
-            print(terminal_safe(message), file=sys.stderr)
+        if skipped and warn and str(path) not in _WARNED:  # a file read several times (or partly) warns once
+            _WARNED.add(str(path))
+            count = f"{skipped}" if complete else f"at least {skipped}"
+            print(terminal_safe(f"warning: {path}: skipped {count} malformed line(s) (first at {first})"), file=sys.stderr)
+
+
+def _open_for_reading(path: Path):
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def truncate_after_step(path: Path, step: int) -> int:

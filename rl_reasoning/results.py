@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .traces.schema import is_number, is_text
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -52,7 +53,7 @@ def _is_rate(name: str) -> bool:
 def _per_problem(record: dict, metric: str) -> float | None:
     key = "correct" if metric == "accuracy" else metric
     value = record.get(key)
-    return float(value) if isinstance(value, (int, float)) else None  # bool counts as 0/1; text is no value
+    return float(value) if isinstance(value, (int, float)) else None  # bool counts as 0/1 (checked by _result_problem)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
@@ -68,13 +69,15 @@ def _result_problem(result) -> str | None:
     """Why a result file cannot be compared, or None (files given to --compare are untrusted)."""
     if not isinstance(result, dict):
         return "not a JSON object"
-    if not isinstance(result.get("metrics"), dict) or not all(isinstance(v, (int, float)) or v is None for v in result["metrics"].values()):
+    if not isinstance(result.get("metrics"), dict) or not all(is_number(v) or v is None or isinstance(v, bool) for v in result["metrics"].values()):
         return "'metrics' is not an object of numbers"
-    if not isinstance(result.get("model"), str) or not isinstance(result.get("task"), str):
+    if not is_text(result.get("model")) or not is_text(result.get("task")):
         return "'model' or 'task' is not text"
     rows = result.get("per_problem")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("question"), str) for r in rows):
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and is_text(r.get("question")) for r in rows):
         return "'per_problem' is not a list of objects with a 'question'"
+    if any(not (is_number(v) or v is None or isinstance(v, bool)) for r in rows for k, v in r.items() if k == "correct" or k.startswith(("pass@", "maj@"))):
+        return "a per-problem 'correct', 'pass@k' or 'maj@k' is not a number"
     return None
 
 

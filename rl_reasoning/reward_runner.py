@@ -70,17 +70,22 @@ PROVIDED = frozenset({"prompts", "step", "completion_ids"})  # passed besides th
 
 def _reward_signature(name: str, fn) -> inspect.Signature:
     """The signature of a reward, refused unless it has a reward's shape: a first positional
-    parameter named `completions` (or any first positional parameter plus **kwargs). Checked when
-    the recipe is loaded, so `os:system` or `builtins:print` fail before the model loads."""
+    parameter named `completions` (or any first positional parameter, or *args, plus **kwargs).
+    Checked when the recipe is loaded, so a slip such as `os:system` or `builtins:print` fails
+    before the model loads. This guards against mistakes, not attacks: naming `pkg.mod:fn` imports
+    `pkg.mod`, which runs its code; a recipe is trusted as much as the code it names."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         raise ConfigError(f"rewards: {name!r} is not a reward function (its signature cannot be read; {SHAPE})") from None
     params = list(sig.parameters.values())
     first = params[0] if params else None
-    positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+    positional = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD, first.VAR_POSITIONAL)
     kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    if not positional or not (first.name == "completions" or kwargs):
+    if "completions" in sig.parameters and first.name != "completions":
+        raise ConfigError(f"rewards: {name!r} takes `completions` as a later parameter (signature {sig}); "
+                          "it must come first: fn(completions, **columns)")
+    if not positional or not (first.name == "completions" or kwargs):  # (*args, **kwargs): a decorator without functools.wraps
         raise ConfigError(f"rewards: {name!r} is not a reward function (signature {sig}; {SHAPE})")
     return sig
 

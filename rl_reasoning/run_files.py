@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rewards.extract import extract_answer
+from rewards.extract import final_answer_with_source
 
 from .config import Config, dump_config
 from .jsonl import JsonlWriter, truncate_after_step
@@ -92,7 +92,7 @@ def trace_records(step: int, problems: list[dict], prompt_texts: list[str], rows
             "advantage": float(rows.advantages[i]),
             "length": int(rows.lengths[i]),
             "truncated": bool(rows.truncated[i]),
-            "extracted_answer": extract_answer(completion, answer_fallback),
+            "extracted_answer": final_answer_with_source(completion, answer_fallback)[0],  # as the math reward reads it
         }
         if analyses:
             a = analyses[i]

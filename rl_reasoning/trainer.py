@@ -456,6 +456,8 @@ def _run_dir(cfg: Config, recipe_name: str) -> Path:
 
 def _check_writable_dir(path: Path) -> None:
     """`path` is, or can be created as, a directory we may write in (checked before the model loads)."""
+    if "\0" in str(path):
+        raise UserError("output_dir: contains a NUL character")
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir {path} is a file, not a directory; choose another output_dir")
     parent = path

@@ -6,7 +6,8 @@ someone else's parser: terminal escape sequences (`ESC ]0;title BEL` retitles th
 megabyte on one line. Two helpers keep that text inert:
 
 - `terminal_safe(text)`: every control character except newline and tab is shown visibly
-  (ESC as `␛`, other C0/C1 controls as `\\xNN`, bidi and invisible direction marks as `\\uNNNN`).
+  (ESC as `␛`, other C0/C1 controls as `\\xNN`, bidi and invisible direction marks and lone
+  surrogates as `\\uNNNN`).
   Used on every line the `traces` commands, the trainer and the CLI's error path print.
 - `shorten(text, max_chars, max_lines)`: head and tail kept, the middle replaced by a note
   saying how much was left out. The HTML report uses it so a page stays bounded in size.
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import re
 
-# C0 controls except \t and \n, DEL, C1 controls, and the Unicode bidi/direction controls.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls except \t and \n, DEL, C1 controls, the Unicode bidi/direction controls, and lone
+# surrogates (a JSON "\\ud800" escape), which no terminal encoding can print.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _visible(match: re.Match) -> str:

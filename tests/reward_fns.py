@@ -54,3 +54,20 @@ def letter_e_if_answer_even(completions, answer, **_):
 def needs_difficulty(completions, difficulty, **_):
     """Requires a `difficulty` column: a recipe pairing it with data without one must fail at start-up."""
     return [float(d) for d in difficulty]
+
+
+def _timed(fn):
+    def wrapper(*args, **kwargs):  # no functools.wraps: the signature is (*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_timed
+def decorated_char_variety(completions, **_):
+    return char_variety(completions)
+
+
+def completions_second(prompts, completions, **_):
+    """TRL passes both by name; our runner passes completions first, so this shape is refused up front."""
+    return [0.0] * len(completions)

@@ -179,3 +179,11 @@ def test_eval_does_not_import_the_training_stack(tiny_model_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_votes_read_answers_as_the_math_reward_does():
+    from rl_reasoning.evaluation import _answer_of, majority_vote
+
+    answers = [_answer_of(c, "none") for c in ("\\boxed{\\$1,250}", "The final answer is 1250.", "<answer>7</answer>", "\\boxed{1250}")]
+    assert answers[0] == answers[1] == answers[3] == "1250" and answers[2] == "7"
+    assert majority_vote(answers) == 0

@@ -18,7 +18,7 @@ from rl_reasoning.errors import ConfigError, UserError
 from rl_reasoning.tasks import load_task
 from rl_reasoning.traces.report import build_report
 from rl_reasoning.untrusted import shorten, terminal_safe
-from tests.trace_fixture import write_fixture_run
+from tests.trace_fixture import AHA, write_fixture_run
 
 XSS = '<img src=x onerror="document.title=\'X\'">'
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\u202eevil\rcr\x9b31m"
@@ -113,7 +113,6 @@ def test_terminal_safe_shows_controls_and_keeps_layout():
     ["traces", "show", "RUN", "--aha", "--color", "always"],
     ["traces", "grep", "RUN", "pwned", "--color", "always"],
     ["traces", "diff", "RUN", "--prompt", "q-mul", "--steps", "3", "6"],
-    ["traces", "summary", "RUN"],
 ])
 def test_traces_commands_never_print_control_characters(run, capsys, argv):
     hostile = f"<think>3 + 5 = 9. {ESCAPES} Wait, let me re-check: 3 + 5 = 8.</think> <answer>8</answer>"
@@ -128,8 +127,7 @@ def test_traces_commands_never_print_control_characters(run, capsys, argv):
     out = capsys.readouterr().out
     own_colours = re.sub(r"\x1b\[[0-9;]*m(?=[^\x1b]{0,40}\x1b\[0m)|\x1b\[0m", "", out)  # the highlighter's SGR codes only
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", own_colours), repr(own_colours[:400])
-    if argv[1] != "summary":
-        assert "␛]0;pwned" in out or "␛" in out
+    assert "␛" in out  # the hostile text was printed, visibly
 
 
 def test_error_messages_are_terminal_safe(tmp_path, capsys):
@@ -230,7 +228,8 @@ def test_output_dir_that_is_a_file_fails_before_the_model_loads(tmp_path, arithm
 @pytest.mark.parametrize("name, expected", [
     ("os:system", "is not a reward function (signature (command)"),
     ("builtins:print", "is not a reward function"),
-    ("subprocess:call", "is not a reward function"),
+    ("math:sqrt", "is not a reward function"),
+    ("tests.reward_fns:completions_second", "takes `completions` as a later parameter"),
     ("builtins:len", "is not a reward function"),
 ])
 def test_a_callable_that_is_not_a_reward_fails_before_the_model_loads(tmp_path, arithmetic_jsonl, no_model_load, capsys, name, expected):
@@ -239,6 +238,15 @@ def test_a_callable_that_is_not_a_reward_fails_before_the_model_loads(tmp_path, 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
+
+
+def test_a_decorated_reward_without_functools_wraps_is_still_a_reward():
+    from rl_reasoning.config import RewardSpec
+    from rl_reasoning.reward_runner import RewardRunner
+
+    runner = RewardRunner([RewardSpec("tests.reward_fns:decorated_char_variety", 1.0, {})], [1.0])
+    runner.check_columns(["question", "answer"], "the data")
+    assert runner(["ab", "aa"], {"answer": ["1", "2"]}, ["p", "p"], step=0).total.tolist() == pytest.approx([2 / 3, 1 / 3])
 
 
 def test_a_reward_needing_a_column_the_data_lacks_fails_before_the_model_loads(tmp_path, arithmetic_jsonl, no_model_load, capsys):
@@ -278,7 +286,6 @@ def test_malformed_run_records_are_skipped_and_counted(run, capsys):
     for argv in (["summary", str(run)], ["show", str(run), "--step", "6", "--prompt", "q-mul"], ["grep", str(run), "x"],
                  ["diff", str(run), "--prompt", "q-mul", "--steps", "3", "6"], ["summary", str(run), "--split", "eval"]):
         assert cli.main(["traces", *argv]) == 0
-    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_compare_refuses_files_that_are_not_results(tmp_path, capsys):
@@ -289,3 +296,83 @@ def test_compare_refuses_files_that_are_not_results(tmp_path, capsys):
     for other, expected in (("b.json", "is not a result written by `rl-reasoning eval`"), ("c.json", "cannot read")):
         assert cli.main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / other)]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_numbers_too_large_for_a_float_and_lone_surrogates_are_malformed(run, capsys):
+    big = 10**400
+    append(run / "traces.jsonl", trace(step=6, reward=big), trace(step=big), trace(step=6, advantage=-big),
+           b'{"step": 6, "prompt_id": "q-mul", "completion": "wait \\ud800 x", "reward": 1.0}\n')
+    append(run / "metrics.jsonl", {"step": 7, "accuracy": big})
+    append(run / "eval.jsonl", {"step": 7, "eval/accuracy": big})
+    build_report(run)
+    for argv in (["summary", str(run)], ["grep", str(run), "wait"], ["show", str(run), "--step", "6"]):
+        assert cli.main(["traces", *argv]) == 0
+    err = capsys.readouterr().err
+    assert "traces.jsonl: skipped 4 malformed line(s)" in err and "metrics.jsonl: skipped 1" in err and "eval.jsonl: skipped 1" in err
+    assert terminal_safe("a\ud800b") == "a\\ud800b"
+
+
+def test_data_rows_with_a_lone_surrogate_are_bad_rows(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "1+1", "answer": "2"}\n{"question": "What is 1+1? \\ud800", "answer": "2"}\n')
+    with pytest.raises(UserError, match=r"d.jsonl:2: text with a lone surrogate"):
+        load_task(DataConfig(source="file", path=str(path), eval_size=0))
+    assert load_task(DataConfig(source="file", path=str(path), eval_size=0, on_bad_row="skip")).skipped_rows == 1
+
+
+def test_a_partly_read_file_still_warns_once(run, capsys):
+    lines = (run / "traces.jsonl").read_text().splitlines(keepends=True)
+    first_of_step_4 = next(i for i, line in enumerate(lines) if json.loads(line)["step"] == 4)
+    lines.insert(first_of_step_4, "not json\n")  # seen by both reads below; the second also sees the last one
+    (run / "traces.jsonl").write_text("".join(lines) + "not json either\n")
+    assert cli.main(["traces", "diff", str(run), "--prompt", "q-mul", "--steps", "3", "6"]) == 0
+    assert capsys.readouterr().err.count("warning:") == 1
+
+
+def test_compare_output_is_terminal_safe(tmp_path, capsys):
+    hostile = {"model": "m\x1b]0;pwned\x07\x1b[2J", "task": "t\u202e", "metrics": {"accuracy": 0.5, "evil\x1b[31m_rate": 0.1},
+               "per_problem": [{"question": "q", "correct": True}]}
+    (tmp_path / "a.json").write_text(json.dumps(hostile))
+    assert cli.main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "␛]0;pwned" in out
+    (tmp_path / "b.json").write_text(json.dumps({**hostile, "metrics": {"accuracy": 10**400}}))
+    assert cli.main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+
+
+def test_report_quotes_the_command_it_suggests_and_refuses_symlinks(run, tmp_path, capsys):
+    append(run / "traces.jsonl", trace(step=6, prompt_id="q-add $(touch /tmp/pwned)", completion="y " * 5_000 + AHA))  # a long "aha" row
+    page = build_report(run)
+    assert "--prompt &#x27;q-add $(touch /tmp/pwned)&#x27;" in page and "--prompt q-add $(" not in page
+    secret = tmp_path / "secret.env"
+    secret.write_text("SECRET_TOKEN=abc123\n")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(secret)
+    assert cli.main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 2
+    assert "config.yaml is a symbolic link" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
+def test_a_run_file_that_is_a_directory_is_a_one_line_error(run, capsys):
+    (run / "traces.jsonl").unlink()
+    (run / "traces.jsonl").mkdir()
+    for argv in (["report", str(run)], ["traces", "grep", str(run), "x"]):
+        assert cli.main(argv) == 2
+        assert "traces.jsonl: not a regular file" in capsys.readouterr().err
+
+
+def test_report_alarm_list_is_capped(run, monkeypatch):
+    from rl_reasoning.traces import report
+    from rl_reasoning.traces.alarms import Alarm
+
+    monkeypatch.setattr(report, "alarms_from_metrics", lambda metrics: [Alarm(i, "entropy_collapse", "low") for i in range(10_000)])
+    page = build_report(run)
+    assert page.count("<li class=alarm>") == report.MAX_ALARMS and "10000 alarms fired" in page
+
+
+def test_huge_integers_and_nul_bytes_in_a_recipe_fail_before_the_model_loads(tmp_path, arithmetic_jsonl, no_model_load, capsys):
+    for override, expected in (("max_steps=" + "9" * 5000, "max_steps: an integer of thousands of digits is out of range"),
+                               ("optim.lr=" + "9" * 5000, "optim.lr: must be a finite number"),
+                               ("output_dir=a\x00b", "output_dir: contains a NUL character")):
+        assert cli.main(["train", recipe(tmp_path, arithmetic_jsonl), override]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err[:300]

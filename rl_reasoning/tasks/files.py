@@ -110,6 +110,8 @@ def _jsonl_records(path: Path) -> list[tuple[int, object]]:
                 continue
             try:
                 value = json.loads(raw.decode("utf-8"))
+                if isinstance(value, dict) and any(isinstance(v, str) and _lone_surrogate(v) for v in value.values()):
+                    value = BadRow("text with a lone surrogate (a \\udXXX escape that is not half of a pair)")
             except UnicodeDecodeError as e:
                 value = BadRow(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
             except json.JSONDecodeError as e:
@@ -118,6 +120,14 @@ def _jsonl_records(path: Path) -> list[tuple[int, object]]:
                 value = BadRow("not valid JSON (a number too long, or nesting too deep)")
             records.append((lineno, value))
     return records
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def read_file_rows(cfg: DataConfig) -> tuple[list[dict], int]:

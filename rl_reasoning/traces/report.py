@@ -18,6 +18,7 @@ import base64
 import html
 import io
 import math
+import shlex
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from .detectors import mark_revision
 from .schema import clean_summary, metrics_problem
 from .store import iter_steps, load, prompt_key
 
+RUN_FILES = ("metrics.jsonl", "eval.jsonl", "traces.jsonl", "eval_traces.jsonl", "summary.json", "config.yaml")
 MAX_AHA = 50
+MAX_ALARMS = 50
 MAX_PROMPTS = 3
 MAX_STEPS_PER_PROMPT = 6
 MAX_CARDS_PER_GROUP = 16
@@ -65,6 +68,9 @@ def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
     run = Path(run)
     if not (run / "traces.jsonl").exists() and not (run / "metrics.jsonl").exists():
         raise UserError(f"{run}: not a run directory (no metrics.jsonl or traces.jsonl)")
+    for name in RUN_FILES:  # a shared report must not carry a file the link points at (~/.ssh/..., .env)
+        if (run / name).is_symlink():
+            raise UserError(f"{run / name} is a symbolic link; the report reads only the run's own files (copy the file in)")
     analyzer = analyzer or Analyzer()
     metrics = list(read_records(run / "metrics.jsonl", check=metrics_problem))
     evals = list(read_records(run / "eval.jsonl", check=metrics_problem))
@@ -233,8 +239,9 @@ def highlighted_html(text: str, analysis: TraceAnalysis | None, full_text_hint: 
 def _full_text_hint(run: Path, record: dict, split: str = "train") -> str:
     flag = " --split eval" if split == "eval" else ""
     where = f"{run.name}/{'eval_traces' if split == 'eval' else 'traces'}.jsonl"
-    return (f"{where}, step {record['step']}, prompt {str(prompt_key(record))[:80]}, #{record.get('group_index', 0)} · "
-            f"rl-reasoning traces show RUN{flag} --step {record['step']} --prompt {str(prompt_key(record))[:80]}")
+    prompt = shlex.quote(str(prompt_key(record))[:80])  # a command a reader may paste: quoted, never live shell
+    return (f"{where}, step {record['step']}, prompt {prompt}, #{record.get('group_index', 0)} · "
+            f"rl-reasoning traces show RUN{flag} --step {record['step']} --prompt {prompt}")
 
 
 def _aha_table(run: Path, analyzer: Analyzer) -> str:
@@ -359,7 +366,10 @@ def _alarms(metrics: list[dict]) -> str:
     alarms = alarms_from_metrics(metrics)
     if not alarms:
         return "<p>None fired (reward hacking, repetition collapse, entropy collapse, all-equal rewards).</p>"
-    return "<ul>" + "".join(f"<li class=alarm>step {_e(a.step)}: <b>{_e(a.name)}</b>: {_e(a.message)}</li>" for a in alarms) + "</ul>"
+    more = f"<p>{len(alarms)} alarms fired; the first {MAX_ALARMS} are listed (<code>rl-reasoning traces summary RUN</code> lists all).</p>"
+    more = more if len(alarms) > MAX_ALARMS else ""
+    items = "".join(f"<li class=alarm>step {_e(a.step)}: <b>{_e(a.name)}</b>: {_e(a.message)}</li>" for a in alarms[:MAX_ALARMS])
+    return f"{more}<ul>{items}</ul>"
 
 
 def _totals(metrics: list[dict], evals: list[dict]) -> dict:
@@ -408,7 +418,7 @@ def cmd_report(args) -> int:
     out = Path(args.output) if args.output else Path(args.run) / "report.html"
     page = build_report(args.run, analyzer_from_args(args))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    out.write_text(page, encoding="utf-8", errors="backslashreplace")  # e.g. a run folder name that is not UTF-8
     print(f"written: {out} ({len(page) / 1e6:.1f} MB, self-contained)")
     return 0
 

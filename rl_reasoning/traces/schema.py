@@ -18,18 +18,31 @@ import json
 import math
 from pathlib import Path
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+MAX_EXACT = 2**53  # JSON allows integers of any length; past this they do not survive float()
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and abs(v) < MAX_EXACT
+
+
+def is_number(v) -> bool:
+    return is_int(v) or isinstance(v, float)
+
+
+def is_text(v) -> bool:
+    """A str that can be encoded: a JSON "\\ud800" escape gives a lone surrogate, which cannot."""
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _step_problem(record: dict) -> str | None:
     step = record.get("step")
-    if not _is_int(step) or step < 0:
+    if not is_int(step) or step < 0:
         return f"'step' is {json.dumps(step)[:40]}, not a whole number >= 0"
     return None
 
@@ -38,22 +51,23 @@ def trace_problem(record: dict) -> str | None:
     """The reason a trace record cannot be shown, or None."""
     if problem := _step_problem(record):
         return problem
-    if not isinstance(record.get("completion"), str):
+    if not is_text(record.get("completion")):
         return "'completion' is not text"
     for key in ("reward", "advantage"):
         value = record.get(key)
-        if value is not None and (not _is_number(value) or math.isnan(value)):
+        if value is not None and (not is_number(value) or math.isnan(value)):
             return f"'{key}' is not a number"
     for key in ("length", "group_index"):
-        if record.get(key) is not None and not _is_int(record[key]):
+        if record.get(key) is not None and not is_int(record[key]):
             return f"'{key}' is not a whole number"
     if record.get("correct") not in (None, True, False, 0, 1):
         return "'correct' is not true/false"
     for key in ("prompt", "question"):
-        if record.get(key) is not None and not isinstance(record[key], str):
+        if record.get(key) is not None and not is_text(record[key]):
             return f"'{key}' is not text"
     for key in ("prompt_id", "problem", "answer", "extracted_answer"):
-        if isinstance(record.get(key), (dict, list)):
+        value = record.get(key)
+        if isinstance(value, (dict, list)) or (isinstance(value, str) and not is_text(value)) or (isinstance(value, int) and not is_int(value)):
             return f"'{key}' is not a single value"
     if not isinstance(record.get("rewards", {}), dict):
         return "'rewards' is not an object"
@@ -68,12 +82,12 @@ def metrics_problem(record: dict) -> str | None:
         if key == "alarms":
             if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
                 return "'alarms' is not a list of text"
-        elif value is not None and not isinstance(value, (int, float)):
+        elif value is not None and not is_number(value) and not isinstance(value, bool):
             return f"{key!r} is not a number"
     return None
 
 
-SUMMARY_FIELDS = {"model_parameters": _is_int, "trainable_parameters": _is_int, "steps": _is_int}
+SUMMARY_FIELDS = {"model_parameters": is_int, "trainable_parameters": is_int, "steps": is_int}
 
 
 def clean_summary(path: Path) -> dict:
