@@ -93,8 +93,15 @@ def last_boxed(text: str) -> str | None:
 
 
 def last_answer_tag(text: str) -> str | None:
-    matches = ANSWER_TAG.findall(text)
-    return matches[-1] if matches else None
+    """The last of ANSWER_TAG.findall(text), found with str.find: the regex retries every
+    "<answer>" against the rest of the text, quadratic on "<answer>" * 12,500 (0.2 s a completion)."""
+    last, pos = None, 0
+    while (start := text.find("<answer>", pos)) != -1:
+        end = text.find("</answer>", start + 8)
+        if end == -1:
+            break  # no later "<answer>" can close either
+        last, pos = text[start + 8 : end], end + 9
+    return last
 
 
 def last_number(text: str) -> str | None:

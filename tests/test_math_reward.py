@@ -348,3 +348,19 @@ def test_the_new_readings_are_fast_on_hostile_text(name):
         if s is not None:
             clean_answer(s)
     assert time.perf_counter() - start < 0.5
+
+
+def test_last_answer_tag_equals_the_regex_and_is_linear():
+    import random
+
+    from rewards.extract import ANSWER_TAG, last_answer_tag
+
+    rng = random.Random(0)
+    parts = ["<answer>", "</answer>", "a", "b ", "<answer", "answer>", "</answer", "\n"]
+    for _ in range(5000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 12)))
+        found = ANSWER_TAG.findall(text)
+        assert last_answer_tag(text) == (found[-1] if found else None), text
+    start = time.perf_counter()
+    assert last_answer_tag("<answer>" * 100_000) is None  # the regex takes seconds on this
+    assert time.perf_counter() - start < 0.5
