@@ -165,6 +165,16 @@ class GRPOConfig:
     num_iterations: int = 1
     """mu: policy updates per generation batch."""
     mask_truncated_completions: bool = False
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """GSPO (TRL's name): "sequence" replaces each token's ratio by its sequence's geometric-mean
+    ratio exp(mean_t(logp - logp_old)), clipped per sequence. It acts only off-policy
+    (num_iterations > 1, or vLLM sampling), hence an error otherwise; GSPO's paper clips at
+    epsilon = 3e-4 / epsilon_high = 4e-4 (0.2 leaves a geometric mean practically unclipped)."""
+    top_entropy_quantile: float = 1.0
+    """Train only on the highest-entropy fraction rho of tokens (TRL's name; "80/20", Wang et al.
+    2025: rho = 0.2). The threshold is the (1 - rho) quantile of the sampling entropies of the
+    whole generation batch's trained tokens; other tokens leave the policy-gradient term but stay
+    in the normalisers (as in TRL). 1.0 = every token."""
     drop_zero_variance_groups: bool = False
     """DAPO's dynamic-sampling filter: leave groups whose rewards are all equal out of the loss and
     out of its normalisers, sequences and tokens, for every loss_type (they have zero advantage,
@@ -274,6 +284,7 @@ class Config:
             ("grpo.epsilon_high", self.grpo.epsilon_high is None or self.grpo.epsilon_high >= 0, "must be >= 0"),
             ("grpo.beta", self.grpo.beta >= 0, "must be >= 0"),
             ("grpo.num_iterations", self.grpo.num_iterations >= 1, "must be >= 1"),
+            ("grpo.top_entropy_quantile", 0 < self.grpo.top_entropy_quantile <= 1, "must be in (0, 1]"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),
@@ -317,6 +328,12 @@ class Config:
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why}")
+        if self.grpo.importance_sampling_level == "sequence" and self.grpo.num_iterations == 1 and self.rollout.backend != "vllm":
+            raise ConfigError("grpo.importance_sampling_level: 'sequence' has no effect on-policy (every sequence ratio is 1, so "
+                              "GSPO equals GRPO); set grpo.num_iterations > 1, or sample with rollout.backend=vllm")
+        if self.rollout.backend == "vllm" and not self.rollout.vllm.recompute_logprobs and self.grpo.top_entropy_quantile < 1:
+            raise ConfigError("grpo.top_entropy_quantile: needs token entropies, which the vLLM backend gives only "
+                              "with rollout.vllm.recompute_logprobs=true")
         if self.temperature_is_greedy():
             raise ConfigError("rollout.temperature: must be > 0 for training (0 would make every group identical)")
         if self.data.source in ("file", "jsonl") and not self.data.path:

@@ -14,6 +14,14 @@ Advantages (`scale_rewards`, names as in TRL):
 Per-token loss, with ratio rho = exp(logp - logp_old):
     l_it = -min(rho * A_i, clip(rho, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
     KL_it = exp(ref - logp) - (ref - logp) - 1           (k3 estimator, Schulman 2020)
+GSPO (`importance_sampling_level="sequence"`, Zheng et al. 2025, TRL's name): rho_it is replaced
+by the sequence ratio s_i = exp(sum_t m_it (logp - logp_old) / sum_t m_it) for every token of i
+(log s_i clamped at 10, as verl does), so a sequence is clipped as a whole; with loss_type "grpo"
+this is the paper's objective exactly.
+Token selection (`top_entropy_quantile` rho < 1, Wang et al. 2025 "80/20"): the policy-gradient
+term of tokens whose sampling entropy is below the batch's (1 - rho) quantile is multiplied by
+0 (`update.entropy_selection`, passed in as `token_weights`); the normalisers still count every
+token, as in TRL.
 
 Aggregation (`loss_type`), always over the whole generation batch, so splitting it into
 micro-batches for gradient accumulation gives the same gradient as one big batch:
@@ -111,6 +119,11 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's log s_i = mean over the trained tokens of logp - logp_old (b,), clamped at 10 (verl)."""
+    return (((logp - old_logp) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).clamp(max=10.0)
+
+
 def policy_loss(
     logp: torch.Tensor,  # (b, T) current policy, with grad
     old_logp: torch.Tensor,  # (b, T) policy that sampled the completions
@@ -122,15 +135,22 @@ def policy_loss(
     beta: float = 0.0,
     ref_logp: torch.Tensor | None = None,  # (b, T), required when beta > 0
     token_weights: torch.Tensor | None = None,  # (b, T) importance weights of the policy-gradient term
+    importance_sampling_level: str = "token",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate loss for one micro-batch plus summed statistics for logging.
 
     `token_weights` multiply the clipped policy-gradient term only (not the KL): the truncated
-    importance-sampling correction when another engine sampled the completions."""
+    importance-sampling correction when another engine sampled the completions, and the
+    entropy selection mask."""
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
     adv = advantages[:, None].to(logp.dtype)  # (b, 1)
-    ratio = torch.exp(logp - old_logp)  # (b, T)
+    if importance_sampling_level == "sequence":
+        ratio = torch.exp(sequence_log_ratio(logp, old_logp, mask))[:, None].expand_as(logp)  # (b, T): s_i on every token
+    elif importance_sampling_level == "token":
+        ratio = torch.exp(logp - old_logp)  # (b, T)
+    else:
+        raise ValueError(f"importance_sampling_level must be token or sequence, got {importance_sampling_level!r}")
     clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high)  # (b, T)
     per_token = -torch.min(ratio * adv, clipped * adv)  # (b, T)
     if token_weights is not None:
@@ -149,4 +169,8 @@ def policy_loss(
         stats["clip_low_tokens"] = float((low * mask).sum())
         stats["clip_high_tokens"] = float((high * mask).sum())
         stats["ratio_sum"] = float((ratio * mask).sum())
+        if importance_sampling_level == "sequence":
+            rows = mask.sum(-1) > 0  # (b,)
+            stats["sequences"] = float(rows.sum())
+            stats["clipped_sequences"] = float(((low | high)[:, 0] & rows).sum())
     return loss, stats

@@ -88,6 +88,9 @@ def step_metrics(rows: StepRows, stats: dict, accuracy_reward: str, lr: float, n
         "tokens/trained": stats["trained_tokens"],
     }
     m.update(stats.get("moe", {}))
+    m.update(stats.get("entropy", {}))  # token-entropy percentiles; the top_entropy_quantile threshold and kept share
+    if stats.get("sequences"):  # GSPO: sequences clipped as a whole
+        m["clip/sequence_frac"] = stats["clipped_sequences"] / stats["sequences"]
     if rows.entropy_sums is not None:  # vLLM without recompute returns no entropies
         m["entropy"] = float(rows.entropy_sums.sum() / completion_tokens.clamp(min=1))
     m["flops/step"] = step_flops(num_parameters, m["tokens/prompt"], m["tokens/generated"], m["tokens/trained"], mu, reference=beta > 0)

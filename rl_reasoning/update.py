@@ -18,6 +18,9 @@ Departures from TRL's GRPOTrainer:
   of the batch: out of the loss and out of both normaliser counts, for every loss type.
 - Prefix grouping (`optim.prefix_grouping`, single process, dense models): micro-batches never
   mix prompts and each prompt runs once per micro-batch (logprobs.grouped_completion_logprobs).
+- `grpo.top_entropy_quantile`: the threshold is taken once per generation batch over every
+  process's trained tokens, from the sampling entropies the rollout already computed (TRL takes
+  it per micro-batch from a fresh forward), so it does not move with the micro-batch split.
 """
 
 from __future__ import annotations
@@ -104,6 +107,25 @@ def trained_tokens(micro: list[torch.Tensor], lengths: torch.Tensor, prompt_leng
     return sum(int(lengths[idx].sum()) + int(prompt_lengths[idx[0]]) * (1 if prefix_grouping else len(idx)) for idx in micro)
 
 
+def entropy_selection(entropies: torch.Tensor, mask: torch.Tensor, quantile: float, collective: Collective) -> tuple[torch.Tensor, dict]:
+    """The entropy keep mask (N, T) of `grpo.top_entropy_quantile`, with its threshold taken over the
+    trained tokens of every process, and the token-entropy percentiles of the batch (metrics)."""
+    valid = entropies[mask.bool()].float()  # (M,) this process's trained tokens
+    if collective.world > 1:
+        valid = torch.tensor(collective.gather_objects(valid.tolist()), dtype=torch.float32)
+    if valid.numel() == 0:
+        return torch.ones_like(mask, dtype=torch.float32), {}
+    p10, p50, p90 = torch.quantile(valid, torch.tensor([0.1, 0.5, 0.9])).tolist()
+    stats = {"entropy/token_p10": p10, "entropy/token_p50": p50, "entropy/token_p90": p90}
+    if quantile >= 1:
+        return torch.ones_like(mask, dtype=torch.float32), stats
+    threshold = float(torch.quantile(valid, 1 - quantile))
+    keep = (entropies >= threshold).float() * (mask > 0)  # (N, T)
+    stats["entropy/selection_threshold"] = threshold
+    stats["entropy/selected_frac"] = float((valid >= threshold).float().mean())
+    return keep, stats
+
+
 class PolicyUpdate:
     """mu optimizer steps on a generation batch; holds the optimizer-step count."""
 
@@ -135,8 +157,12 @@ class PolicyUpdate:
             skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss, keep_every_row=world > 1,
         )
         ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if cfg.grpo.beta > 0 else {}
+        has_entropy = cfg.rollout.backend != "vllm" or cfg.rollout.vllm.recompute_logprobs
+        keep, entropy_stats = entropy_selection(rollout.entropies, mask, cfg.grpo.top_entropy_quantile, self.collective) if has_entropy else (None, {})
+        select = keep is not None and cfg.grpo.top_entropy_quantile < 1
 
-        totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm"), 0.0)
+        totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm",
+                                "sequences", "clipped_sequences"), 0.0)  # the same keys on every process (summed across them)
         aux_sum, load_sum = 0.0, None
         self.model.train()
         for _ in range(cfg.grpo.num_iterations):
@@ -159,7 +185,8 @@ class PolicyUpdate:
                     epsilon_high=cfg.grpo.epsilon_high,
                     beta=cfg.grpo.beta,
                     ref_logp=ref_logps.get(k),
-                    token_weights=self._importance_weights(rollout, idx, width),
+                    token_weights=self._token_weights(rollout, idx, width, keep if select else None),
+                    importance_sampling_level=cfg.grpo.importance_sampling_level,
                 )
                 if router_loss:  # mean over micro-batches (and processes) of the aux loss
                     loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)
@@ -169,7 +196,7 @@ class PolicyUpdate:
                     self.accelerator.backward(loss * world)
                 totals["loss"] += float(loss.detach())
                 for key, value in stats.items():
-                    totals[key] += value
+                    totals[key] = totals.get(key, 0.0) + value
             totals["grad_norm"] += self._optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients until the next update (peak memory)
 
@@ -180,6 +207,7 @@ class PolicyUpdate:
         totals["trained_tokens"] = trained_tokens(micro, lengths, prompt_lengths, grouped)
         totals = self.collective.sum(totals)
         totals["grad_norm"] = grad_norm
+        totals["entropy"] = entropy_stats  # already global
         if load_sum is not None:
             passes = len(micro) * mu * world
             load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
@@ -212,13 +240,17 @@ class PolicyUpdate:
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
 
-    def _importance_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int) -> torch.Tensor | None:
-        """min(pi_train / pi_sampler, cap) per token (b, T') when vLLM sampled and the correction is on."""
+    def _token_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int, keep: torch.Tensor | None) -> torch.Tensor | None:
+        """Weights of each token's policy-gradient term (b, T'): the vLLM importance correction
+        min(pi_train / pi_sampler, cap) when it is on, times the entropy selection when it is on."""
         vcfg = self.cfg.rollout.vllm
-        if rollout.sampler_logprobs is None or not vcfg.importance_correction:
-            return None
-        delta = rollout.logprobs[idx, :width] - rollout.sampler_logprobs[idx, :width]  # (b, T')
-        return delta.exp().clamp(max=vcfg.importance_cap).to(self.accelerator.device)
+        weights = None
+        if rollout.sampler_logprobs is not None and vcfg.importance_correction:
+            delta = rollout.logprobs[idx, :width] - rollout.sampler_logprobs[idx, :width]  # (b, T')
+            weights = delta.exp().clamp(max=vcfg.importance_cap)
+        if keep is not None:
+            weights = keep[idx, :width] if weights is None else weights * keep[idx, :width]
+        return None if weights is None else weights.to(self.accelerator.device)
 
     def _moe_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
         """Policy log-probs (b, T'), loss mask (b, T'), router aux loss and per-expert load (E,)."""

@@ -72,6 +72,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_moe_dir(tmp_path_factory) -> Path:
+    """A saved tiny Mixtral (4 experts, top-2) with the same tokenizer: MoE paths of the trainer."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-mixtral")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                           router_aux_loss_coef=0.02, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    MixtralForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture()
 def tiny(tiny_model_dir):
     """(model, tokenizer) freshly loaded from the tiny checkpoint."""

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from rl_reasoning import cli
 from rl_reasoning.jsonl import read_records
 from rl_reasoning.models import load_model
-from tests.conftest import build_tokenizer
 from tests.test_trainer import train
 
 LORA = dict(lora__r=4, lora__alpha=8, eval__at_start="false", eval__at_end="false", optim__lr=0.05)
@@ -84,21 +83,6 @@ def test_bad_lora_settings_name_the_key(tiny_model_dir, arithmetic_jsonl, tmp_pa
 
 
 # ---------------------------------------------------------------------------------------- MoE
-
-
-@pytest.fixture(scope="module")
-def tiny_moe_dir(tmp_path_factory) -> Path:
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-mixtral")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           router_aux_loss_coef=0.02, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    MixtralForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def router_weights(run: Path) -> dict[str, torch.Tensor]:

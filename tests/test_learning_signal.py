@@ -1,0 +1,143 @@
+"""GSPO's sequence-level ratio and the top-entropy token selection (issue #19): hand-computed
+tensors first, then the tiny dense model and the tiny Mixtral."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rl_reasoning.config import load_config
+from rl_reasoning.errors import ConfigError
+from rl_reasoning.grpo import LossNormalizer, policy_loss, sequence_log_ratio
+from rl_reasoning.jsonl import read_records
+from rl_reasoning.update import entropy_selection
+from tests.test_trainer import train
+
+
+class OneProcess:
+    world = 1
+
+
+# --------------------------------------------------------------------------- GSPO on hand-built tensors
+
+
+def test_sequence_log_ratio_is_the_masked_mean_of_token_log_ratios():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]])
+    old = torch.tensor([[-1.5, -2.0, -2.0], [-2.0, -1.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # row 0: (0.5 + 0 - 1) / 3; row 1: (1 + 0) / 2, the padded token (0 - 5) ignored
+    assert sequence_log_ratio(logp, old, mask).tolist() == pytest.approx([-0.5 / 3, 0.5])
+    assert sequence_log_ratio(torch.tensor([[50.0]]), torch.tensor([[0.0]]), torch.ones(1, 1)).item() == 10.0  # clamped, as verl
+
+
+def test_gspo_loss_and_gradient_by_hand():
+    """loss_type grpo: J = (1/N) sum_i min(s_i A_i, clip(s_i) A_i); gradient s_i A_i / |y_i| on each
+    token of an unclipped sequence, 0 on every token of a clipped one."""
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.02, 0.01, 0.0], [0.6, 0.6, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv = torch.tensor([1.0, 1.0])
+    norm = LossNormalizer("grpo", num_sequences=2, num_tokens=5, max_new_tokens=3)
+    loss, stats = policy_loss(logp, old, adv, mask, norm, epsilon=0.2, importance_sampling_level="sequence")
+    s0 = math.exp(0.01)  # row 1's s = exp(0.6) is above 1 + 0.2: clipped at 1.2
+    assert loss.item() == pytest.approx(-(s0 * 1.0 + 1.2 * 1.0) / 2)
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-s0 / 3 / 2] * 3)
+    assert logp.grad[1].tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert stats["sequences"] == 2 and stats["clipped_sequences"] == 1
+    # token level on the same tensors clips token by token instead: row 0 is not clipped at all
+    _, token_stats = policy_loss(logp.detach(), old, adv, mask, norm, epsilon=0.2)
+    assert token_stats["clip_high_tokens"] == 2 and "sequences" not in token_stats
+
+
+def test_gspo_equals_grpo_on_policy():
+    """With logp == logp_old every ratio is 1: the sequence and token levels give the same loss and gradient."""
+    torch.manual_seed(0)
+    old = torch.randn(3, 5)
+    mask = (torch.rand(3, 5) > 0.2).float()
+    adv = torch.tensor([0.5, -1.0, 2.0])
+    grads = []
+    for level in ("token", "sequence"):
+        logp = old.clone().requires_grad_(True)
+        loss, _ = policy_loss(logp, old, adv, mask, LossNormalizer("grpo", 3, int(mask.sum()), 5), importance_sampling_level=level)
+        loss.backward()
+        grads.append((loss.item(), logp.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0])
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
+
+
+# --------------------------------------------------------------------------- entropy selection
+
+
+def test_entropy_selection_keeps_the_top_quantile_of_trained_tokens():
+    entropies = torch.tensor([[0.1, 0.9, 0.5, 7.0], [0.3, 0.7, 0.2, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # the 7.0 is padding: not a candidate
+    keep, stats = entropy_selection(entropies, mask, 0.25, OneProcess())
+    # trained entropies: 0.1 0.9 0.5 0.3 0.7 0.2 0.0 -> the 0.75 quantile is 0.6: 0.9 and 0.7 kept
+    assert keep.tolist() == [[0, 1, 0, 0], [0, 1, 0, 0]]
+    assert stats["entropy/selection_threshold"] == pytest.approx(0.6)
+    assert stats["entropy/selected_frac"] == pytest.approx(2 / 7)
+    assert stats["entropy/token_p50"] == pytest.approx(0.3)
+    everything, stats = entropy_selection(entropies, mask, 1.0, OneProcess())
+    assert everything.tolist() == [[1.0] * 4] * 2 and "entropy/selection_threshold" not in stats
+
+
+def test_entropy_selection_zeroes_the_policy_gradient_of_low_entropy_tokens_only():
+    logp = torch.zeros(1, 4, requires_grad=True)
+    keep = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    loss, _ = policy_loss(logp, torch.zeros(1, 4), torch.tensor([1.0]), torch.ones(1, 4), LossNormalizer("dapo", 1, 4, 4), token_weights=keep)
+    loss.backward()
+    assert logp.grad.tolist() == [[-0.25, 0.0, -0.25, 0.0]]  # the normaliser still counts all 4 tokens, as in TRL
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["grpo.importance_sampling_level=sequence"], "grpo.importance_sampling_level: 'sequence' has no effect on-policy"),
+    (["grpo.importance_sampling_level=segment"], "grpo.importance_sampling_level"),
+    (["grpo.top_entropy_quantile=0"], "grpo.top_entropy_quantile: must be in (0, 1]"),
+    (["grpo.top_entropy_quantile=1.5"], "grpo.top_entropy_quantile: must be in (0, 1]"),
+    (["rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false", "grpo.top_entropy_quantile=0.2"], "needs token entropies"),
+])
+def test_bad_settings_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_config(None, overrides)
+    assert load_config(None, ["grpo.importance_sampling_level=sequence", "grpo.num_iterations=2"]).grpo.importance_sampling_level == "sequence"
+
+
+# --------------------------------------------------------------------------- on the tiny models
+
+
+def test_gspo_trains_the_tiny_model_and_logs_sequence_clipping(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=2, eval__at_start="false", grpo__num_iterations=2,
+          grpo__importance_sampling_level="sequence", grpo__epsilon="0.0003", grpo__epsilon_high="0.0004")
+    metrics = list(read_records(tmp_path / "run" / "metrics.jsonl"))
+    assert all(0 <= m["clip/sequence_frac"] <= 1 for m in metrics)
+    assert any(m["clip/sequence_frac"] > 0 for m in metrics), "at epsilon 3e-4 the second iteration clips some sequence"
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+
+
+def test_top_entropy_quantile_changes_the_update_and_logs_the_selection(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    def weights_after(quantile, name):
+        trainer, summary = train(tiny_model_dir, arithmetic_jsonl, tmp_path / name, max_steps=1, eval__at_start="false",
+                                 grpo__top_entropy_quantile=quantile)
+        return trainer, list(read_records(tmp_path / name / "metrics.jsonl"))[0]
+
+    full, m_full = weights_after("1.0", "all")
+    top, m_top = weights_after("0.2", "top")
+    assert "entropy/selected_frac" not in m_full and m_full["entropy/token_p10"] <= m_full["entropy/token_p50"] <= m_full["entropy/token_p90"]
+    assert 0.15 <= m_top["entropy/selected_frac"] <= 0.35
+    assert m_top["entropy/selection_threshold"] >= m_top["entropy/token_p50"]
+    differ = [n for (n, a), (_, b) in zip(full.model.named_parameters(), top.model.named_parameters()) if not torch.equal(a, b)]
+    assert differ, "training on 20 % of the tokens must give a different update"
+
+
+def test_gspo_on_the_tiny_mixtral(tiny_moe_dir, arithmetic_jsonl, tmp_path):
+    """GSPO is recommended for MoE policies (its paper's headline); the sequence ratio and the router loss coexist."""
+    train(tiny_moe_dir, arithmetic_jsonl, tmp_path / "moe", max_steps=2, eval__at_start="false", grpo__num_iterations=2,
+          grpo__importance_sampling_level="sequence", grpo__epsilon="0.0003", grpo__epsilon_high="0.0004")
+    metrics = list(read_records(tmp_path / "moe" / "metrics.jsonl"))
+    assert all(0 <= m["clip/sequence_frac"] <= 1 and m["moe/aux_loss"] > 0 for m in metrics)
