@@ -179,7 +179,24 @@ class GRPOConfig:
     """DAPO's dynamic-sampling filter: leave groups whose rewards are all equal out of the loss and
     out of its normalisers, sequences and tokens, for every loss_type (they have zero advantage,
     so they would only dilute the mean and the KL). DAPO also refills the batch with new prompts
-    until it is full; we do not, so raise `prompts_per_step` instead."""
+    until it is full: that is `dynamic_sampling` below."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling with refill (verl: algorithm.filter_groups.enable). A group is
+    informative when its `dynamic_sampling_metric` values are not all equal. While fewer than
+    `prompts_per_step` of the step's groups are informative and fewer than `max_num_gen_batches`
+    generation rounds ran, the next `prompts_per_step` prompts are drawn, sampled (each round with
+    its own seed) and scored. The step then trains on exactly `prompts_per_step` groups, in draw
+    order: the first informative ones (the surplus is discarded and its prompts stay consumed, as
+    in verl); if the rounds ran out, the earliest uninformative groups fill the batch (verl raises
+    instead), logged in dynamic_sampling/kept_informative_groups and warned about once. Advantages,
+    loss normalisers, metrics and traces are those of the kept batch."""
+    dynamic_sampling_metric: Literal["accuracy", "reward"] = "accuracy"
+    """What an informative group varies in: "accuracy" = the accuracy reward (`accuracy_reward`;
+    verl's `acc`), "reward" = the weighted total (verl's `score`), which shaped rewards such as
+    format make vary almost always, so that the filter keeps nearly every group."""
+    max_num_gen_batches: int = 4
+    """Most generation rounds in a step with dynamic_sampling, the first included (verl's name);
+    >= 2. verl's 0 (no limit) is refused: data the model always or never solves would loop forever."""
 
 
 @dataclass
@@ -355,6 +372,11 @@ class Config:
             )
         if self.accuracy_reward is not None and self.accuracy_reward not in names:
             raise ConfigError(f"accuracy_reward: {self.accuracy_reward!r} is not one of the rewards {names}")
+        if self.grpo.max_num_gen_batches < 2:
+            raise ConfigError("grpo.max_num_gen_batches: must be >= 2 (generation rounds per step, the first included; 1 never refills)")
+        for key in ("dynamic_sampling_metric", "max_num_gen_batches"):
+            if not self.grpo.dynamic_sampling and getattr(self.grpo, key) != getattr(GRPOConfig(), key):
+                raise ConfigError(f"grpo.{key}: has no effect without grpo.dynamic_sampling: true; remove it or turn dynamic sampling on")
 
     def temperature_is_greedy(self) -> bool:
         return self.rollout.temperature == 0

@@ -4,7 +4,8 @@ Two engines implement `GenerationEngine`: our own (`rollout.RolloutEngine`, a KV
 loop on the policy itself) and vLLM's (`vllm_rollout.VLLMRolloutEngine`). Both take token-id
 prompts and the recipe's `rollout` section (a `RolloutConfig`: G, max_new_tokens, temperature,
 top_p, stop strings) and return a `RolloutBatch`, so rewards, advantages, the update, traces and
-evaluation never know which engine sampled.
+evaluation never know which engine sampled. `concat_rollouts` and `select_groups` assemble one
+batch from several (dynamic sampling's refill rounds, and the slices of several processes).
 """
 
 from __future__ import annotations
@@ -79,3 +80,62 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     """`text` cut right after the first place a stop string ends in it (unchanged if none occurs)."""
     cut = min((text.find(s) + len(s) for s in stop if s in text), default=None)
     return text[:cut] if cut is not None else text
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """The rows of `batches`, in order, as one batch (on the CPU): prompts left-padded and
+    completions right-padded to the widest of them. All batches must share G, and either all or
+    none carry `sampler_logprobs`."""
+    if not batches:
+        raise ValueError("concat_rollouts: no batches")
+    G = batches[0].group_size
+    if any(b.group_size != G for b in batches):
+        raise ValueError(f"concat_rollouts: group sizes differ ({sorted({b.group_size for b in batches})})")
+    has_sampler = [b.sampler_logprobs is not None for b in batches]
+    if any(has_sampler) and not all(has_sampler):
+        raise ValueError("concat_rollouts: some batches carry sampler_logprobs and some do not")
+    p_width = max(b.prompt_ids.shape[1] for b in batches)
+    c_width = max(b.completion_ids.shape[1] for b in batches)
+
+    def left(x: torch.Tensor, fill) -> torch.Tensor:  # (n, Lp) -> (n, p_width)
+        return torch.nn.functional.pad(x.cpu(), (p_width - x.shape[1], 0), value=fill)
+
+    def right(x: torch.Tensor, fill) -> torch.Tensor:  # (n, Lc) -> (n, c_width)
+        return torch.nn.functional.pad(x.cpu(), (0, c_width - x.shape[1]), value=fill)
+
+    return RolloutBatch(
+        prompt_ids=torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+        prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
+        completion_ids=torch.cat([right(b.completion_ids, pad_id) for b in batches]),
+        completion_mask=torch.cat([right(b.completion_mask, 0) for b in batches]),
+        logprobs=torch.cat([right(b.logprobs, 0.0) for b in batches]),
+        entropies=torch.cat([right(b.entropies, 0.0) for b in batches]),
+        truncated=torch.cat([b.truncated.cpu() for b in batches]),
+        texts=[t for b in batches for t in b.texts],
+        group_size=G,
+        sampler_logprobs=torch.cat([right(b.sampler_logprobs, 0.0) for b in batches]) if all(has_sampler) else None,
+    )
+
+
+def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
+    """The rows of prompt groups `groups` (indices into the batch's P groups, in the order given),
+    with the padding columns no kept row needs removed: prompts keep the widest kept prompt,
+    completions the longest kept completion (at least one column, as the engines return)."""
+    G = batch.group_size
+    rows = torch.tensor([g * G + j for g in groups for j in range(G)], dtype=torch.long)  # (n,)
+    p_mask = batch.prompt_mask[rows]
+    p_width = int(p_mask.sum(-1).max()) if len(rows) else 0
+    c_width = max(int(batch.completion_mask[rows].sum(-1).max()) if len(rows) else 0, 1)
+    p_cols = slice(batch.prompt_ids.shape[1] - p_width, None)
+    return RolloutBatch(
+        prompt_ids=batch.prompt_ids[rows][:, p_cols],
+        prompt_mask=p_mask[:, p_cols],
+        completion_ids=batch.completion_ids[rows, :c_width],
+        completion_mask=batch.completion_mask[rows, :c_width],
+        logprobs=batch.logprobs[rows, :c_width],
+        entropies=batch.entropies[rows, :c_width],
+        truncated=batch.truncated[rows],
+        texts=[batch.texts[i] for i in rows.tolist()],
+        group_size=G,
+        sampler_logprobs=batch.sampler_logprobs[rows, :c_width] if batch.sampler_logprobs is not None else None,
+    )

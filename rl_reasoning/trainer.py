@@ -4,12 +4,15 @@ One step draws B = `prompts_per_step` problems (tasks/), renders their prompts (
 samples G completions for each (engine.py: our engine in rollout.py, or vLLM in
 vllm_rollout.py), scores them (reward_runner.py), turns the rewards into group-relative
 advantages (grpo.py) and runs mu = `grpo.num_iterations` optimizer steps on the batch
-(update.py). The main process writes the step's metrics (metrics.py) and traces (run_files.py);
+(update.py). With `grpo.dynamic_sampling` (DAPO) the sampling and scoring repeat on new
+prompts until B groups carry signal (`_refill`); everything after it sees only the kept batch.
+The main process writes the step's metrics (metrics.py) and traces (run_files.py);
 held-out evaluations go through evaluation.py and checkpoints through checkpoint.py.
 
 Under `accelerate launch` every process draws the same global batch, samples and scores its own
 slice of prompts, and advantages, metrics and traces are computed on values gathered from all
-processes (distributed.py), so the run equals a single-process run on the same batch.
+processes (distributed.py), so the run equals a single-process run on the same batch (dynamic
+sampling decides on gathered values too, then re-splits the kept groups over the processes).
 Departures from the papers are stated where they happen: grpo.py (the loss), update.py (what
 the update skips or drops), rollout.py (sampling).
 """
@@ -22,6 +25,7 @@ import importlib.util
 import logging
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -31,16 +35,17 @@ from . import checkpoint as ckpt
 from .adapters import apply_lora
 from .config import Config
 from .distributed import Collective
+from .engine import RolloutBatch, concat_rollouts, select_groups
 from .errors import ConfigError, UserError
 from .evaluation import EvalSettings, evaluate, problem_columns
-from .grpo import group_advantages
+from .grpo import group_advantages, zero_variance_groups
 from .jsonl import read_records
 from .logprobs import recompute_logprobs
-from .metrics import StepRows, gather_rows, step_metrics, summary_line, timing_metrics
+from .metrics import StepRows, gather_rows, step_flops, step_metrics, summary_line, timing_metrics
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
 from .prompts import encode_prompt, render_prompt
-from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
+from .reward_runner import CORRECT, RewardResult, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
 from .run_files import RunFiles, trace_records
 from .runtime import configure_cpu, quiet_library_progress_bars, seed_everything
@@ -205,7 +210,7 @@ class GRPOTrainer:
                 self.run_eval()
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="GRPO", unit="step", disable=self.quiet or not self.is_main, dynamic_ncols=True)
             signals.newline_first = not bar.disable
-            last, saved_at = {}, None
+            last, saved_at, warned_exhausted = {}, None, False
             try:
                 stop = stop_requested()
                 while self.step < cfg.max_steps and not stop:
@@ -214,6 +219,9 @@ class GRPOTrainer:
                     self.step += 1
                     for alarm in last.get("alarms", []):
                         self._warn(f"step {self.step}: {alarm}", bar)
+                    if not warned_exhausted and last.get("dynamic_sampling/kept_informative_groups", cfg.prompts_per_step) < cfg.prompts_per_step:
+                        warned_exhausted = True  # once per run: dynamic_sampling/kept_informative_groups has every step
+                        self._warn(f"step {self.step}: {refill_ran_out(last, cfg)}", bar)
                     bar.update(1)
                     bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.2f}", fmt=f"{last['format_rate']:.2f}",
                                     len=f"{last['completions/mean_length']:.0f}", s=f"{last['time/step']:.1f}")
@@ -250,29 +258,19 @@ class GRPOTrainer:
         """One step (self.step -> self.step + 1); writes its traces and metrics and returns the metrics."""
         cfg, G, shard = self.cfg, self.cfg.rollout.num_generations, self.collective.shard
         t_start = time.perf_counter()
-        problems = self.sampler.next_batch(cfg.prompts_per_step)  # the global batch, identical on every process
-        prompt_texts = [render_prompt(self.tokenizer, p["question"], cfg.prompt) for p in problems]
-        mine = shard.prompt_slice(len(problems))  # this process's prompts, with all G of their completions
-        prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts[mine]]
+        seconds = {"generation": 0.0, "old_logprobs": 0.0, "reward": 0.0}  # summed over generation rounds
 
-        # rollout
-        self.generator.manual_seed(rollout_seed(cfg.seed, self.step))
-        n_local = len(prompt_ids) * G
-        with self._generation_engine() as engine:
-            rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
-        t_gen = time.perf_counter()
-        sampler_stats = self._recompute_old_logprobs(rollout) if self._recomputes else {}
-        t_gen_end = time.perf_counter()
-
-        # rewards
-        completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
-        completion_ids = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths)]
-        rewards = self.rewards(completions, problem_columns(problems[mine], G), [t for t in prompt_texts[mine] for _ in range(G)],
-                               self.step + 1, completion_ids=completion_ids)
+        # prompts, rollout, rewards (grpo.dynamic_sampling: more rounds until B groups carry signal)
+        batch = self._sample_and_score(0, seconds)
+        refill = self._refill(batch, seconds) if cfg.grpo.dynamic_sampling else None
+        if refill is not None:
+            batch = refill.batch
+        problems, prompt_texts, rollout, rewards = batch.problems, batch.prompt_texts, batch.rollout, batch.rewards
+        sampler_stats = self._sampler_mismatch(rollout) if self._recomputes else {}
         t_rew = time.perf_counter()
 
         # advantages (on the global batch) and the update (on this process's rows)
-        rows = gather_rows(self.collective, rollout, rewards, completions, has_entropy=not self._uses_vllm or self._recomputes)
+        rows = gather_rows(self.collective, rollout, rewards, batch.completions, has_entropy=not self._uses_vllm or self._recomputes)
         rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
         mine_rows = shard.row_slice(len(rows.advantages))
         dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine_rows]  # (N,)
@@ -291,10 +289,13 @@ class GRPOTrainer:
                                self.num_parameters, cfg.grpo.num_iterations, cfg.grpo.beta)
         metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
         metrics.update(step_statistics(analyses))
-        seconds = {"generation": t_gen - t_start, "reward": t_rew - t_gen_end, "update": t_upd - t_rew, "step": t_upd - t_start}
-        if self._recomputes:
-            seconds["old_logprobs"] = t_gen_end - t_gen
-        metrics.update(timing_metrics(self.collective.max(seconds), rows))
+        seconds.update(update=t_upd - t_rew, step=t_upd - t_start)
+        if not self._recomputes:
+            del seconds["old_logprobs"]
+        seconds = self.collective.max(seconds)
+        metrics.update(timing_metrics(seconds, rows))
+        if refill is not None:
+            metrics.update(refill.metrics(metrics, seconds, self.num_parameters))
         if cfg.traces.analyze:
             metrics["alarms"] = [f"{a.name}: {a.message}" for a in self.alarms.update({**metrics, "step": self.step + 1})]
         metrics["step"] = self.step + 1
@@ -303,6 +304,89 @@ class GRPOTrainer:
             self.files.step(metrics, traces)
             self._track(metrics, self.step + 1)
         return metrics
+
+    def _sample_and_score(self, generation_round: int, seconds: dict) -> Sampled:
+        """One generation round: the next B prompts (the global batch, identical on every process),
+        G completions of this process's slice of them, and their rewards. Adds its time to `seconds`."""
+        cfg, G, shard = self.cfg, self.cfg.rollout.num_generations, self.collective.shard
+        t_start = time.perf_counter()
+        problems = self.sampler.next_batch(cfg.prompts_per_step)
+        prompt_texts = [render_prompt(self.tokenizer, p["question"], cfg.prompt) for p in problems]
+        mine = shard.prompt_slice(len(problems))  # this process's prompts, with all G of their completions
+        prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts[mine]]
+
+        # rollout
+        self.generator.manual_seed(rollout_seed(cfg.seed, self.step, generation_round))
+        n_local = len(prompt_ids) * G
+        with self._generation_engine() as engine:
+            rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
+        t_gen = time.perf_counter()
+        if self._recomputes:
+            self._recompute_old_logprobs(rollout)
+        t_gen_end = time.perf_counter()
+
+        # rewards
+        completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
+        completion_ids = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths)]
+        rewards = self.rewards(completions, problem_columns(problems[mine], G), [t for t in prompt_texts[mine] for _ in range(G)],
+                               self.step + 1, completion_ids=completion_ids)
+        seconds["generation"] += t_gen - t_start
+        seconds["old_logprobs"] += t_gen_end - t_gen
+        seconds["reward"] += time.perf_counter() - t_gen_end
+        return Sampled(problems, prompt_texts, rollout, rewards, completions)
+
+    # ------------------------------------------------------------------ dynamic sampling (DAPO)
+
+    def _refill(self, first: Sampled, seconds: dict) -> Refill:
+        """`grpo.dynamic_sampling`: sample and score more rounds of B prompts until B informative
+        groups (grpo.dynamic_sampling_metric not constant) are in hand or `max_num_gen_batches`
+        rounds ran, then keep B groups (`keep_groups`). The decision is taken on values gathered
+        from every process, so all take it alike; the kept batch is then re-split over them."""
+        cfg, B = self.cfg, self.cfg.prompts_per_step
+        rounds, informative = [first], [self._informative_groups(first)]  # (B,) bool per round
+        while int(sum(m.sum() for m in informative)) < B and len(rounds) < cfg.grpo.max_num_gen_batches:
+            rounds.append(self._sample_and_score(len(rounds), seconds))
+            informative.append(self._informative_groups(rounds[-1]))
+        t_start = time.perf_counter()
+        flags = torch.cat(informative)  # (R*B,) in draw order
+        keep = keep_groups(flags, B)
+        batch = first if len(rounds) == 1 else self._kept_batch(rounds, keep)
+        sampled = self.collective.sum({  # every round's tokens, for throughput and FLOPs
+            "generated": sum(float(s.rollout.lengths.sum()) for s in rounds),
+            "prompt_rows": sum(float(s.rollout.prompt_mask.sum()) for s in rounds),
+            "prompt_groups": sum(float(s.rollout.prompt_mask[:: cfg.rollout.num_generations].sum()) for s in rounds),
+        })
+        seconds["generation"] += time.perf_counter() - t_start
+        return Refill(batch, rounds=len(rounds), informative=int(flags.sum()), kept_informative=int(flags[keep].sum()),
+                      sampled_groups=len(flags), **{f"{k}_tokens": int(v) for k, v in sampled.items()})
+
+    def _informative_groups(self, sampled: Sampled) -> torch.Tensor:
+        """(B,) True where a group's `dynamic_sampling_metric` values (gathered: the global batch) are not all equal."""
+        cfg = self.cfg
+        values = sampled.rewards.total if cfg.grpo.dynamic_sampling_metric == "reward" else sampled.rewards.components[cfg.accuracy_reward_name]
+        return ~zero_variance_groups(self.collective.gather(values), cfg.rollout.num_generations)
+
+    def _kept_batch(self, rounds: list[Sampled], keep: list[int]) -> Sampled:
+        """Groups `keep` (indices into the rounds' prompts, in draw order) as this process's batch.
+        Every process gathers every round's rows and takes its own slice of the kept groups, so the
+        split of the kept batch over processes is the usual contiguous one. Reward seconds are
+        summed over the rounds; what a reward reports about its batch is averaged over them."""
+        c, G, first = self.collective, self.cfg.rollout.num_generations, rounds[0].rewards
+        mine = keep[c.shard.prompt_slice(len(keep))]  # this process's kept groups
+        rows = torch.tensor([g * G + j for g in mine for j in range(G)], dtype=torch.long)
+        everything = concat_rollouts([r for s in rounds for r in c.gather_objects([s.rollout])], self.tokenizer.pad_token_id)
+        rewards = RewardResult(
+            total=torch.cat([c.gather(s.rewards.total) for s in rounds])[rows],
+            components={name: torch.cat([c.gather(s.rewards.components[name]) for s in rounds])[rows] for name in first.components},
+            seconds={name: sum(s.rewards.seconds[name] for s in rounds) for name in first.seconds},
+            metrics={name: {k: sum(s.rewards.metrics[name][k] for s in rounds) / len(rounds) for k in m}
+                     for name, m in first.metrics.items()},
+        )
+        completions = [t for s in rounds for t in c.gather_objects(s.completions)]
+        problems = [p for s in rounds for p in s.problems]
+        prompt_texts = [t for s in rounds for t in s.prompt_texts]
+        return Sampled([problems[g] for g in keep], [prompt_texts[g] for g in keep], select_groups(everything, mine), rewards,
+                       [completions[i] for i in rows.tolist()])
 
     def _analyze(self, rows: StepRows, problems: list[dict], correct: torch.Tensor) -> list:
         """Self-correction analysis of every completion (empty when traces.analyze is off)."""
@@ -340,17 +424,20 @@ class GRPOTrainer:
         self.synced_at = self.update.optimizer_steps
         return seconds
 
-    def _recompute_old_logprobs(self, rollout) -> dict:
+    def _recompute_old_logprobs(self, rollout: RolloutBatch) -> None:
         """Completions sampled by vLLM: the policy's own log-probs and entropies replace vLLM's
-        (kept as `sampler_logprobs` for the importance correction). Returns mismatch metrics."""
-        from .vllm_rollout import sampler_mismatch_metrics
-
+        (kept as `sampler_logprobs` for the importance correction)."""
         cfg = self.cfg
         rollout.sampler_logprobs = rollout.logprobs  # (N, Lc)
         rollout.logprobs, rollout.entropies = recompute_logprobs(
             self.accelerator.unwrap_model(self.model), rollout, cfg.optim.micro_batch_size, cfg.rollout.temperature, self.accelerator.device
         )
-        return sampler_mismatch_metrics(rollout.logprobs, rollout.sampler_logprobs, rollout.completion_mask, cfg.rollout.vllm.importance_cap)
+
+    def _sampler_mismatch(self, rollout: RolloutBatch) -> dict:
+        """vllm/* metrics of the gap between the recomputed log-probs and vLLM's, on the trained batch."""
+        from .vllm_rollout import sampler_mismatch_metrics
+
+        return sampler_mismatch_metrics(rollout.logprobs, rollout.sampler_logprobs, rollout.completion_mask, self.cfg.rollout.vllm.importance_cap)
 
     # ------------------------------------------------------------------ evaluation, checkpoints, summary
 
@@ -435,10 +522,74 @@ class GRPOTrainer:
             bar.write(f"warning: {text}")
 
 
-def rollout_seed(seed: int, step: int) -> int:
-    """The sampling seed of training step `step` (0-based): a function of the run seed and the
-    step only, so every process, and a resumed run, draws the same noise for the same rows."""
-    return (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
+@dataclass
+class Sampled:
+    """A generation batch: the global prompts, and this process's completions of them with their rewards."""
+
+    problems: list[dict]  # (P,) the global batch, identical on every process
+    prompt_texts: list[str]  # (P,)
+    rollout: RolloutBatch  # this process's rows: its slice of the prompts, G completions each
+    rewards: RewardResult  # of this process's rows
+    completions: list[str]  # this process's rows as the rewards judged them (prefill + text)
+
+
+@dataclass
+class Refill:
+    """What dynamic sampling did in one step: the kept batch and the counts behind its metrics."""
+
+    batch: Sampled  # B groups
+    rounds: int  # generation rounds run, the first included (verl's num_gen_batches)
+    informative: int  # informative groups among the sampled ones, surplus included
+    kept_informative: int  # informative groups in the kept batch (< B: the rounds ran out)
+    sampled_groups: int  # rounds * B
+    generated_tokens: int  # over every round and process
+    prompt_rows_tokens: int  # prompt tokens summed over every sampled row
+    prompt_groups_tokens: int  # prompt tokens prefilled, once per sampled group
+
+    def metrics(self, so_far: dict, seconds: dict, num_parameters: int) -> dict:
+        """dynamic_sampling/*, and throughput/* and flops/step recounted over every round (the
+        other metrics, tokens/* included, describe the kept batch). `so_far`: the step's metrics."""
+        unkept = (self.prompt_groups_tokens - so_far["tokens/prompt"]) + (self.generated_tokens - so_far["tokens/generated"])
+        return {
+            "dynamic_sampling/rounds": self.rounds,
+            "dynamic_sampling/sampled_groups": self.sampled_groups,
+            "dynamic_sampling/informative_groups": self.informative,
+            "dynamic_sampling/kept_informative_groups": self.kept_informative,
+            "dynamic_sampling/informative_frac": self.informative / self.sampled_groups,
+            "dynamic_sampling/generated_tokens": self.generated_tokens,
+            "throughput/generated_tokens_per_s": self.generated_tokens / max(seconds["generation"], 1e-9),
+            "throughput/tokens_per_s": (self.generated_tokens + self.prompt_rows_tokens) / max(seconds["step"], 1e-9),
+            "flops/step": so_far["flops/step"] + step_flops(num_parameters, unkept, 0, 0, 1, reference=False),
+        }
+
+
+def refill_ran_out(metrics: dict, cfg: Config) -> str:
+    """The warning of the first step whose dynamic sampling found too few informative groups."""
+    return (f"dynamic sampling found {metrics['dynamic_sampling/kept_informative_groups']} informative groups of {cfg.prompts_per_step} "
+            f"in {metrics['dynamic_sampling/rounds']} rounds (grpo.max_num_gen_batches); groups whose {cfg.grpo.dynamic_sampling_metric} "
+            "is constant filled the batch (warned once; dynamic_sampling/kept_informative_groups in metrics.jsonl has every step)")
+
+
+def keep_groups(informative: torch.Tensor, size: int) -> list[int]:
+    """Dynamic sampling's choice among a step's sampled groups ((R*B,) bool, True = informative,
+    in draw order): the first `size` informative groups, and when fewer were found, the earliest
+    uninformative ones to make up `size`. Returned in draw order."""
+    order = torch.cat([torch.nonzero(informative).flatten(), torch.nonzero(~informative).flatten()])
+    return sorted(order[:size].tolist())
+
+
+def rollout_seed(seed: int, step: int, generation_round: int = 0) -> int:
+    """The sampling seed of training step `step` (0-based), generation round `generation_round`
+    (0 unless dynamic sampling refills): a function of the run seed, the step and the round only,
+    so every process, and a resumed run, draws the same noise for the same rows. Refill rounds
+    hash (step seed, round) with splitmix64, so their seeds practically never meet another step's."""
+    base = (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
+    if generation_round == 0:
+        return base
+    z = (base + generation_round * 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % (2**63)
 
 
 def _run_dir(cfg: Config, recipe_name: str) -> Path:

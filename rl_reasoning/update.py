@@ -15,7 +15,8 @@ Departures from TRL's GRPOTrainer:
   count in the loss normalisers and the optimizer still steps, so the update is the same. (With
   several processes every row runs, so that every rank runs the same micro-batches.)
 - `grpo.drop_zero_variance_groups` (DAPO's filter) takes groups whose rewards are all equal out
-  of the batch: out of the loss and out of both normaliser counts, for every loss type.
+  of the batch: out of the loss and out of both normaliser counts, for every loss type. (The
+  refill, `grpo.dynamic_sampling`, happens before the update, in the trainer.)
 - Prefix grouping (`optim.prefix_grouping`, single process, dense models): micro-batches never
   mix prompts and each prompt runs once per micro-batch (logprobs.grouped_completion_logprobs).
 - `grpo.top_entropy_quantile`: the threshold is taken once per generation batch over every
