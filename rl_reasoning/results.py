@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .traces.schema import is_number, is_text
+from .traces.schema import is_number
+from .untrusted import is_text
 
 BOOTSTRAP_SAMPLES = 2000
 

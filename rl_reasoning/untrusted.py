@@ -61,3 +61,15 @@ def shorten(text: str, max_chars: int, max_lines: int) -> tuple[str, str]:
     omitted_lines = text.count("\n") - head.count("\n") - tail.count("\n")
     note = f"… {omitted_chars:,} characters ({omitted_lines:,} line breaks) left out …"
     return f"{head}\n{note}\n{tail}", note
+
+
+def is_text(value) -> bool:
+    """A str that can be encoded: a JSON "\\ud800" escape gives a lone surrogate, which cannot
+    be written to a file or a terminal. Run-file schemas and data rows refuse such values."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

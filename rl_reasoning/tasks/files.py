@@ -20,6 +20,7 @@ from rewards.extract import last_boxed
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..untrusted import is_text
 
 QUESTION_COLUMNS = ("question", "prompt", "problem")
 ANSWER_COLUMNS = ("answer", "solution")
@@ -110,7 +111,7 @@ def _jsonl_records(path: Path) -> list[tuple[int, object]]:
                 continue
             try:
                 value = json.loads(raw.decode("utf-8"))
-                if isinstance(value, dict) and any(isinstance(v, str) and _lone_surrogate(v) for v in value.values()):
+                if isinstance(value, dict) and any(isinstance(v, str) and not is_text(v) for v in value.values()):
                     value = BadRow("text with a lone surrogate (a \\udXXX escape that is not half of a pair)")
             except UnicodeDecodeError as e:
                 value = BadRow(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
@@ -120,14 +121,6 @@ def _jsonl_records(path: Path) -> list[tuple[int, object]]:
                 value = BadRow("not valid JSON (a number too long, or nesting too deep)")
             records.append((lineno, value))
     return records
-
-
-def _lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def read_file_rows(cfg: DataConfig) -> tuple[list[dict], int]:

@@ -18,6 +18,8 @@ import json
 import math
 from pathlib import Path
 
+from ..untrusted import is_text
+
 MAX_EXACT = 2**53  # JSON allows integers of any length; past this they do not survive float()
 
 
@@ -27,17 +29,6 @@ def is_int(v) -> bool:
 
 def is_number(v) -> bool:
     return is_int(v) or isinstance(v, float)
-
-
-def is_text(v) -> bool:
-    """A str that can be encoded: a JSON "\\ud800" escape gives a lone surrogate, which cannot."""
-    if not isinstance(v, str):
-        return False
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _step_problem(record: dict) -> str | None:
