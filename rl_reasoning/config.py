@@ -175,6 +175,12 @@ class GRPOConfig:
     2025: rho = 0.2). The threshold is the (1 - rho) quantile of the sampling entropies of the
     whole generation batch's trained tokens; other tokens leave the policy-gradient term but stay
     in the normalisers (as in TRL). 1.0 = every token."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus (verl's name): subtract entropy_coeff * H_t from every trained token's loss,
+    where H_t is the entropy of the policy's softmax(logits / T) at that token, with gradients
+    (aggregated like the policy-gradient term). Every trained row then runs through the update,
+    including those with advantage 0, which raises the update's cost once most groups are solved.
+    0 = off; verl's examples use 0 to 1e-3."""
     drop_zero_variance_groups: bool = False
     """DAPO's dynamic-sampling filter: leave groups whose rewards are all equal out of the loss and
     out of its normalisers, sequences and tokens, for every loss_type (they have zero advantage,
@@ -302,6 +308,7 @@ class Config:
             ("grpo.beta", self.grpo.beta >= 0, "must be >= 0"),
             ("grpo.num_iterations", self.grpo.num_iterations >= 1, "must be >= 1"),
             ("grpo.top_entropy_quantile", 0 < self.grpo.top_entropy_quantile <= 1, "must be in (0, 1]"),
+            ("grpo.entropy_coeff", 0 <= self.grpo.entropy_coeff <= 1, "must be in [0, 1]"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),

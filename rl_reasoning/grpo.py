@@ -18,6 +18,9 @@ GSPO (`importance_sampling_level="sequence"`, Zheng et al. 2025, TRL's name): rh
 by the sequence ratio s_i = exp(sum_t m_it (logp - logp_old) / sum_t m_it) for every token of i
 (log s_i clamped at 10, as verl does), so a sequence is clipped as a whole; with loss_type "grpo"
 this is the paper's objective exactly.
+Entropy bonus (`entropy_coeff` c > 0, verl's name and form): l_it -= c * H_it, where H_it is the
+entropy of the policy's own softmax(logits / T) at token t, with gradients, so raising it lowers
+the loss; aggregated with the same normaliser as the policy-gradient term.
 Token selection (`top_entropy_quantile` rho < 1, Wang et al. 2025 "80/20"): the policy-gradient
 term of tokens whose sampling entropy is below the batch's (1 - rho) quantile is multiplied by
 0 (`update.entropy_selection`, passed in as `token_weights`); the normalisers still count every
@@ -136,12 +139,14 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,  # (b, T), required when beta > 0
     token_weights: torch.Tensor | None = None,  # (b, T) importance weights of the policy-gradient term
     importance_sampling_level: str = "token",
+    entropy: torch.Tensor | None = None,  # (b, T) the current policy's token entropies, with grad
+    entropy_coeff: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate loss for one micro-batch plus summed statistics for logging.
 
-    `token_weights` multiply the clipped policy-gradient term only (not the KL): the truncated
-    importance-sampling correction when another engine sampled the completions, and the
-    entropy selection mask."""
+    `token_weights` multiply the clipped policy-gradient term only (not the KL, not the entropy
+    bonus): the truncated importance-sampling correction when another engine sampled the
+    completions, and the entropy selection mask."""
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
     adv = advantages[:, None].to(logp.dtype)  # (b, 1)
@@ -162,6 +167,11 @@ def policy_loss(
         kl = k3_kl(logp, ref_logp)  # (b, T)
         per_token = per_token + beta * kl
         stats["kl_sum"] = float((kl.detach() * mask).sum())
+    if entropy_coeff > 0:
+        if entropy is None:
+            raise ValueError("entropy_coeff > 0 needs the policy's entropy")
+        per_token = per_token - entropy_coeff * entropy
+        stats["policy_entropy_sum"] = float((entropy.detach() * mask).sum())
     loss = normalizer.aggregate(per_token, mask)
     with torch.no_grad():
         low = (ratio < 1 - epsilon) & (adv < 0)  # pessimistic bound active on the low side

@@ -1,7 +1,7 @@
 """Teacher-forced scoring: the log-probability a model gives to completions it is shown.
 
 Used by the update (log-probs with gradients, `completion_logprobs` and its prefix-grouped twin
-`grouped_completion_logprobs`), by the vLLM backend's recompute of the old log-probs
+`grouped_completion_logprobs`, with the entropies the `grpo.entropy_coeff` bonus needs), by the vLLM backend's recompute of the old log-probs
 (`recompute_logprobs`, no gradients, with entropies) and by tests that check the rollout's own
 sampling log-probs.
 
@@ -58,18 +58,12 @@ def completion_logprobs(
     completion_ids: torch.Tensor,  # (B, Lc) right-padded
     completion_mask: torch.Tensor,  # (B, Lc)
     temperature: float,
-    output_router_logits: bool = False,
+    with_entropy: bool = False,
 ):
-    """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc).
-
-    With `output_router_logits` (MoE policies) returns (log-probs, model outputs, attention mask).
-    """
-    logits, out, attention_mask = teacher_forced_logits(
-        model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-        **({"output_router_logits": True} if output_router_logits else {}),
-    )
-    logp = picked_logprobs(logits, completion_ids)  # (B, Lc)
-    return (logp, out, attention_mask) if output_router_logits else logp
+    """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc); with
+    `with_entropy`, (log-probs (B, Lc), entropies (B, Lc)), both with gradients."""
+    logits = teacher_forced_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
+    return picked_logprobs_and_entropy(logits, completion_ids) if with_entropy else picked_logprobs(logits, completion_ids)
 
 
 @torch.no_grad()
@@ -94,7 +88,8 @@ def grouped_completion_logprobs(
     completion_ids: torch.Tensor,  # (b, Lc) completions of that prompt, right-padded
     completion_mask: torch.Tensor,  # (b, Lc)
     temperature: float,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+):
     """`completion_logprobs` for b completions sharing one prompt, with the prompt run once.
 
     The prompt's keys/values (with gradients) are repeated b times and the completions attend to
@@ -109,8 +104,8 @@ def grouped_completion_logprobs(
     cache = prompt_out.past_key_values
     if b > 1:
         cache.batch_repeat_interleave(b)
-    first = torch.log_softmax(scale_logits_(prompt_out.logits[:, -1:].float(), temperature), dim=-1)  # (1, 1, V): predicts completion token 0
-    logp = first.expand(b, 1, -1).gather(-1, completion_ids[:, :1, None]).squeeze(-1)  # (b, 1)
+    first = scale_logits_(prompt_out.logits[:, -1:].float(), temperature).expand(b, 1, -1)  # (b, 1, V): predicts completion token 0
+    logp, entropy = picked_logprobs_and_entropy(first, completion_ids[:, :1]) if with_entropy else (picked_logprobs(first, completion_ids[:, :1]), None)  # (b, 1)
     if Lc > 1:
         attention_mask = torch.cat([completion_mask.new_ones((b, Lp)), completion_mask[:, :-1]], dim=1)  # (b, Lp + Lc - 1)
         rest = model(
@@ -120,8 +115,14 @@ def grouped_completion_logprobs(
             past_key_values=cache,
             use_cache=True,
         ).logits.float()  # (b, Lc - 1, V): position j predicts completion token j + 1
-        logp = torch.cat([logp, picked_logprobs(scale_logits_(rest, temperature), completion_ids[:, 1:])], dim=1)  # (b, Lc)
-    return logp
+        rest = scale_logits_(rest, temperature)
+        if with_entropy:
+            rest_logp, rest_entropy = picked_logprobs_and_entropy(rest, completion_ids[:, 1:])  # (b, Lc - 1) each
+            entropy = torch.cat([entropy, rest_entropy], dim=1)  # (b, Lc)
+        else:
+            rest_logp = picked_logprobs(rest, completion_ids[:, 1:])  # (b, Lc - 1)
+        logp = torch.cat([logp, rest_logp], dim=1)  # (b, Lc)
+    return (logp, entropy) if with_entropy else logp
 
 
 def recompute_logprobs(policy, rollout: RolloutBatch, micro_batch_size: int, temperature: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,3 +153,12 @@ def picked_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.
     """log softmax(scaled_logits)[token] for (B, L, V) logits already divided by T and tokens
     (B, L), as logit - logsumexp so no second (B, L, V) tensor is materialised: (B, L)."""
     return scaled_logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(scaled_logits, dim=-1)
+
+
+def picked_logprobs_and_entropy(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`picked_logprobs` (B, L) and the entropy of softmax(scaled_logits) at each position (B, L),
+    as logsumexp - sum p * logit, with gradients (one (B, L, V) softmax is materialised)."""
+    lse = torch.logsumexp(scaled_logits, dim=-1)  # (B, L)
+    logp = scaled_logits.gather(-1, tokens[..., None]).squeeze(-1) - lse  # (B, L)
+    entropy = lse - (torch.softmax(scaled_logits, dim=-1) * scaled_logits).sum(-1)  # (B, L)
+    return logp, entropy

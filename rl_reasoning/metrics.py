@@ -89,6 +89,8 @@ def step_metrics(rows: StepRows, stats: dict, accuracy_reward: str, lr: float, n
     }
     m.update(stats.get("moe", {}))
     m.update(stats.get("entropy", {}))  # token-entropy percentiles; the top_entropy_quantile threshold and kept share
+    if stats.get("policy_entropy_sum"):  # the entropy bonus: the trained policy's mean token entropy (before the step)
+        m["entropy/policy_mean"] = stats["policy_entropy_sum"] / max(stats["tokens"], 1)
     if stats.get("sequences"):  # GSPO: sequences clipped as a whole
         m["clip/sequence_frac"] = stats["clipped_sequences"] / stats["sequences"]
     if rows.entropy_sums is not None:  # vLLM without recompute returns no entropies

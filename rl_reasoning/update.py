@@ -10,7 +10,7 @@ The planning is pure functions on tensors, tested on hand-built inputs:
 Departures from TRL's GRPOTrainer:
 - Old log-probs are the rollout's own sampling log-probs (computed at the loss's temperature),
   for every mu, so no extra forward pass is run for them.
-- In a single process, when beta = 0 and there is no router loss, completions whose advantage
+- In a single process, when beta = 0, with no router loss and no entropy bonus, completions whose advantage
   is exactly 0 are not run through the model: their loss and gradient are exactly 0. They still
   count in the loss normalisers and the optimizer still steps, so the update is the same. (With
   several processes every row runs, so that every rank runs the same micro-batches.)
@@ -22,6 +22,8 @@ Departures from TRL's GRPOTrainer:
 - `grpo.top_entropy_quantile`: the threshold is taken once per generation batch over every
   process's trained tokens, from the sampling entropies the rollout already computed (TRL takes
   it per micro-batch from a fresh forward), so it does not move with the micro-batch split.
+- `grpo.entropy_coeff` (verl's name): the bonus uses the entropy of the policy being trained,
+  with gradients, at every trained token, computed in the same forward as the log-probs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from .cpu_kernels import gqa_attention
 from .distributed import Collective
 from .engine import RolloutBatch
 from .grpo import LossNormalizer, policy_loss
-from .logprobs import completion_logprobs, grouped_completion_logprobs, micro_batch_inputs
+from .logprobs import (
+    completion_logprobs,
+    grouped_completion_logprobs,
+    micro_batch_inputs,
+    picked_logprobs,
+    picked_logprobs_and_entropy,
+    teacher_forced_logits,
+)
 from .moe import MoESpec, expert_load, load_metrics
 from .sharded import accumulation_boundary, is_sharded
 
@@ -152,10 +161,11 @@ class PolicyUpdate:
         lengths = mask.sum(-1)  # (N,)
         prompt_lengths = rollout.prompt_mask.sum(-1)  # (N,)
         router_loss = self.moe is not None and self.moe.aux_loss_coef > 0
+        bonus = cfg.grpo.entropy_coeff > 0  # every trained row has a gradient then, advantage 0 or not
         grouped = self.prefix_grouping
         micro = plan_micro_batches(
             lengths, prompt_lengths, advantages, cfg.optim.micro_batch_size, rollout.group_size, grouped,
-            skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss, keep_every_row=world > 1,
+            skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss and not bonus, keep_every_row=world > 1,
         )
         ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if cfg.grpo.beta > 0 else {}
         has_entropy = cfg.rollout.backend != "vllm" or cfg.rollout.vllm.recompute_logprobs
@@ -163,18 +173,18 @@ class PolicyUpdate:
         select = keep is not None and cfg.grpo.top_entropy_quantile < 1
 
         totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm",
-                                "sequences", "clipped_sequences"), 0.0)  # the same keys on every process (summed across them)
+                                "sequences", "clipped_sequences", "policy_entropy_sum"), 0.0)  # the same keys on every process (summed across them)
         aux_sum, load_sum = 0.0, None
         self.model.train()
         for _ in range(cfg.grpo.num_iterations):
             self._zero_grads()
             for k, idx in enumerate(micro):
                 if self.moe is not None:
-                    logp, c_mask, aux, load = self._moe_logprobs(rollout, mask, idx)  # (b, T'), (b, T'), scalar, (E,)
+                    logp, c_mask, aux, load, entropy = self._moe_logprobs(rollout, mask, idx, bonus)  # (b, T'), (b, T'), scalar, (E,), (b, T')
                     aux_sum += float(aux.detach())
                     load_sum = load if load_sum is None else load_sum + load
                 else:
-                    logp, c_mask = self._logprobs(self.model, rollout, mask, idx, grouped)  # (b, T'), (b, T')
+                    logp, c_mask, entropy = self._logprobs(self.model, rollout, mask, idx, grouped, bonus)  # (b, T') each
                 width = c_mask.shape[1]
                 loss, stats = policy_loss(
                     logp,
@@ -188,6 +198,8 @@ class PolicyUpdate:
                     ref_logp=ref_logps.get(k),
                     token_weights=self._token_weights(rollout, idx, width, keep if select else None),
                     importance_sampling_level=cfg.grpo.importance_sampling_level,
+                    entropy=entropy,
+                    entropy_coeff=cfg.grpo.entropy_coeff,
                 )
                 if router_loss:  # mean over micro-batches (and processes) of the aux loss
                     loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)
@@ -253,21 +265,27 @@ class PolicyUpdate:
             weights = keep[idx, :width] if weights is None else weights * keep[idx, :width]
         return None if weights is None else weights.to(self.accelerator.device)
 
-    def _moe_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor):
-        """Policy log-probs (b, T'), loss mask (b, T'), router aux loss and per-expert load (E,)."""
+    def _moe_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, with_entropy: bool = False):
+        """Policy log-probs (b, T'), loss mask (b, T'), router aux loss, per-expert load (E,) and,
+        with `with_entropy`, the policy's token entropies (b, T') with gradients (else None)."""
         p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
-        logp, out, attention_mask = completion_logprobs(
+        logits, out, attention_mask = teacher_forced_logits(
             self.model, p_ids, p_mask, c_ids, c_mask, self.cfg.rollout.temperature, output_router_logits=True
-        )
+        )  # (b, T', V)
+        logp, entropy = picked_logprobs_and_entropy(logits, c_ids) if with_entropy else (picked_logprobs(logits, c_ids), None)
         load = expert_load(out.router_logits, attention_mask, self.moe.top_k)
-        return logp, c_mask, out.aux_loss, load
+        return logp, c_mask, out.aux_loss, load, entropy
 
-    def _logprobs(self, model, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, grouped: bool):
-        """Log-probs of the completions in rows `idx` under `model` (b, T'), and their loss mask (b, T')."""
+    def _logprobs(self, model, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, grouped: bool, with_entropy: bool = False):
+        """Log-probs of the completions in rows `idx` under `model` (b, T'), their loss mask (b, T')
+        and, with `with_entropy`, the token entropies (b, T') with gradients (else None)."""
         p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
         T = self.cfg.rollout.temperature
         with gqa_attention(self.accelerator.unwrap_model(model)):  # CPU: shared KV heads, no repeat_kv copies to save
             if grouped:
                 prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
-                return grouped_completion_logprobs(model, prompt, c_ids, c_mask, T), c_mask
-            return completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T), c_mask
+                out = grouped_completion_logprobs(model, prompt, c_ids, c_mask, T, with_entropy=with_entropy)
+            else:
+                out = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T, with_entropy=with_entropy)
+        logp, entropy = out if with_entropy else (out, None)
+        return logp, c_mask, entropy

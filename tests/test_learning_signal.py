@@ -1,5 +1,5 @@
-"""GSPO's sequence-level ratio and the top-entropy token selection (issue #19): hand-computed
-tensors first, then the tiny dense model and the tiny Mixtral."""
+"""GSPO's sequence-level ratio, the top-entropy token selection and the entropy bonus (issue #19):
+hand-computed tensors first, then the tiny dense model and the tiny Mixtral."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ import torch
 from rl_reasoning.config import load_config
 from rl_reasoning.errors import ConfigError
 from rl_reasoning.grpo import LossNormalizer, policy_loss, sequence_log_ratio
+from rl_reasoning.logprobs import (
+    completion_logprobs,
+    completion_logprobs_and_entropy,
+    grouped_completion_logprobs,
+    picked_logprobs_and_entropy,
+)
 from rl_reasoning.jsonl import read_records
 from rl_reasoning.update import entropy_selection
 from tests.test_trainer import train
@@ -92,6 +98,96 @@ def test_entropy_selection_zeroes_the_policy_gradient_of_low_entropy_tokens_only
     assert logp.grad.tolist() == [[-0.25, 0.0, -0.25, 0.0]]  # the normaliser still counts all 4 tokens, as in TRL
 
 
+# --------------------------------------------------------------------------- entropy bonus
+
+
+def test_entropy_and_its_gradient_by_hand():
+    """H = -sum p log p of softmax(z), and dH/dz_k = -p_k (log p_k + H), from the fused form."""
+    z = torch.tensor([[[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]]], requires_grad=True)  # (1, 2, 4)
+    logp, entropy = picked_logprobs_and_entropy(z, torch.tensor([[0, 3]]))
+    p = torch.softmax(z.detach(), -1)
+    assert entropy.detach()[0].tolist() == pytest.approx((-(p * p.log()).sum(-1))[0].tolist())
+    assert entropy[0, 1].item() == pytest.approx(math.log(4))  # uniform over 4
+    assert logp.detach()[0].tolist() == pytest.approx([p[0, 0, 0].log().item(), math.log(0.25)])
+    entropy[0, 0].backward()
+    h = entropy[0, 0].item()
+    expected = -p[0, 0] * (p[0, 0].log() + h)
+    assert z.grad[0, 0].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert z.grad[0, 1].abs().max() == 0
+
+
+def test_entropy_bonus_loss_and_gradient_by_hand():
+    """DAPO aggregation: loss = sum m (pg - c H) / sum m; with advantage 0 only the bonus is left,
+    and its gradient on H is -c / tokens at trained tokens, 0 at padding."""
+    logp = torch.zeros(2, 3, requires_grad=True)
+    entropy = torch.tensor([[0.5, 1.0, 2.0], [0.25, 0.25, 9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    norm = LossNormalizer("dapo", num_sequences=2, num_tokens=5, max_new_tokens=3)
+    loss, stats = policy_loss(logp, torch.zeros(2, 3), torch.zeros(2), mask, norm, entropy=entropy, entropy_coeff=0.1)
+    assert loss.item() == pytest.approx(-0.1 * (0.5 + 1.0 + 2.0 + 0.25 + 0.25) / 5)
+    assert stats["policy_entropy_sum"] == pytest.approx(4.0)
+    loss.backward()
+    assert entropy.grad.flatten().tolist() == pytest.approx([-0.02] * 3 + [-0.02, -0.02, 0.0])
+    # the bonus adds to the policy-gradient term and leaves it unchanged
+    adv = torch.tensor([1.0, -1.0])
+    plain, _ = policy_loss(logp.detach(), torch.zeros(2, 3), adv, mask, norm)
+    both, _ = policy_loss(logp.detach(), torch.zeros(2, 3), adv, mask, norm, entropy=entropy.detach(), entropy_coeff=0.1)
+    assert both.item() == pytest.approx(plain.item() - 0.1 * 4.0 / 5)
+    with pytest.raises(ValueError, match="needs the policy's entropy"):
+        policy_loss(logp, torch.zeros(2, 3), adv, mask, norm, entropy_coeff=0.1)
+
+
+def test_entropies_with_gradients_equal_the_no_grad_reference_on_both_paths(tiny):
+    """The plain and prefix-grouped paths give the reference path's entropies (1e-5), and the
+    grouped path's entropy gradients equal the plain path's."""
+    from tests.test_rollout import QUESTIONS, engine_for, prompts_for
+    from rl_reasoning.config import RolloutConfig
+
+    model, tok = tiny
+    model.train()
+    prompt = torch.tensor(prompts_for(tok, QUESTIONS[1:2])[0])
+    batch = engine_for(model, tok).generate([prompt.tolist()], RolloutConfig(num_generations=3, max_new_tokens=8), torch.Generator().manual_seed(1))
+    ids, mask = batch.completion_ids.clone(), batch.completion_mask.clone()
+    mask[1, 4:] = 0
+    ids[mask == 0] = tok.pad_token_id
+    m = mask.bool()
+    ref = completion_logprobs_and_entropy(model, batch.prompt_ids, batch.prompt_mask, ids, mask, 0.8)[1]
+
+    def entropy_and_grads(fn):
+        model.zero_grad()
+        _, entropy = fn()
+        (entropy * mask).sum().backward()
+        return entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, g_plain = entropy_and_grads(lambda: completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, ids, mask, 0.8, with_entropy=True))
+    grouped, g_grouped = entropy_and_grads(lambda: grouped_completion_logprobs(model, prompt, ids, mask, 0.8, with_entropy=True))
+    assert (plain[m] - ref[m]).abs().max() < 1e-5 and (grouped[m] - ref[m]).abs().max() < 1e-5
+    assert g_plain.keys() == g_grouped.keys() and g_plain
+    for name, grad in g_plain.items():
+        assert torch.allclose(grad, g_grouped[name], atol=1e-4 * max(1.0, float(grad.abs().max()))), name
+
+
+def test_entropy_bonus_trains_every_row_and_raises_the_sampling_entropy(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    """On the tiny model a strong bonus (c = 1) keeps the rows with advantage 0 in the update and
+    leaves the policy more random than the same run without it."""
+    runs = {}
+    for coeff in ("0.0", "1.0"):
+        train(tiny_model_dir, arithmetic_jsonl, tmp_path / coeff, max_steps=3, eval__at_start="false", grpo__entropy_coeff=coeff)
+        runs[coeff] = list(read_records(tmp_path / coeff / "metrics.jsonl"))
+    off, on = runs["0.0"], runs["1.0"]
+    assert "entropy/policy_mean" not in off[0]
+    assert on[0]["entropy/policy_mean"] == pytest.approx(on[0]["entropy"], rel=1e-3)  # before the first step: the sampler's own
+    assert on[0]["update/trained_sequences"] == 8  # 2 prompts x 4: every row, whatever its advantage
+    assert off[0]["entropy"] == pytest.approx(on[0]["entropy"])  # same seed, same first rollout
+    assert on[-1]["entropy"] > off[-1]["entropy"] + 0.05
+
+
+def test_entropy_bonus_on_the_tiny_mixtral(tiny_moe_dir, arithmetic_jsonl, tmp_path):
+    train(tiny_moe_dir, arithmetic_jsonl, tmp_path / "moe", max_steps=1, eval__at_start="false", grpo__entropy_coeff="0.01")
+    (m,) = read_records(tmp_path / "moe" / "metrics.jsonl")
+    assert m["entropy/policy_mean"] == pytest.approx(m["entropy"], rel=1e-3) and m["moe/aux_loss"] > 0
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -100,6 +196,7 @@ def test_entropy_selection_zeroes_the_policy_gradient_of_low_entropy_tokens_only
     (["grpo.importance_sampling_level=segment"], "grpo.importance_sampling_level"),
     (["grpo.top_entropy_quantile=0"], "grpo.top_entropy_quantile: must be in (0, 1]"),
     (["grpo.top_entropy_quantile=1.5"], "grpo.top_entropy_quantile: must be in (0, 1]"),
+    (["grpo.entropy_coeff=-0.001"], "grpo.entropy_coeff: must be in [0, 1]"),
     (["rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false", "grpo.top_entropy_quantile=0.2"], "needs token entropies"),
 ])
 def test_bad_settings_name_the_key(overrides, message):
