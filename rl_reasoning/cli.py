@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .distill import add_parser as add_distill_parser
 
     add_distill_parser(sub)
+    from .shrink import add_parser as add_shrink_parser
+
+    add_shrink_parser(sub)
     from .traces.cli import add_parser as add_traces_parser
     from .traces.report import add_parser as add_report_parser
 
