@@ -206,6 +206,23 @@ class GRPOConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None
+    """On-policy distillation (Tinker's form, docs/distillation.md): a frozen teacher (checkpoint,
+    HF directory, .gguf file, built-in name or Hub id, resolved like model.name) scores the
+    policy's own samples token by token, and each trained token's advantage becomes
+    A_it = task_coef * A_i - coef * (log p_policy(y_t) - log p_teacher(y_t)). It must share the
+    policy's tokenizer. null = off."""
+    coef: float = 1.0
+    """lambda, the weight of the per-token reverse-KL estimate (Tinker's kl_penalty_coef)."""
+    task_coef: float = 0.0
+    """Weight of the task reward's group advantage A_i (grpo.scale_rewards applies; `none` is
+    Tinker's mean-centred form). 0 = pure distillation: the rewards are still computed and logged."""
+    micro_batch_size: int | None = None
+    """Rows per no-grad teacher forward; null = optim.micro_batch_size."""
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -268,6 +285,8 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """On-policy distillation from a frozen teacher; off unless distill.teacher is set."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
@@ -309,6 +328,10 @@ class Config:
             ("grpo.num_iterations", self.grpo.num_iterations >= 1, "must be >= 1"),
             ("grpo.top_entropy_quantile", 0 < self.grpo.top_entropy_quantile <= 1, "must be in (0, 1]"),
             ("grpo.entropy_coeff", 0 <= self.grpo.entropy_coeff <= 1, "must be in [0, 1]"),
+            ("distill.teacher", self.distill.teacher is None or bool(self.distill.teacher.strip()), "must not be empty (null = off)"),
+            ("distill.coef", self.distill.coef >= 0, "must be >= 0"),
+            ("distill.task_coef", self.distill.task_coef >= 0, "must be >= 0"),
+            ("distill.micro_batch_size", self.distill.micro_batch_size is None or self.distill.micro_batch_size >= 1, "must be >= 1"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),
@@ -384,6 +407,26 @@ class Config:
         for key in ("dynamic_sampling_metric", "max_num_gen_batches"):
             if not self.grpo.dynamic_sampling and getattr(self.grpo, key) != getattr(GRPOConfig(), key):
                 raise ConfigError(f"grpo.{key}: has no effect without grpo.dynamic_sampling: true; remove it or turn dynamic sampling on")
+        self._validate_distill()
+
+    def _validate_distill(self) -> None:
+        """distill.* keys need a teacher; with one, the settings that would waste or blur its signal are refused."""
+        d = self.distill
+        if d.teacher is None:
+            for key in ("coef", "task_coef", "micro_batch_size"):
+                if getattr(d, key) != getattr(DistillConfig(), key):
+                    raise ConfigError(f"distill.{key}: has no effect without distill.teacher; set distill.teacher "
+                                      "(a checkpoint, HF directory or model name) or remove it")
+            return
+        if d.coef == 0:
+            raise ConfigError("distill.coef: must be > 0 with distill.teacher (0 would load the teacher and ignore it)")
+        for key in ("drop_zero_variance_groups", "dynamic_sampling"):
+            if getattr(self.grpo, key):
+                raise ConfigError(f"grpo.{key}: cannot be used with distill.teacher: groups whose rewards are all equal "
+                                  "still carry the teacher's per-token signal (Tinker keeps them); turn it off")
+        if self.grpo.importance_sampling_level == "sequence":
+            raise ConfigError("grpo.importance_sampling_level: 'sequence' cannot be used with distill.teacher: one ratio per "
+                              "sequence sums the per-token advantages into a sequence-level one; use 'token'")
 
     def temperature_is_greedy(self) -> bool:
         return self.rollout.temperature == 0

@@ -12,12 +12,19 @@ Advantages (`scale_rewards`, names as in TRL):
     completion of a group whose valid rewards are all equal.
 
 Per-token loss, with ratio rho = exp(logp - logp_old):
-    l_it = -min(rho * A_i, clip(rho, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
+    l_it = -min(rho * A_it, clip(rho, 1 - epsilon, 1 + epsilon_high) * A_it) + beta * KL_it
     KL_it = exp(ref - logp) - (ref - logp) - 1           (k3 estimator, Schulman 2020)
+where A_it = A_i on every token (advantages (b,), GRPO) or a per-token advantage (advantages (b, T)).
 GSPO (`importance_sampling_level="sequence"`, Zheng et al. 2025, TRL's name): rho_it is replaced
 by the sequence ratio s_i = exp(sum_t m_it (logp - logp_old) / sum_t m_it) for every token of i
 (log s_i clamped at 10, as verl does), so a sequence is clipped as a whole; with loss_type "grpo"
 this is the paper's objective exactly.
+On-policy distillation (Tinker's form; `distillation_advantages`): the per-token advantage is
+    A_it = task_coef * A_i - coef * k_it,   k_it = logp_student_it - logp_teacher_it
+the negative single-sample estimate of the reverse KL(student || teacher) on the sampled token
+(kl_discount 0: no sum over later tokens). It is fixed before the update (from the sampling
+log-probs) and goes through the same clipped surrogate; Tinker uses an unclipped
+importance-sampling loss, which is the same on-policy (rho = 1 at mu = 1).
 Entropy bonus (`entropy_coeff` c > 0, verl's name and form): l_it -= c * H_it, where H_it is the
 entropy of the policy's own softmax(logits / T) at token t, with gradients, so raising it lowers
 the loss; aggregated with the same normaliser as the policy-gradient term.
@@ -127,10 +134,25 @@ def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.T
     return (((logp - old_logp) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).clamp(max=10.0)
 
 
+def distillation_advantages(
+    advantages: torch.Tensor,  # (N,) the task's group advantages A_i
+    student_logp: torch.Tensor,  # (N, T) sampling log-probs of the sampled tokens
+    teacher_logp: torch.Tensor,  # (N, T) the teacher's log-probs of the same tokens
+    mask: torch.Tensor,  # (N, T) trained tokens
+    coef: float,
+    task_coef: float,
+) -> torch.Tensor:
+    """Per-token advantages (N, T): task_coef * A_i - coef * (logp_student - logp_teacher) at
+    trained tokens, 0 elsewhere."""
+    mask = mask.to(student_logp.dtype)
+    reverse_kl = (student_logp - teacher_logp) * mask  # (N, T)
+    return (task_coef * advantages[:, None].to(student_logp.dtype) - coef * reverse_kl) * mask
+
+
 def policy_loss(
     logp: torch.Tensor,  # (b, T) current policy, with grad
     old_logp: torch.Tensor,  # (b, T) policy that sampled the completions
-    advantages: torch.Tensor,  # (b,)
+    advantages: torch.Tensor,  # (b,) one per sequence, or (b, T) one per token
     mask: torch.Tensor,  # (b, T) trained tokens
     normalizer: LossNormalizer,
     epsilon: float = 0.2,
@@ -146,10 +168,18 @@ def policy_loss(
 
     `token_weights` multiply the clipped policy-gradient term only (not the KL, not the entropy
     bonus): the truncated importance-sampling correction when another engine sampled the
-    completions, and the entropy selection mask."""
+    completions, and the entropy selection mask. Per-token advantages (b, T) need the token-level
+    ratio: one ratio per sequence would sum them into a sequence-level advantage."""
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
-    adv = advantages[:, None].to(logp.dtype)  # (b, 1)
+    if advantages.dim() == 1:
+        adv = advantages[:, None].to(logp.dtype)  # (b, 1)
+    elif advantages.shape == logp.shape:
+        if importance_sampling_level == "sequence":
+            raise ValueError("per-token advantages need importance_sampling_level='token'")
+        adv = advantages.to(logp.dtype)  # (b, T)
+    else:
+        raise ValueError(f"advantages must be (b,) or (b, T) = {tuple(logp.shape)}, got {tuple(advantages.shape)}")
     if importance_sampling_level == "sequence":
         ratio = torch.exp(sequence_log_ratio(logp, old_logp, mask))[:, None].expand_as(logp)  # (b, T): s_i on every token
     elif importance_sampling_level == "token":

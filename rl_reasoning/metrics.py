@@ -110,11 +110,26 @@ def step_metrics(rows: StepRows, stats: dict, accuracy_reward: str, lr: float, n
 
 
 def timing_metrics(seconds: dict[str, float], rows: StepRows) -> dict:
-    """time/* (slowest process) and throughput/* of a step; `old_logprobs` only when it ran."""
-    m = {f"time/{phase}": seconds[phase] for phase in ("generation", "reward", "update", "step", "old_logprobs") if phase in seconds}
+    """time/* (slowest process) and throughput/* of a step; `old_logprobs` and `teacher` only when they ran."""
+    m = {f"time/{phase}": seconds[phase] for phase in ("generation", "reward", "teacher", "update", "step", "old_logprobs") if phase in seconds}
     m["throughput/generated_tokens_per_s"] = float(rows.lengths.sum()) / max(seconds["generation"], 1e-9)
     m["throughput/tokens_per_s"] = float(rows.lengths.sum() + rows.prompt_lengths.sum()) / max(seconds["step"], 1e-9)
     return m
+
+
+def distill_sums(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """This process's sums behind the distill/* metrics: the reverse-KL estimate (logp_student -
+    logp_teacher) and the teacher's log-prob over the trained tokens (N, T), and their count."""
+    m = mask.to(teacher_logp.dtype)
+    return {"reverse_kl_sum": float(((student_logp - teacher_logp) * m).sum()),
+            "teacher_logprob_sum": float((teacher_logp * m).sum()), "tokens": float(m.sum())}
+
+
+def distill_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """distill/reverse_kl and distill/teacher_logprob: means over the step's trained tokens (all
+    processes' `distill_sums`, summed), before the update."""
+    tokens = max(sums["tokens"], 1.0)
+    return {"distill/reverse_kl": sums["reverse_kl_sum"] / tokens, "distill/teacher_logprob": sums["teacher_logprob_sum"] / tokens}
 
 
 def step_flops(n_params: int, prompt_tokens: int, generated_tokens: int, trained_tokens: int, mu: int, reference: bool) -> float:

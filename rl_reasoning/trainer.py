@@ -4,7 +4,9 @@ One step draws B = `prompts_per_step` problems (tasks/), renders their prompts (
 samples G completions for each (engine.py: our engine in rollout.py, or vLLM in
 vllm_rollout.py), scores them (reward_runner.py), turns the rewards into group-relative
 advantages (grpo.py) and runs mu = `grpo.num_iterations` optimizer steps on the batch
-(update.py). With `grpo.dynamic_sampling` (DAPO) the sampling and scoring repeat on new
+(update.py). With `distill.teacher` a frozen teacher scores the sampled tokens and the advantages
+become per-token (on-policy distillation, teacher.py and grpo.distillation_advantages).
+With `grpo.dynamic_sampling` (DAPO) the sampling and scoring repeat on new
 prompts until B groups carry signal (`_refill`); everything after it sees only the kept batch.
 The main process writes the step's metrics (metrics.py) and traces (run_files.py);
 held-out evaluations go through evaluation.py and checkpoints through checkpoint.py.
@@ -38,10 +40,10 @@ from .distributed import Collective
 from .engine import RolloutBatch, concat_rollouts, select_groups
 from .errors import ConfigError, UserError
 from .evaluation import EvalSettings, evaluate, problem_columns
-from .grpo import group_advantages, zero_variance_groups
+from .grpo import distillation_advantages, group_advantages, zero_variance_groups
 from .jsonl import read_records
 from .logprobs import recompute_logprobs
-from .metrics import StepRows, gather_rows, step_flops, step_metrics, summary_line, timing_metrics
+from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_flops, step_metrics, summary_line, timing_metrics
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
 from .prompts import encode_prompt, render_prompt
@@ -51,6 +53,7 @@ from .run_files import RunFiles, trace_records
 from .runtime import configure_cpu, quiet_library_progress_bars, seed_everything
 from .sharded import check_engine_matches_launch, configure_deepspeed, full_parameters_for_generation, gathered_state_dict, is_sharded
 from .tasks import PromptSampler, load_task
+from .teacher import load_teacher
 from .traces import AlarmMonitor, Analyzer, step_statistics
 from .traces.schema import metrics_problem
 from .untrusted import terminal_safe
@@ -68,6 +71,7 @@ class GRPOTrainer:
         # Everything that can fail on bad input is checked before the model is loaded.
         self._build_rewards_and_data()
         self._build_policy()
+        self.teacher = load_teacher(cfg, self.accelerator.device, self.tokenizer)  # None without distill.teacher
         self._build_engine()
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)  # sampling happens on the model's device
         self.step = 0
@@ -275,7 +279,15 @@ class GRPOTrainer:
         mine_rows = shard.row_slice(len(rows.advantages))
         dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine_rows]  # (N,)
         mask = loss_mask(rollout.completion_mask, rewards.total, rollout.truncated, dropped, cfg.grpo.mask_truncated_completions)  # (N, T)
-        update_stats = self.update(rollout, rows.advantages[mine_rows], mask, dropped)
+        advantages = rows.advantages[mine_rows]  # (N,)
+        teacher_sums = None
+        if self.teacher is not None:  # on-policy distillation: per-token advantages (N, T)
+            t_teacher = time.perf_counter()
+            teacher_logp, teacher_tokens = self.teacher.logprobs(rollout, mask)  # (N, T)
+            advantages = distillation_advantages(advantages, rollout.logprobs, teacher_logp, mask, cfg.distill.coef, cfg.distill.task_coef)
+            teacher_sums = self.collective.sum({**distill_sums(rollout.logprobs, teacher_logp, mask), "forwarded": teacher_tokens})
+            seconds["teacher"] = time.perf_counter() - t_teacher
+        update_stats = self.update(rollout, advantages, mask, dropped)
         if self._uses_vllm:
             sampler_stats["vllm/weight_staleness"] = self.update.optimizer_steps - cfg.grpo.num_iterations - self.synced_at
             if (self.step + 1) % cfg.rollout.vllm.sync_every == 0:
@@ -289,7 +301,10 @@ class GRPOTrainer:
                                self.num_parameters, cfg.grpo.num_iterations, cfg.grpo.beta)
         metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
         metrics.update(step_statistics(analyses))
-        seconds.update(update=t_upd - t_rew, step=t_upd - t_start)
+        if teacher_sums is not None:
+            metrics.update(distill_metrics(teacher_sums))
+            metrics["flops/step"] += 2.0 * self.teacher.num_parameters * teacher_sums["forwarded"]  # the teacher's forward
+        seconds.update(update=t_upd - t_rew - seconds.get("teacher", 0.0), step=t_upd - t_start)
         if not self._recomputes:
             del seconds["old_logprobs"]
         seconds = self.collective.max(seconds)

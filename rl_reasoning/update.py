@@ -24,6 +24,9 @@ Departures from TRL's GRPOTrainer:
   it per micro-batch from a fresh forward), so it does not move with the micro-batch split.
 - `grpo.entropy_coeff` (verl's name): the bonus uses the entropy of the policy being trained,
   with gradients, at every trained token, computed in the same forward as the log-probs.
+- On-policy distillation (`distill.teacher`): the advantages come in per token (N, T); a row is
+  skipped only when every one of its per-token advantages is 0, which the teacher's reverse-KL
+  term makes practically never happen, so rows of constant-reward groups are trained.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def normalizer_counts(mask: torch.Tensor, dropped: torch.Tensor) -> dict[str, in
 def plan_micro_batches(
     lengths: torch.Tensor,  # (N,) trained tokens per row
     prompt_lengths: torch.Tensor,  # (N,) real prompt tokens per row
-    advantages: torch.Tensor,  # (N,)
+    advantages: torch.Tensor,  # (N,), or (N, T) per token
     micro_batch_size: int,
     group_size: int,
     prefix_grouping: bool,
@@ -91,8 +94,8 @@ def plan_micro_batches(
 ) -> list[torch.Tensor]:
     """Row indices of each micro-batch, in the order they run.
 
-    Rows with no trained token are skipped, and so are rows with advantage 0 when
-    `skip_zero_advantage` (their gradient is exactly 0). `keep_every_row` (several processes)
+    Rows with no trained token are skipped, and so are rows with advantage 0 (per-token
+    advantages: 0 at every token) when `skip_zero_advantage` (their gradient is exactly 0). `keep_every_row` (several processes)
     keeps them all, so every rank runs the same number of micro-batches (DDP's all-reduce).
     Rows are sorted by prompt + completion length (little padding); with `prefix_grouping`
     a micro-batch never mixes prompts (row // G is the prompt).
@@ -102,7 +105,7 @@ def plan_micro_batches(
     else:
         trainable = lengths > 0
         if skip_zero_advantage:
-            trainable &= advantages != 0
+            trainable &= (advantages != 0) if advantages.dim() == 1 else (advantages != 0).any(-1)
     rows = torch.nonzero(trainable).flatten()
     total_len = prompt_lengths + lengths  # (N,)
     rows = rows[torch.argsort(total_len[rows], stable=True)]
@@ -153,7 +156,8 @@ class PolicyUpdate:
         return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1 and self.moe is None
 
     def __call__(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor) -> dict:
-        """advantages (N,), loss mask (N, T) and dropped rows (N,) of this process; returns summed statistics."""
+        """advantages (N,) or per token (N, T), loss mask (N, T) and dropped rows (N,) of this
+        process; returns summed statistics."""
         cfg = self.cfg
         world = self.collective.world
         counts = self.collective.sum(normalizer_counts(mask, dropped))
@@ -186,10 +190,11 @@ class PolicyUpdate:
                 else:
                     logp, c_mask, entropy = self._logprobs(self.model, rollout, mask, idx, grouped, bonus)  # (b, T') each
                 width = c_mask.shape[1]
+                adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]  # (b,) or (b, T')
                 loss, stats = policy_loss(
                     logp,
                     rollout.logprobs[idx, :width].to(logp.device),
-                    advantages[idx].to(logp.device),
+                    adv.to(logp.device),
                     c_mask,
                     normalizer,
                     epsilon=cfg.grpo.epsilon,
