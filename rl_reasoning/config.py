@@ -175,12 +175,23 @@ class GRPOConfig:
     2025: rho = 0.2). The threshold is the (1 - rho) quantile of the sampling entropies of the
     whole generation batch's trained tokens; other tokens leave the policy-gradient term but stay
     in the normalisers (as in TRL). 1.0 = every token."""
-    entropy_coeff: float = 0.0
-    """Entropy bonus (verl's name): subtract entropy_coeff * H_t from every trained token's loss,
-    where H_t is the entropy of the policy's softmax(logits / T) at that token, with gradients
-    (aggregated like the policy-gradient term). Every trained row then runs through the update,
-    including those with advantage 0, which raises the update's cost once most groups are solved.
-    0 = off; verl's examples use 0 to 1e-3."""
+    entropy_coef: float = 0.0
+    """Entropy bonus (TRL's name and form): the loss gets -entropy_coef * the mean token entropy of
+    the batch's trained tokens, the entropy of the policy's softmax(logits / T) with gradients,
+    whatever the loss_type. Every trained row then runs through the update, including those with
+    advantage 0, which raises the update's cost once most groups are solved. 0 = off; with
+    use_adaptive_entropy, the starting coefficient."""
+    use_adaptive_entropy: bool = False
+    """Skywork-OR1's adaptive entropy control (TRL's name): the bonus applies only on steps whose
+    batch entropy (the mean sampling entropy of its trained tokens) is at or below
+    `entropy_target`; after each step entropy_coef rises by `entropy_coef_delta` when it was, and
+    falls by it otherwise, within [entropy_coef_min, entropy_coef_max]. Checkpointed."""
+    entropy_target: float = 0.2
+    """Target mean token entropy in nats (TRL's default 0.2); set it near the entropy of the first
+    steps (the `entropy` metric) so that the bonus engages before the policy collapses."""
+    entropy_coef_delta: float = 0.005
+    entropy_coef_min: float = 0.0
+    entropy_coef_max: float = 1.0
     drop_zero_variance_groups: bool = False
     """DAPO's dynamic-sampling filter: leave groups whose rewards are all equal out of the loss and
     out of its normalisers, sequences and tokens, for every loss_type (they have zero advantage,
@@ -327,7 +338,11 @@ class Config:
             ("grpo.beta", self.grpo.beta >= 0, "must be >= 0"),
             ("grpo.num_iterations", self.grpo.num_iterations >= 1, "must be >= 1"),
             ("grpo.top_entropy_quantile", 0 < self.grpo.top_entropy_quantile <= 1, "must be in (0, 1]"),
-            ("grpo.entropy_coeff", 0 <= self.grpo.entropy_coeff <= 1, "must be in [0, 1]"),
+            ("grpo.entropy_coef", 0 <= self.grpo.entropy_coef <= 1, "must be in [0, 1]"),
+            ("grpo.entropy_target", self.grpo.entropy_target > 0, "must be > 0"),
+            ("grpo.entropy_coef_delta", self.grpo.entropy_coef_delta > 0, "must be > 0"),
+            ("grpo.entropy_coef_min", 0 <= self.grpo.entropy_coef_min <= self.grpo.entropy_coef_max, "must be in [0, grpo.entropy_coef_max]"),
+            ("grpo.entropy_coef_max", self.grpo.entropy_coef_max <= 1, "must be <= 1"),
             ("distill.teacher", self.distill.teacher is None or bool(self.distill.teacher.strip()), "must not be empty (null = off)"),
             ("distill.coef", self.distill.coef >= 0, "must be >= 0"),
             ("distill.task_coef", self.distill.task_coef >= 0, "must be >= 0"),
@@ -404,6 +419,12 @@ class Config:
             raise ConfigError(f"accuracy_reward: {self.accuracy_reward!r} is not one of the rewards {names}")
         if self.grpo.max_num_gen_batches < 2:
             raise ConfigError("grpo.max_num_gen_batches: must be >= 2 (generation rounds per step, the first included; 1 never refills)")
+        for key in ("entropy_target", "entropy_coef_delta", "entropy_coef_min", "entropy_coef_max"):
+            if not self.grpo.use_adaptive_entropy and getattr(self.grpo, key) != getattr(GRPOConfig(), key):
+                raise ConfigError(f"grpo.{key}: has no effect without grpo.use_adaptive_entropy: true; remove it or turn it on")
+        if self.grpo.use_adaptive_entropy and self.rollout.backend == "vllm" and not self.rollout.vllm.recompute_logprobs:
+            raise ConfigError("grpo.use_adaptive_entropy: needs the batch's token entropies, which the vLLM backend gives only "
+                              "with rollout.vllm.recompute_logprobs: true")
         for key in ("dynamic_sampling_metric", "max_num_gen_batches"):
             if not self.grpo.dynamic_sampling and getattr(self.grpo, key) != getattr(GRPOConfig(), key):
                 raise ConfigError(f"grpo.{key}: has no effect without grpo.dynamic_sampling: true; remove it or turn dynamic sampling on")

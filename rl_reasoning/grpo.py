@@ -25,9 +25,13 @@ the negative single-sample estimate of the reverse KL(student || teacher) on the
 (kl_discount 0: no sum over later tokens). It is fixed before the update (from the sampling
 log-probs) and goes through the same clipped surrogate; Tinker uses an unclipped
 importance-sampling loss, which is the same on-policy (rho = 1 at mu = 1).
-Entropy bonus (`entropy_coeff` c > 0, verl's name and form): l_it -= c * H_it, where H_it is the
-entropy of the policy's own softmax(logits / T) at token t, with gradients, so raising it lowers
-the loss; aggregated with the same normaliser as the policy-gradient term.
+Entropy bonus (`entropy_coef` c > 0, TRL's name and form): loss -= c * sum_it m_it H_it / sum_it m_it,
+where H_it is the entropy of the policy's own softmax(logits / T) at token t, with gradients: the
+mean token entropy of the batch's trained tokens, whatever the loss_type (as in TRL; TRL takes
+the mean per micro-batch, here over the whole batch). `AdaptiveEntropy` is Skywork-OR1's
+controller (TRL's `use_adaptive_entropy`): the bonus applies only while the batch's entropy is
+at or below `entropy_target`, and c moves by `entropy_coef_delta` after every step, up while the
+entropy is at or below the target, down otherwise, within [entropy_coef_min, entropy_coef_max].
 Token selection (`top_entropy_quantile` rho < 1, Wang et al. 2025 "80/20"): the policy-gradient
 term of tokens whose sampling entropy is below the batch's (1 - rho) quantile is multiplied by
 0 (`update.entropy_selection`, passed in as `token_weights`); the normalisers still count every
@@ -149,6 +153,27 @@ def distillation_advantages(
     return (task_coef * advantages[:, None].to(student_logp.dtype) - coef * reverse_kl) * mask
 
 
+@dataclass
+class AdaptiveEntropy:
+    """Skywork-OR1's adaptive entropy control (TRL's `use_adaptive_entropy`, same names): `coef`
+    is the current coefficient; `for_step` gives the coefficient a step applies, given the mean
+    token entropy of the batch it trains on (0 when the entropy is above the target), and moves
+    `coef` for the next step. Departure from TRL: the entropy is the sampling entropy of the
+    step's own batch, known before its update (TRL gates on the previous step's)."""
+
+    coef: float
+    target: float
+    delta: float
+    low: float
+    high: float
+
+    def for_step(self, entropy: float) -> float:
+        applied = self.coef if entropy <= self.target else 0.0
+        step = self.delta if entropy <= self.target else -self.delta
+        self.coef = min(max(self.coef + step, self.low), self.high)
+        return applied
+
+
 def policy_loss(
     logp: torch.Tensor,  # (b, T) current policy, with grad
     old_logp: torch.Tensor,  # (b, T) policy that sampled the completions
@@ -162,7 +187,7 @@ def policy_loss(
     token_weights: torch.Tensor | None = None,  # (b, T) importance weights of the policy-gradient term
     importance_sampling_level: str = "token",
     entropy: torch.Tensor | None = None,  # (b, T) the current policy's token entropies, with grad
-    entropy_coeff: float = 0.0,
+    entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate loss for one micro-batch plus summed statistics for logging.
 
@@ -197,12 +222,12 @@ def policy_loss(
         kl = k3_kl(logp, ref_logp)  # (b, T)
         per_token = per_token + beta * kl
         stats["kl_sum"] = float((kl.detach() * mask).sum())
-    if entropy_coeff > 0:
-        if entropy is None:
-            raise ValueError("entropy_coeff > 0 needs the policy's entropy")
-        per_token = per_token - entropy_coeff * entropy
-        stats["policy_entropy_sum"] = float((entropy.detach() * mask).sum())
     loss = normalizer.aggregate(per_token, mask)
+    if entropy_coef > 0:
+        if entropy is None:
+            raise ValueError("entropy_coef > 0 needs the policy's entropy")
+        loss = loss - entropy_coef * (entropy * mask).sum() / max(normalizer.num_tokens, 1)  # the batch's token mean
+        stats["policy_entropy_sum"] = float((entropy.detach() * mask).sum())
     with torch.no_grad():
         low = (ratio < 1 - epsilon) & (adv < 0)  # pessimistic bound active on the low side
         high = (ratio > 1 + epsilon_high) & (adv > 0)

@@ -1,7 +1,7 @@
 """Teacher-forced scoring: the log-probability a model gives to completions it is shown.
 
 Used by the update (log-probs with gradients, `completion_logprobs` and its prefix-grouped twin
-`grouped_completion_logprobs`, with the entropies the `grpo.entropy_coeff` bonus needs), by the vLLM backend's recompute of the old log-probs
+`grouped_completion_logprobs`, with the entropies the `grpo.entropy_coef` bonus needs), by the vLLM backend's recompute of the old log-probs
 (`recompute_logprobs`, no gradients, with entropies) and by tests that check the rollout's own
 sampling log-probs.
 

@@ -40,7 +40,7 @@ from .distributed import Collective
 from .engine import RolloutBatch, concat_rollouts, select_groups
 from .errors import ConfigError, UserError
 from .evaluation import EvalSettings, evaluate, problem_columns
-from .grpo import distillation_advantages, group_advantages, zero_variance_groups
+from .grpo import AdaptiveEntropy, distillation_advantages, group_advantages, zero_variance_groups
 from .jsonl import read_records
 from .logprobs import recompute_logprobs
 from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_flops, step_metrics, summary_line, timing_metrics
@@ -155,6 +155,9 @@ class GRPOTrainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self.update = PolicyUpdate(cfg, self.accelerator, self.model, self.optimizer, self.scheduler, self.collective, moe, self.ref_model)
+        g = cfg.grpo
+        self.adaptive_entropy = AdaptiveEntropy(g.entropy_coef, g.entropy_target, g.entropy_coef_delta, g.entropy_coef_min,
+                                                g.entropy_coef_max) if g.use_adaptive_entropy else None
 
     def _build_engine(self) -> None:
         """The generation engine: ours on the policy itself, or a colocated vLLM engine kept in sync."""
@@ -173,6 +176,17 @@ class GRPOTrainer:
         else:
             self.engine = RolloutEngine(policy, self.tokenizer, eos, self.tokenizer.pad_token_id)
 
+    def _entropy_coef(self, rollout: RolloutBatch, mask: torch.Tensor) -> float:
+        """The entropy bonus's coefficient for this step: grpo.entropy_coef, or with
+        use_adaptive_entropy the controller's, gated on the mean sampling entropy of the batch's
+        trained tokens (every process's)."""
+        if self.adaptive_entropy is None:
+            return self.cfg.grpo.entropy_coef
+        sums = self.collective.sum({"entropy": float((rollout.entropies * mask).sum()), "tokens": float(mask.sum())})
+        if sums["tokens"] == 0:  # nothing to train (every group dropped): the controller waits
+            return 0.0
+        return self.adaptive_entropy.for_step(sums["entropy"] / sums["tokens"])
+
     def _restore(self) -> Path | None:
         """Resume from a checkpoint when asked: weights, optimizer, scheduler, RNG, data position."""
         resume_from = ckpt.find_resume_checkpoint(self.cfg.resume, self.run_dir)
@@ -181,6 +195,8 @@ class GRPOTrainer:
         state = ckpt.load_training_state(resume_from, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, self.generator)
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
+        if self.adaptive_entropy is not None and "entropy_coef" in state:
+            self.adaptive_entropy.coef = state["entropy_coef"]
         self.files.truncate_after(self.step)
         if self.is_main:
             ckpt.set_aside_newer_checkpoints(self.run_dir, self.step)
@@ -287,7 +303,8 @@ class GRPOTrainer:
             advantages = distillation_advantages(advantages, rollout.logprobs, teacher_logp, mask, cfg.distill.coef, cfg.distill.task_coef)
             teacher_sums = self.collective.sum({**distill_sums(rollout.logprobs, teacher_logp, mask), "forwarded": teacher_tokens})
             seconds["teacher"] = time.perf_counter() - t_teacher
-        update_stats = self.update(rollout, advantages, mask, dropped)
+        entropy_coef = self._entropy_coef(rollout, mask)
+        update_stats = self.update(rollout, advantages, mask, dropped, entropy_coef)
         if self._uses_vllm:
             sampler_stats["vllm/weight_staleness"] = self.update.optimizer_steps - cfg.grpo.num_iterations - self.synced_at
             if (self.step + 1) % cfg.rollout.vllm.sync_every == 0:
@@ -301,6 +318,8 @@ class GRPOTrainer:
                                self.num_parameters, cfg.grpo.num_iterations, cfg.grpo.beta)
         metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
         metrics.update(step_statistics(analyses))
+        if cfg.grpo.entropy_coef > 0 or self.adaptive_entropy is not None:
+            metrics["entropy/coef"] = entropy_coef
         if teacher_sums is not None:
             metrics.update(distill_metrics(teacher_sums))
             metrics["flops/step"] += 2.0 * self.teacher.num_parameters * teacher_sums["forwarded"]  # the teacher's forward
@@ -480,7 +499,8 @@ class GRPOTrainer:
         if self.is_main:
             path = ckpt.save_checkpoint(
                 self.run_dir, self.step, self.accelerator.unwrap_model(self.model), self.tokenizer, self.optimizer, self.scheduler,
-                self.generator, {"sampler": self.sampler.state_dict(), "base_model": self.cfg.model.name},
+                self.generator, {"sampler": self.sampler.state_dict(), "base_model": self.cfg.model.name,
+                                 **({"entropy_coef": self.adaptive_entropy.coef} if self.adaptive_entropy is not None else {})},
                 keep=self.cfg.save_total_limit, state_dict=state_dict,
             )
         self.accelerator.wait_for_everyone()

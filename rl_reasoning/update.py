@@ -22,8 +22,9 @@ Departures from TRL's GRPOTrainer:
 - `grpo.top_entropy_quantile`: the threshold is taken once per generation batch over every
   process's trained tokens, from the sampling entropies the rollout already computed (TRL takes
   it per micro-batch from a fresh forward), so it does not move with the micro-batch split.
-- `grpo.entropy_coeff` (verl's name): the bonus uses the entropy of the policy being trained,
-  with gradients, at every trained token, computed in the same forward as the log-probs.
+- `grpo.entropy_coef` (TRL's name): the bonus uses the entropy of the policy being trained,
+  with gradients, at every trained token, computed in the same forward as the log-probs, and
+  its mean is taken over the whole batch's trained tokens (TRL: per micro-batch).
 - On-policy distillation (`distill.teacher`): the advantages come in per token (N, T); a row is
   skipped only when every one of its per-token advantages is 0, which the teacher's reverse-KL
   term makes practically never happen, so rows of constant-reward groups are trained.
@@ -155,9 +156,11 @@ class PolicyUpdate:
         # the grouped path runs the model twice.
         return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1 and self.moe is None
 
-    def __call__(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor) -> dict:
+    def __call__(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor,
+                 entropy_coef: float | None = None) -> dict:
         """advantages (N,) or per token (N, T), loss mask (N, T) and dropped rows (N,) of this
-        process; returns summed statistics."""
+        process, and the entropy bonus's coefficient for this step (default grpo.entropy_coef; the
+        trainer passes the adaptive controller's); returns summed statistics."""
         cfg = self.cfg
         world = self.collective.world
         counts = self.collective.sum(normalizer_counts(mask, dropped))
@@ -165,7 +168,8 @@ class PolicyUpdate:
         lengths = mask.sum(-1)  # (N,)
         prompt_lengths = rollout.prompt_mask.sum(-1)  # (N,)
         router_loss = self.moe is not None and self.moe.aux_loss_coef > 0
-        bonus = cfg.grpo.entropy_coeff > 0  # every trained row has a gradient then, advantage 0 or not
+        entropy_coef = cfg.grpo.entropy_coef if entropy_coef is None else entropy_coef
+        bonus = entropy_coef > 0  # every trained row has a gradient then, advantage 0 or not
         grouped = self.prefix_grouping
         micro = plan_micro_batches(
             lengths, prompt_lengths, advantages, cfg.optim.micro_batch_size, rollout.group_size, grouped,
@@ -204,7 +208,7 @@ class PolicyUpdate:
                     token_weights=self._token_weights(rollout, idx, width, keep if select else None),
                     importance_sampling_level=cfg.grpo.importance_sampling_level,
                     entropy=entropy,
-                    entropy_coeff=cfg.grpo.entropy_coeff,
+                    entropy_coef=entropy_coef,
                 )
                 if router_loss:  # mean over micro-batches (and processes) of the aux loss
                     loss = loss + self.moe.aux_loss_coef * aux / (len(micro) * world)

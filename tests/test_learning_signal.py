@@ -10,7 +10,7 @@ import torch
 
 from rl_reasoning.config import load_config
 from rl_reasoning.errors import ConfigError
-from rl_reasoning.grpo import LossNormalizer, policy_loss, sequence_log_ratio
+from rl_reasoning.grpo import AdaptiveEntropy, LossNormalizer, policy_loss, sequence_log_ratio
 from rl_reasoning.logprobs import (
     completion_logprobs,
     completion_logprobs_and_entropy,
@@ -123,7 +123,7 @@ def test_entropy_bonus_loss_and_gradient_by_hand():
     entropy = torch.tensor([[0.5, 1.0, 2.0], [0.25, 0.25, 9.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     norm = LossNormalizer("dapo", num_sequences=2, num_tokens=5, max_new_tokens=3)
-    loss, stats = policy_loss(logp, torch.zeros(2, 3), torch.zeros(2), mask, norm, entropy=entropy, entropy_coeff=0.1)
+    loss, stats = policy_loss(logp, torch.zeros(2, 3), torch.zeros(2), mask, norm, entropy=entropy, entropy_coef=0.1)
     assert loss.item() == pytest.approx(-0.1 * (0.5 + 1.0 + 2.0 + 0.25 + 0.25) / 5)
     assert stats["policy_entropy_sum"] == pytest.approx(4.0)
     loss.backward()
@@ -131,10 +131,24 @@ def test_entropy_bonus_loss_and_gradient_by_hand():
     # the bonus adds to the policy-gradient term and leaves it unchanged
     adv = torch.tensor([1.0, -1.0])
     plain, _ = policy_loss(logp.detach(), torch.zeros(2, 3), adv, mask, norm)
-    both, _ = policy_loss(logp.detach(), torch.zeros(2, 3), adv, mask, norm, entropy=entropy.detach(), entropy_coeff=0.1)
+    both, _ = policy_loss(logp.detach(), torch.zeros(2, 3), adv, mask, norm, entropy=entropy.detach(), entropy_coef=0.1)
     assert both.item() == pytest.approx(plain.item() - 0.1 * 4.0 / 5)
+    # the bonus is the batch's token mean whatever the loss type (TRL): under "grpo" too
+    grpo_norm = LossNormalizer("grpo", num_sequences=2, num_tokens=5, max_new_tokens=3)
+    bonus_only, _ = policy_loss(logp.detach(), torch.zeros(2, 3), torch.zeros(2), mask, grpo_norm, entropy=entropy.detach(), entropy_coef=0.1)
+    assert bonus_only.item() == pytest.approx(-0.1 * 4.0 / 5)
     with pytest.raises(ValueError, match="needs the policy's entropy"):
-        policy_loss(logp, torch.zeros(2, 3), adv, mask, norm, entropy_coeff=0.1)
+        policy_loss(logp, torch.zeros(2, 3), adv, mask, norm, entropy_coef=0.1)
+
+
+def test_adaptive_entropy_gates_and_moves_the_coefficient():
+    """Skywork-OR1 / TRL: applied only at or below the target; +delta then, -delta above; clamped."""
+    ctl = AdaptiveEntropy(coef=0.0, target=0.2, delta=0.005, low=0.0, high=0.012)
+    applied = [ctl.for_step(h) for h in (0.5, 0.1, 0.1, 0.2, 0.1, 0.3, 0.05)]
+    # 0.5: above, coef 0 -> 0 (clamped at low); 0.1: applies 0, -> 0.005; applies 0.005 -> 0.01;
+    # 0.2 (equal: at or below) applies 0.01 -> 0.012 (high); 0.1 applies 0.012 -> 0.012; 0.3: 0, -> 0.007; 0.05 applies 0.007
+    assert applied == pytest.approx([0.0, 0.0, 0.005, 0.01, 0.012, 0.0, 0.007])
+    assert ctl.coef == pytest.approx(0.012)
 
 
 def test_entropies_with_gradients_equal_the_no_grad_reference_on_both_paths(tiny):
@@ -172,7 +186,7 @@ def test_entropy_bonus_trains_every_row_and_raises_the_sampling_entropy(tiny_mod
     leaves the policy more random than the same run without it."""
     runs = {}
     for coeff in ("0.0", "1.0"):
-        train(tiny_model_dir, arithmetic_jsonl, tmp_path / coeff, max_steps=3, eval__at_start="false", grpo__entropy_coeff=coeff)
+        train(tiny_model_dir, arithmetic_jsonl, tmp_path / coeff, max_steps=3, eval__at_start="false", grpo__entropy_coef=coeff)
         runs[coeff] = list(read_records(tmp_path / coeff / "metrics.jsonl"))
     off, on = runs["0.0"], runs["1.0"]
     assert "entropy/policy_mean" not in off[0]
@@ -182,8 +196,26 @@ def test_entropy_bonus_trains_every_row_and_raises_the_sampling_entropy(tiny_mod
     assert on[-1]["entropy"] > off[-1]["entropy"] + 0.05
 
 
+def test_adaptive_entropy_on_the_tiny_model_logs_the_coefficient_and_resumes_it(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    """Target above the tiny model's entropy: the bonus applies from step 1 and the coefficient
+    climbs by delta per step; a run resumed from step 2's checkpoint continues from its coefficient."""
+    extra = dict(eval__at_start="false", grpo__use_adaptive_entropy="true", grpo__entropy_target="50", grpo__entropy_coef="0.01",
+                 grpo__entropy_coef_delta="0.02", save_every=2)
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=3, **extra)
+    metrics = list(read_records(tmp_path / "run" / "metrics.jsonl"))
+    assert [m["entropy/coef"] for m in metrics] == pytest.approx([0.01, 0.03, 0.05])
+    assert all("entropy/policy_mean" in m for m in metrics)
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=4, resume="true", **extra)
+    resumed = list(read_records(tmp_path / "run" / "metrics.jsonl"))
+    assert [m["entropy/coef"] for m in resumed] == pytest.approx([0.01, 0.03, 0.05, 0.07])
+    # below the target of a collapsed policy it never applies and decays to entropy_coef_min
+    train(tiny_model_dir, arithmetic_jsonl, tmp_path / "off", max_steps=2, **{**extra, "grpo__entropy_target": "0.001", "save_every": 0})
+    off = list(read_records(tmp_path / "off" / "metrics.jsonl"))
+    assert [m["entropy/coef"] for m in off] == [0.0, 0.0] and all("entropy/policy_mean" not in m for m in off)
+
+
 def test_entropy_bonus_on_the_tiny_mixtral(tiny_moe_dir, arithmetic_jsonl, tmp_path):
-    train(tiny_moe_dir, arithmetic_jsonl, tmp_path / "moe", max_steps=1, eval__at_start="false", grpo__entropy_coeff="0.01")
+    train(tiny_moe_dir, arithmetic_jsonl, tmp_path / "moe", max_steps=1, eval__at_start="false", grpo__entropy_coef="0.01")
     (m,) = read_records(tmp_path / "moe" / "metrics.jsonl")
     assert m["entropy/policy_mean"] == pytest.approx(m["entropy"], rel=1e-3) and m["moe/aux_loss"] > 0
 
@@ -196,7 +228,10 @@ def test_entropy_bonus_on_the_tiny_mixtral(tiny_moe_dir, arithmetic_jsonl, tmp_p
     (["grpo.importance_sampling_level=segment"], "grpo.importance_sampling_level"),
     (["grpo.top_entropy_quantile=0"], "grpo.top_entropy_quantile: must be in (0, 1]"),
     (["grpo.top_entropy_quantile=1.5"], "grpo.top_entropy_quantile: must be in (0, 1]"),
-    (["grpo.entropy_coeff=-0.001"], "grpo.entropy_coeff: must be in [0, 1]"),
+    (["grpo.entropy_coef=-0.001"], "grpo.entropy_coef: must be in [0, 1]"),
+    (["grpo.entropy_target=0.3"], "grpo.entropy_target: has no effect without grpo.use_adaptive_entropy"),
+    (["grpo.use_adaptive_entropy=true", "grpo.entropy_coef_min=0.5", "grpo.entropy_coef_max=0.1"], "grpo.entropy_coef_min: must be in [0, grpo.entropy_coef_max]"),
+    (["grpo.use_adaptive_entropy=true", "rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false"], "grpo.use_adaptive_entropy: needs"),
     (["rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false", "grpo.top_entropy_quantile=0.2"], "needs token entropies"),
 ])
 def test_bad_settings_name_the_key(overrides, message):
