@@ -105,7 +105,10 @@ def grouped_completion_logprobs(
     if b > 1:
         cache.batch_repeat_interleave(b)
     first = scale_logits_(prompt_out.logits[:, -1:].float(), temperature).expand(b, 1, -1)  # (b, 1, V): predicts completion token 0
-    logp, entropy = picked_logprobs_and_entropy(first, completion_ids[:, :1]) if with_entropy else (picked_logprobs(first, completion_ids[:, :1]), None)  # (b, 1)
+    if with_entropy:
+        logp, entropy = picked_logprobs_and_entropy(first, completion_ids[:, :1])  # (b, 1) each
+    else:
+        logp, entropy = picked_logprobs(first, completion_ids[:, :1]), None  # (b, 1)
     if Lc > 1:
         attention_mask = torch.cat([completion_mask.new_ones((b, Lp)), completion_mask[:, :-1]], dim=1)  # (b, Lp + Lc - 1)
         rest = model(

@@ -11,13 +11,13 @@ import torch
 from rl_reasoning.config import load_config
 from rl_reasoning.errors import ConfigError
 from rl_reasoning.grpo import AdaptiveEntropy, LossNormalizer, policy_loss, sequence_log_ratio
+from rl_reasoning.jsonl import read_records
 from rl_reasoning.logprobs import (
     completion_logprobs,
     completion_logprobs_and_entropy,
     grouped_completion_logprobs,
     picked_logprobs_and_entropy,
 )
-from rl_reasoning.jsonl import read_records
 from rl_reasoning.update import entropy_selection
 from tests.test_trainer import train
 
@@ -154,8 +154,8 @@ def test_adaptive_entropy_gates_and_moves_the_coefficient():
 def test_entropies_with_gradients_equal_the_no_grad_reference_on_both_paths(tiny):
     """The plain and prefix-grouped paths give the reference path's entropies (1e-5), and the
     grouped path's entropy gradients equal the plain path's."""
-    from tests.test_rollout import QUESTIONS, engine_for, prompts_for
     from rl_reasoning.config import RolloutConfig
+    from tests.test_rollout import QUESTIONS, engine_for, prompts_for
 
     model, tok = tiny
     model.train()
@@ -230,7 +230,8 @@ def test_entropy_bonus_on_the_tiny_mixtral(tiny_moe_dir, arithmetic_jsonl, tmp_p
     (["grpo.top_entropy_quantile=1.5"], "grpo.top_entropy_quantile: must be in (0, 1]"),
     (["grpo.entropy_coef=-0.001"], "grpo.entropy_coef: must be in [0, 1]"),
     (["grpo.entropy_target=0.3"], "grpo.entropy_target: has no effect without grpo.use_adaptive_entropy"),
-    (["grpo.use_adaptive_entropy=true", "grpo.entropy_coef_min=0.5", "grpo.entropy_coef_max=0.1"], "grpo.entropy_coef_min: must be in [0, grpo.entropy_coef_max]"),
+    (["grpo.use_adaptive_entropy=true", "grpo.entropy_coef_min=0.5", "grpo.entropy_coef_max=0.1"],
+     "grpo.entropy_coef_min: must be in [0, grpo.entropy_coef_max]"),
     (["grpo.use_adaptive_entropy=true", "rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false"], "grpo.use_adaptive_entropy: needs"),
     (["rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false", "grpo.top_entropy_quantile=0.2"], "needs token entropies"),
 ])
