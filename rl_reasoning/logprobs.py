@@ -21,8 +21,9 @@ from .engine import RolloutBatch, positions_from_mask
 
 def micro_batch_inputs(rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
     """Rows `idx` of a rollout, trimmed: prompts lose their shared left padding, completions their
-    right padding. Returns prompt ids (b, Lp'), prompt mask (b, Lp'), completion ids (b, T') and
-    `mask` (the loss mask) (b, T'), on `device`."""
+    right padding. Returns prompt ids (b, Lp'), prompt mask (b, Lp'), completion ids (b, T'), the
+    completion's attention mask (b, T') and `mask` (the loss mask) (b, T'), on `device`. The two
+    masks differ where the loss skips tokens the model must still attend to (tool results)."""
     p_mask = rollout.prompt_mask[idx]
     p_width = int(p_mask.sum(-1).max())
     c_width = max(int(rollout.completion_mask[idx].sum(-1).max()), 1)
@@ -30,6 +31,7 @@ def micro_batch_inputs(rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Ten
         rollout.prompt_ids[idx, -p_width:].to(device),  # (b, Lp')
         p_mask[:, -p_width:].to(device),  # (b, Lp')
         rollout.completion_ids[idx, :c_width].to(device),  # (b, T')
+        rollout.completion_mask[idx, :c_width].to(device),  # (b, T')
         mask[idx][:, :c_width].to(device),  # (b, T')
     )
 
@@ -137,8 +139,8 @@ def recompute_logprobs(policy, rollout: RolloutBatch, micro_batch_size: int, tem
     policy.eval()
     for i in range(0, len(rollout), micro_batch_size):
         idx = all_rows[i : i + micro_batch_size]
-        p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, rollout.completion_mask, idx, device)
-        lp, ent = completion_logprobs_and_entropy(policy, p_ids, p_mask, c_ids, c_mask, temperature)  # (b, T'), (b, T')
+        p_ids, p_mask, c_ids, c_attn, c_mask = micro_batch_inputs(rollout, rollout.sampled_mask, idx, device)
+        lp, ent = completion_logprobs_and_entropy(policy, p_ids, p_mask, c_ids, c_attn, temperature)  # (b, T'), (b, T')
         width = c_ids.shape[1]
         logprobs[idx, :width] = (lp * c_mask).cpu()
         entropies[idx, :width] = (ent * c_mask).cpu()

@@ -37,6 +37,7 @@ class StepRows:
     reward_metrics: dict[str, dict]  # averaged over processes
     zero_variance: torch.Tensor  # (B,) groups whose valid rewards are all equal
     advantages: torch.Tensor | None = None  # (B*G,)
+    episodes: list[dict] | None = None  # multi-turn rollouts: each row's tool calls, turns, verdicts (multiturn.py)
 
 
 def gather_rows(collective: Collective, rollout: RolloutBatch, rewards, completions: list[str], has_entropy: bool) -> StepRows:
@@ -47,7 +48,7 @@ def gather_rows(collective: Collective, rollout: RolloutBatch, rewards, completi
         completions=c.gather_objects(completions),
         rewards=total,
         components={name: c.gather(v) for name, v in rewards.components.items()},
-        lengths=c.gather(rollout.lengths),
+        lengths=c.gather(rollout.sampled_mask.sum(-1)),  # sampled tokens (tool results excluded)
         prompt_lengths=c.gather(rollout.prompt_mask.sum(-1)),
         truncated=c.gather(rollout.truncated),
         entropy_sums=c.gather(rollout.entropies.sum(-1)) if has_entropy else None,
@@ -55,6 +56,7 @@ def gather_rows(collective: Collective, rollout: RolloutBatch, rewards, completi
         reward_seconds=c.max(rewards.seconds),
         reward_metrics=c.mean_of_dicts(rewards.metrics),
         zero_variance=zero_variance_groups(total, rollout.group_size),
+        episodes=c.gather_objects(rollout.episodes) if rollout.episodes is not None else None,
     )
 
 

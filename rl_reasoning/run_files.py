@@ -94,6 +94,9 @@ def trace_records(step: int, problems: list[dict], prompt_texts: list[str], rows
             "truncated": bool(rows.truncated[i]),
             "extracted_answer": final_answer_with_source(completion, answer_fallback)[0],  # as the math reward reads it
         }
+        if rows.episodes is not None:
+            e = rows.episodes[i]
+            record.update(tool_calls=e["tool_calls"], turns=e["turns"], verdicts=e["verdicts"])
         if analyses:
             a = analyses[i]
             record.update(reflections=[r.label for r in a.reflections], revision=a.revision.kind if a.revision else None,

@@ -54,8 +54,8 @@ class Teacher:
         rows = rows[torch.argsort(total[rows], stable=True)]
         for i in range(0, len(rows), self.micro_batch_size):
             idx = rows[i : i + self.micro_batch_size]
-            p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, rollout.completion_mask, idx, self.device)
-            logits = teacher_forced_logits(self.model, p_ids, p_mask, c_ids, c_mask, self.temperature)[0]  # (b, T', V)
+            p_ids, p_mask, c_ids, c_attn, _ = micro_batch_inputs(rollout, mask, idx, self.device)
+            logits = teacher_forced_logits(self.model, p_ids, p_mask, c_ids, c_attn, self.temperature)[0]  # (b, T', V)
             width = c_ids.shape[1]
             out[idx, :width] = picked_logprobs(logits, c_ids).float().cpu().to(out.device) * mask[idx, :width].to(out.dtype)
         return out, int(total[rows].sum())

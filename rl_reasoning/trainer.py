@@ -46,6 +46,8 @@ from .logprobs import recompute_logprobs
 from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_flops, step_metrics, summary_line, timing_metrics
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
+from .multiturn import COLUMNS as MULTI_TURN_COLUMNS
+from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import CORRECT, RewardResult, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
@@ -116,9 +118,12 @@ class GRPOTrainer:
         self.rewards = RewardRunner(cfg.rewards, cfg.weights())
         self.accuracy = accuracy_runner(cfg)
         self.answer_fallback = answer_fallback(self.accuracy)
+        self.toolbox = build_toolbox(cfg)  # a missing tool is an error here, before the model loads
+        self.environment = build_environment(cfg, self.accuracy)
+        self.prompt = prompt_with_tools(cfg.prompt, self.toolbox, cfg.rollout.describe_tools)  # what every prompt is rendered with
         self.data = load_task(cfg.data)
         first = (self.data.train or self.data.held_out or [{}])[0]
-        columns = [k for k in first if k != "id"]
+        columns = [k for k in first if k != "id"] + (list(MULTI_TURN_COLUMNS) if self.toolbox or self.environment else [])
         self.rewards.check_columns(columns, "the data")
         self.accuracy.check_columns(columns, "the data")
         self.sampler = PromptSampler(self.data, cfg.seed)
@@ -175,6 +180,7 @@ class GRPOTrainer:
             self._print(f"vLLM engine started in {self.engine.startup_seconds:.1f} s")
         else:
             self.engine = RolloutEngine(policy, self.tokenizer, eos, self.tokenizer.pad_token_id)
+            self.engine = multi_turn(cfg, self.engine, self.tokenizer, eos, self.toolbox, self.environment)  # tools, environments
 
     def _entropy_coef(self, rollout: RolloutBatch, mask: torch.Tensor) -> float:
         """The entropy bonus's coefficient for this step: grpo.entropy_coef, or with
@@ -294,7 +300,7 @@ class GRPOTrainer:
         rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
         mine_rows = shard.row_slice(len(rows.advantages))
         dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine_rows]  # (N,)
-        mask = loss_mask(rollout.completion_mask, rewards.total, rollout.truncated, dropped, cfg.grpo.mask_truncated_completions)  # (N, T)
+        mask = loss_mask(rollout.sampled_mask, rewards.total, rollout.truncated, dropped, cfg.grpo.mask_truncated_completions)  # (N, T)
         advantages = rows.advantages[mine_rows]  # (N,)
         teacher_sums = None
         if self.teacher is not None:  # on-policy distillation: per-token advantages (N, T)
@@ -318,6 +324,7 @@ class GRPOTrainer:
                                self.num_parameters, cfg.grpo.num_iterations, cfg.grpo.beta)
         metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
         metrics.update(step_statistics(analyses))
+        metrics.update(episode_metrics(rows.episodes, correct))
         if cfg.grpo.entropy_coef > 0 or self.adaptive_entropy is not None:
             metrics["entropy/coef"] = entropy_coef
         if teacher_sums is not None:
@@ -345,7 +352,7 @@ class GRPOTrainer:
         cfg, G, shard = self.cfg, self.cfg.rollout.num_generations, self.collective.shard
         t_start = time.perf_counter()
         problems = self.sampler.next_batch(cfg.prompts_per_step)
-        prompt_texts = [render_prompt(self.tokenizer, p["question"], cfg.prompt) for p in problems]
+        prompt_texts = [render_prompt(self.tokenizer, p["question"], self.prompt) for p in problems]
         mine = shard.prompt_slice(len(problems))  # this process's prompts, with all G of their completions
         prompt_ids = [encode_prompt(self.tokenizer, t, cfg.prompt.template) for t in prompt_texts[mine]]
 
@@ -353,7 +360,8 @@ class GRPOTrainer:
         self.generator.manual_seed(rollout_seed(cfg.seed, self.step, generation_round))
         n_local = len(prompt_ids) * G
         with self._generation_engine() as engine:
-            rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G))
+            extra = {"problems": problems[mine]} if isinstance(engine, MultiTurnEngine) else {}
+            rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G), **extra)
         t_gen = time.perf_counter()
         if self._recomputes:
             self._recompute_old_logprobs(rollout)
@@ -362,7 +370,8 @@ class GRPOTrainer:
         # rewards
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
         completion_ids = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths)]
-        rewards = self.rewards(completions, problem_columns(problems[mine], G), [t for t in prompt_texts[mine] for _ in range(G)],
+        columns = {**problem_columns(problems[mine], G), **episode_columns(rollout)}
+        rewards = self.rewards(completions, columns, [t for t in prompt_texts[mine] for _ in range(G)],
                                self.step + 1, completion_ids=completion_ids)
         seconds["generation"] += t_gen - t_start
         seconds["old_logprobs"] += t_gen_end - t_gen
@@ -479,7 +488,7 @@ class GRPOTrainer:
         """Score the policy on the held-out problems (greedy, and sampled when eval.num_samples > 0)."""
         cfg = self.cfg
         with self._generation_engine() as engine:
-            metrics, records = evaluate(engine, self.tokenizer, self.data.held_out, cfg.prompt, self.accuracy, EvalSettings.from_config(cfg),
+            metrics, records = evaluate(engine, self.tokenizer, self.data.held_out, self.prompt, self.accuracy, EvalSettings.from_config(cfg),
                                         self.step, analyzer=self.analyzer if cfg.traces.analyze else None)
         metrics["step"] = self.step
         self.eval_history.append(metrics)
@@ -534,6 +543,8 @@ class GRPOTrainer:
 
     def close(self) -> None:
         self.files.close()
+        if self.toolbox is not None:
+            self.toolbox.close()
         if self.is_main and self.cfg.report_to:
             self.accelerator.end_training()
 

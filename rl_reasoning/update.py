@@ -277,9 +277,9 @@ class PolicyUpdate:
     def _moe_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, with_entropy: bool = False):
         """Policy log-probs (b, T'), loss mask (b, T'), router aux loss, per-expert load (E,) and,
         with `with_entropy`, the policy's token entropies (b, T') with gradients (else None)."""
-        p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
+        p_ids, p_mask, c_ids, c_attn, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
         logits, out, attention_mask = teacher_forced_logits(
-            self.model, p_ids, p_mask, c_ids, c_mask, self.cfg.rollout.temperature, output_router_logits=True
+            self.model, p_ids, p_mask, c_ids, c_attn, self.cfg.rollout.temperature, output_router_logits=True
         )  # (b, T', V)
         logp, entropy = picked_logprobs_and_entropy(logits, c_ids) if with_entropy else (picked_logprobs(logits, c_ids), None)
         load = expert_load(out.router_logits, attention_mask, self.moe.top_k)
@@ -288,13 +288,13 @@ class PolicyUpdate:
     def _logprobs(self, model, rollout: RolloutBatch, mask: torch.Tensor, idx: torch.Tensor, grouped: bool, with_entropy: bool = False):
         """Log-probs of the completions in rows `idx` under `model` (b, T'), their loss mask (b, T')
         and, with `with_entropy`, the token entropies (b, T') with gradients (else None)."""
-        p_ids, p_mask, c_ids, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
+        p_ids, p_mask, c_ids, c_attn, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
         T = self.cfg.rollout.temperature
         with gqa_attention(self.accelerator.unwrap_model(model)):  # CPU: shared KV heads, no repeat_kv copies to save
             if grouped:
                 prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
-                out = grouped_completion_logprobs(model, prompt, c_ids, c_mask, T, with_entropy=with_entropy)
+                out = grouped_completion_logprobs(model, prompt, c_ids, c_attn, T, with_entropy=with_entropy)
             else:
-                out = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, T, with_entropy=with_entropy)
+                out = completion_logprobs(model, p_ids, p_mask, c_ids, c_attn, T, with_entropy=with_entropy)
         logp, entropy = out if with_entropy else (out, None)
         return logp, c_mask, entropy

@@ -172,7 +172,7 @@ def test_reward_that_raises_stops_with_a_clear_error_and_keeps_files(tiny_model_
     [
         ("max_stepz=3", "unknown key 'max_stepz' (did you mean max_steps?)"),
         ("grpo.loss_type=ppo", "grpo.loss_type: 'ppo' is not valid; choose one of 'grpo', 'dr_grpo', 'dapo'"),
-        ("rewards=[nope]", "unknown reward 'nope'; valid names: code, format, length, math, reasoning_gym, repetition"),
+        ("rewards=[nope]", "unknown reward 'nope'; valid names: code, env_reward, format, length, math, reasoning_gym, repetition, tool_errors"),
         ("model.name=/no/such/model", "does not exist"),
         ("optim.lr=fast", "optim.lr: expected a number"),
         ("rewards=[{name: 'tests.reward_fns:wrong_length'}]", "returned 1 values for 3 completions (held-out evaluation at step 0)"),

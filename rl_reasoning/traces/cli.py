@@ -27,7 +27,7 @@ from ..untrusted import terminal_safe
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis, step_statistics
 from .detectors import mark_revision
-from .schema import metrics_problem
+from .schema import metrics_problem, tool_calls_of
 from .store import iter_steps, load, prompt_key
 
 # --------------------------------------------------------------------------- helpers
@@ -178,11 +178,25 @@ def _panel(record: dict, analysis: TraceAnalysis, index: int, hl: Highlighter, w
         head += " refl:" + ",".join(s.label for s in analysis.reflections)
     if analysis.revision:
         head += f" rev:{analysis.revision.kind}"
+    if isinstance(record.get("turns"), int) and record["turns"] > 1:
+        head += f" turns {record['turns']}"
     body = highlight_revision((record.get("completion") or ""), analysis, hl) if analysis.revision else (record.get("completion") or "")
     lines = textwrap.wrap(head, width) + ["-" * width]
     for paragraph in body.splitlines() or [""]:
         lines += textwrap.wrap(paragraph, width, replace_whitespace=False, drop_whitespace=True) if not hl.color else _wrap_ansi(paragraph, width)
+    for line in tool_call_lines(record):
+        lines += textwrap.wrap(line, width) or [""]
     return lines
+
+
+def tool_call_lines(record: dict) -> list[str]:
+    """One terminal-safe line per tool call of a record, in order: tool(input) -> output or error, seconds."""
+    out = []
+    for k, call in enumerate(tool_calls_of(record), 1):
+        result = f"error: {call['error']}" if call["error"] else call["output"]
+        secs = f" ({call['seconds']:.2f} s)" if call["seconds"] is not None else ""
+        out.append(terminal_safe(f"[tool {k}] {call['name']}({_one_line(call['arguments'], 120)}) -> {_one_line(result, 120)}{secs}"))
+    return out
 
 
 def _wrap_ansi(text: str, width: int) -> list[str]:

@@ -29,7 +29,7 @@ from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis
 from .cli import analyze_record, summary_rows
 from .detectors import mark_revision
-from .schema import clean_summary, metrics_problem
+from .schema import clean_summary, metrics_problem, tool_calls_of
 from .store import iter_steps, load, prompt_key
 
 RUN_FILES = ("metrics.jsonl", "eval.jsonl", "traces.jsonl", "eval_traces.jsonl", "summary.json", "config.yaml")
@@ -276,8 +276,20 @@ def _card(record: dict, analysis: TraceAnalysis, hint: str) -> str:
     bits.append(f"{record.get('length', '?')} tok")
     if analysis.reflections:
         bits.append("reflects: " + ", ".join(s.label for s in analysis.reflections))
+    if isinstance(record.get("turns"), int) and record["turns"] > 1:
+        bits.append(f"{record['turns']} turns")
     text = highlighted_html(record["completion"], analysis, hint)
-    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{text}</pre></div>"
+    return f"<div class='card {'ok' if ok else 'bad'}'><header>{html.escape(' · '.join(bits))}</header><pre>{text}</pre>{tool_calls_html(record)}</div>"
+
+
+def tool_calls_html(record: dict) -> str:
+    """The record's tool calls in order (input, output or error, seconds), escaped; '' when it made none."""
+    items = []
+    for call in tool_calls_of(record):
+        result = f"<span class=bad>error: {_e(call['error'])}</span>" if call["error"] else f"<code>{_e(call['output'])}</code>"
+        secs = f" <span class=muted>{call['seconds']:.2f} s</span>" if call["seconds"] is not None else ""
+        items.append(f"<li><b>{_e(call['name'])}</b> <code>{_e(call['arguments'])}</code> → {result}{secs}</li>")
+    return f"<ol class=tools>{''.join(items)}</ol>" if items else ""
 
 
 def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
@@ -353,7 +365,7 @@ def _eval_across_steps(run: Path) -> str:
                 cells.append("<td></td>")
                 continue
             text = highlighted_html(r["completion"], None, _full_text_hint(run, r, "eval"))
-            cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{text}</pre></td>")
+            cells.append(f"<td>{'✓' if r.get('correct') else '✗'} <pre>{text}</pre>{tool_calls_html(r)}</td>")
         question, gold = _e(first.get("question", "")), _e(first.get("answer"))
         rows.append(f"<tr><td><b>{_e(problem)}</b><br>{question}<br><span class=muted>gold: {gold}</span></td>{''.join(cells)}</tr>")
     return note + f"<table id=eval-table>{header}{''.join(rows)}</table>"

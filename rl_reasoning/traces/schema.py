@@ -90,3 +90,20 @@ def clean_summary(path: Path) -> dict:
     if not isinstance(summary, dict):
         return {}
     return {k: summary[k] for k, ok in SUMMARY_FIELDS.items() if k in summary and ok(summary[k])}
+
+
+def tool_calls_of(record: dict) -> list[dict]:
+    """The record's tool calls (multi-turn runs), each with text `name`, `arguments`, `output`,
+    `error` (or None) and numeric `seconds`; malformed entries are left out, never raised on."""
+    calls = record.get("tool_calls")
+    if not isinstance(calls, list):
+        return []
+    clean = []
+    for c in calls:
+        if not isinstance(c, dict):
+            continue
+        text = {k: c.get(k) if is_text(c.get(k)) else "" for k in ("name", "arguments", "output")}
+        error = c.get("error") if is_text(c.get("error")) and c.get("error") else None
+        seconds = float(c["seconds"]) if is_number(c.get("seconds")) and math.isfinite(float(c["seconds"])) else None
+        clean.append({**text, "error": error, "seconds": seconds})
+    return clean
