@@ -473,6 +473,9 @@ class Config:
         if r.tools and r.describe_tools and self.prompt.template != "chat":
             raise ConfigError("rollout.describe_tools: the tools are described in the system prompt, which only prompt.template: chat "
                               "has; write them into your template and set rollout.describe_tools: false")
+        if "{tools}" in (self.prompt.system_prompt or "") and not (r.tools and r.describe_tools):
+            raise ConfigError("prompt.system_prompt: has a {tools} placeholder, which is filled only with rollout.tools and "
+                              "rollout.describe_tools: true")
         if "</tool>" in r.stop:
             raise ConfigError("rollout.stop: '</tool>' is the tool-call stop, added by rollout.tools; remove it")
 

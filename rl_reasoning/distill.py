@@ -120,6 +120,9 @@ def build_sft_data(cfg: Config, teacher: str, problems: int, samples: int, tempe
     from .runtime import default_device
     from .tasks import load_task
 
+    if cfg.rollout.tools or cfg.rollout.environment:
+        raise UserError("distill: rejection-sampled SFT of tool calls or environment turns is not supported yet; "
+                        "remove rollout.tools / rollout.environment from the recipe")
     task = load_task(cfg.data)
     pool = []
     for i in range(len(task.train)):  # a Sequence (reasoning-gym problems are generated on access): no slicing

@@ -142,7 +142,7 @@ def evaluate(
                 correct=bool(scores[j] >= CORRECT),
                 formatted=is_well_formatted(completions[j]),
                 think_words=len(reasoning_section(completions[j]).split()),
-                length=int(batch.lengths[j]),
+                length=int(batch.sampled_mask[j].sum()),  # tokens the model wrote (tool results left out)
                 truncated=bool(batch.truncated[j]),
             )
     count = max(len(records), 1)
@@ -183,7 +183,7 @@ def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings
                 record[f"pass@{k}"] = pass_at_k(n, sum(correct), k)
                 voted = majority_vote(answers[:k])
                 record[f"maj@{k}"] = voted is not None and correct[voted]
-            lengths += [int(batch.lengths[r]) for r in rows]
+            lengths += [int(batch.sampled_mask[r].sum()) for r in rows]
             truncated += [bool(batch.truncated[r]) for r in rows]
             formatted += [is_well_formatted(completions[r]) for r in rows]
     count = max(len(records), 1)

@@ -56,12 +56,19 @@ class _Episode:
     env: Environment | None = None
     truncated: bool = False
     last_text: str = ""  # the text of the last sampled segment
-    last_ended_with_eos: bool = False
+    last_token: int | None = None  # the last sampled token id
+    env_error: str | None = None  # what the environment raised, which ended the episode
 
     def record(self) -> dict:
-        reward = self.env.get_reward() if self.env is not None else None
+        reward = None
+        if self.env is not None and self.env_error is None:
+            try:
+                reward = self.env.get_reward()
+                reward = None if reward is None else float(reward)
+            except Exception as e:  # noqa: BLE001 - a broken environment is recorded, not fatal
+                self.env_error, reward = f"get_reward: {type(e).__name__}: {e}", None
         return {"tool_calls": [c.to_dict() for c in self.calls], "turns": self.turns, "verdicts": list(self.verdicts),
-                "env_reward": None if reward is None else float(reward)}
+                "env_reward": reward, "env_error": self.env_error}
 
 
 def feedback_scaffold(tokenizer, template: str, prefill: str) -> tuple[str, str, str]:
@@ -69,16 +76,20 @@ def feedback_scaffold(tokenizer, template: str, prefill: str) -> tuple[str, str,
     observation is close + before + feedback + after. With a chat template, `close` ends the
     assistant's turn and the feedback is a new user turn followed by a new assistant turn (with
     the recipe's prefill); for raw templates it is plain text on its own line."""
+    plain = ("", "\n", "\n" + prefill)
     if template != "chat" or not getattr(tokenizer, "chat_template", None):
-        return "", "\n", "\n" + prefill
-    marker = "\x00FEEDBACK\x00"
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
-    base = tokenizer.apply_chat_template(messages, tokenize=False)
-    full = tokenizer.apply_chat_template(messages + [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True)
-    if not full.startswith(base) or marker not in full:
-        return "", "\n", "\n" + prefill
-    close = base[base.rindex("A") + 1 :]
-    before, after = full[len(base) :].split(marker)
+        return plain
+    said, feedback = "\x00ASSISTANT\x00", "\x00FEEDBACK\x00"
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": said}]
+    try:
+        base = tokenizer.apply_chat_template(messages, tokenize=False)
+        full = tokenizer.apply_chat_template(messages + [{"role": "user", "content": feedback}], tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that refuses this conversation: fall back to plain text
+        return plain
+    if not full.startswith(base) or base.count(said) != 1 or full[len(base):].count(feedback) != 1:
+        return plain
+    close = base[base.index(said) + len(said) :]
+    before, after = full[len(base) :].split(feedback)
     return close, before, after + prefill
 
 
@@ -93,9 +104,7 @@ class MultiTurnEngine:
         self.toolbox, self.max_tool_calls = toolbox, max_tool_calls if toolbox is not None else 0
         self.environment, self.max_turns = environment, max_turns if environment is not None else 1
         self.prefill = prefill
-        self.close, self.before, self.after = feedback_scaffold(tokenizer, template, prefill)
-        eos_text = tokenizer.decode(sorted(self.eos)[:1]) if self.eos else ""
-        self.close_after_eos = self.close[len(eos_text):] if eos_text and self.close.startswith(eos_text) else self.close
+        self.close, self.before, self.after = feedback_scaffold(tokenizer, template, prefill) if environment is not None else ("", "", "")
 
     @property
     def device(self) -> torch.device:
@@ -118,11 +127,14 @@ class MultiTurnEngine:
             if problems is None or len(problems) != len(prompts):
                 raise ValueError("MultiTurnEngine: an environment needs one problem per prompt")
             for i, ep in enumerate(episodes):
-                ep.env = self.environment()
-                ep.env.reset(**{k: v for k, v in problems[i // G].items() if k != "id"})
+                try:
+                    ep.env = self.environment()
+                    ep.env.reset(**{k: v for k, v in problems[i // G].items() if k != "id"})
+                except Exception as e:  # noqa: BLE001 - the episode runs without feedback; the error is recorded
+                    ep.env_error = f"reset: {type(e).__name__}: {e}"
         first = self.engine.generate(prompts, self._round_params(params, params.max_new_tokens, tools_left=self.max_tool_calls > 0), generator, shard)
         active = list(range(N))
-        self._absorb(episodes, active, first, params)
+        self._absorb(episodes, active, first, params, self._round_params(params, 0, self.max_tool_calls > 0).stop)
         while True:
             observations = self._observe(episodes, active, params)  # row -> observation ids
             if not observations:
@@ -138,17 +150,19 @@ class MultiTurnEngine:
                 if not rows:
                     continue
                 room = max(params.max_new_tokens - episodes[i].sampled for i in rows)
-                batch = self.engine.generate([episodes[i].prompt + episodes[i].ids for i in rows],
-                                             replace(self._round_params(params, room, tools_left), num_generations=1), generator)
-                self._absorb(episodes, rows, batch, params)
+                round_params = replace(self._round_params(params, room, tools_left), num_generations=1)
+                batch = self.engine.generate([episodes[i].prompt + episodes[i].ids for i in rows], round_params, generator)
+                self._absorb(episodes, rows, batch, params, round_params.stop)
         return self._assemble(episodes, prompts, params)
 
     def _round_params(self, params: RolloutConfig, max_new_tokens: int, tools_left: bool) -> RolloutConfig:
         stop = list(params.stop) + ([CALL_CLOSE] if tools_left and CALL_CLOSE not in params.stop else [])
         return replace(params, max_new_tokens=max_new_tokens, stop=stop)
 
-    def _absorb(self, episodes: list[_Episode], rows: list[int], batch: RolloutBatch, params: RolloutConfig) -> None:
-        """Append each row's newly sampled segment, cut to what is left of its token budget."""
+    def _absorb(self, episodes: list[_Episode], rows: list[int], batch: RolloutBatch, params: RolloutConfig, stop: list[str]) -> None:
+        """Append each row's newly sampled segment, cut to what is left of its token budget. The
+        ids keep whatever a token carried past a stop string; the text is cut at it (as the
+        single-turn engine does)."""
         for j, i in enumerate(rows):
             ep = episodes[i]
             n = int(batch.lengths[j])
@@ -161,11 +175,10 @@ class MultiTurnEngine:
             ep.logprobs += batch.logprobs[j, : len(ids)].tolist()
             ep.entropies += batch.entropies[j, : len(ids)].tolist()
             ep.sampled += len(ids)
-            stop = list(params.stop) + [CALL_CLOSE]
             text = batch.texts[j] if not cut else cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
             ep.text += text
             ep.truncated = cut or (bool(batch.truncated[j]) and ep.sampled >= params.max_new_tokens)
-            ep.last_ended_with_eos = bool(ids) and ids[-1] in self.eos
+            ep.last_token = ids[-1] if ids else None
             ep.last_text = text
 
     def _observe(self, episodes: list[_Episode], rows: list[int], params: RolloutConfig) -> dict[int, list[int]]:
@@ -182,23 +195,26 @@ class MultiTurnEngine:
                 if not no_room:
                     calls[i] = self._call_body(ep)
                 continue
-            if ep.env is not None:
+            if ep.env is not None and ep.env_error is None:
                 answer = self._step(ep)
                 if answer is not None and ep.turns < self.max_turns and not no_room:
                     feedback[i] = answer
         observations = {}
         if calls:
-            rows_called = sorted(calls)
-            for i, call in zip(rows_called, self.toolbox.run([calls[i] or "" for i in rows_called])):
-                if calls[i] is None:
-                    call.error, call.output = f"no {CALL_OPEN} before {CALL_CLOSE}", ""
+            rows_called = sorted(i for i in calls if calls[i] is not None)
+            ran = dict(zip(rows_called, self.toolbox.run([calls[i] for i in rows_called])))
+            for i in sorted(calls):
+                call = ran.get(i) or ToolCall(None, "", error=f"no {CALL_OPEN} before {CALL_CLOSE}")
                 episodes[i].calls.append(call)
                 text = call.result_text()
                 episodes[i].text += text
                 observations[i] = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
         for i, answer in feedback.items():
             ep = episodes[i]
-            close = self.close_after_eos if ep.last_ended_with_eos else self.close
+            close = self.close
+            if ep.last_token in self.eos:  # the turn already ended with its end-of-turn token
+                ended = self.tokenizer.decode([ep.last_token])
+                close = close[len(ended):] if ended and close.startswith(ended) else close
             scaffold = close + self.before
             ids = self.tokenizer(scaffold, add_special_tokens=False).input_ids
             ids += self.tokenizer(answer, add_special_tokens=False, split_special_tokens=True).input_ids
@@ -217,11 +233,16 @@ class MultiTurnEngine:
         return None if start < 0 else ep.text[start + len(CALL_OPEN) : -len(CALL_CLOSE)]
 
     def _step(self, ep: _Episode) -> str | None:
+        """The environment's answer to the turn that just ended (None: the episode is over)."""
         turn = self.prefill + ep.text[ep.turn_start :]
-        answer = ep.env.step(turn)
+        try:
+            answer = ep.env.step(turn)
+        except Exception as e:  # noqa: BLE001 - a broken environment ends the episode, recorded
+            ep.env_error = f"step: {type(e).__name__}: {e}"
+            return None
         verdicts = getattr(ep.env, "verdicts", None)
-        if verdicts is not None:
-            ep.verdicts = list(verdicts)
+        if isinstance(verdicts, list):
+            ep.verdicts = [bool(v) for v in verdicts]
         return answer if answer is None else str(answer)
 
     def _assemble(self, episodes: list[_Episode], prompts: list[list[int]], params: RolloutConfig) -> RolloutBatch:

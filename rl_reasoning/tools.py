@@ -14,9 +14,10 @@ Tools:
 - user tools: plain Python functions named in the recipe (`tools: [my_tools:lookup]`, a module
   next to the recipe is importable). They are described to the model from their signature and
   docstring (as TRL does). A tool with one parameter gets the call's text; a tool with several
-  takes a JSON object of keyword arguments. User tools run in worker processes, so one that
-  hangs is killed at `rollout.tool_timeout` and one that prints a megabyte prints into a capped
-  buffer; their results must be text or a number.
+  takes a JSON object of keyword arguments. User tools run in worker processes (spawned, at most
+  4 calls at once); a call's time limit starts when a worker takes it, and a worker that
+  overruns `rollout.tool_timeout` is killed and replaced. What a user tool prints goes into a
+  capped buffer and is dropped; its result must be text or a number.
 
 Nothing a tool does stops a run: an exception, a timeout, an oversize or non-text result and a
 malformed call all become `ToolCall.error`, recorded in the trace, and the model reads
@@ -37,6 +38,7 @@ import json
 import math
 import multiprocessing
 import operator
+import queue
 import re
 import sys
 import threading
@@ -126,14 +128,14 @@ def _format_number(value: int | float) -> str:
     return str(value)
 
 
-def python(code: str) -> str:
+def python(code: str, *, seconds: float = 5.0) -> str:
     """Run a short Python program and return what it prints. Example: print(47 + 38)"""
     from rewards.sandbox import SandboxLimits, run_sample
 
     # The harness reports only an exception's type; the program reports its own error line on stderr.
     program = (f"import sys\ntry:\n    exec(compile({code!r}, '<tool>', 'exec'), {{'__name__': '__main__'}})\n"
                "except BaseException as _e:\n    sys.stderr.write(f'{type(_e).__name__}: {_e}\\n')\n")
-    limits = SandboxLimits(sample_seconds=_PYTHON_SECONDS, test_seconds=_PYTHON_SECONDS, output_bytes=64 * 1024)
+    limits = SandboxLimits(sample_seconds=seconds, test_seconds=seconds, output_bytes=64 * 1024)
     result = run_sample(program, [], limits)
     errors = result.stderr.strip().splitlines()
     if errors or result.details:
@@ -141,7 +143,6 @@ def python(code: str) -> str:
     return result.stdout
 
 
-_PYTHON_SECONDS = 5.0  # set from rollout.tool_timeout by Toolbox
 BUILTIN_TOOLS: dict[str, Callable] = {"calculator": calculator, "python": python}
 
 
@@ -170,7 +171,8 @@ def resolve_tool(target: str, key: str = "rollout.tools") -> ToolSpec:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: {target!r} has no inspectable signature") from None
-    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = [p for p in sig.parameters.values()
+              if p.kind == p.POSITIONAL_OR_KEYWORD or (p.kind == p.KEYWORD_ONLY and p.default is p.empty)]  # keyword-only options are ours
     if not params or any(p.kind in (p.VAR_POSITIONAL,) for p in sig.parameters.values()):
         raise ConfigError(f"{key}: {target!r} must take at least one named parameter (the call's arguments)")
     doc = inspect.getdoc(fn) or ""
@@ -209,7 +211,8 @@ def describe_tools(specs: list[ToolSpec]) -> str:
 # ---------------------------------------------------------------------------- running calls
 
 def _run_user_tool(target: str, arguments, max_chars: int) -> tuple[str | None, str | None]:
-    """In a worker process: call the user's function; returns (output, error), text only."""
+    """In a worker process: call the user's function; returns (output, error), text only, cut to
+    `max_chars` here so a huge result never crosses the pipe."""
     fn = _load_function(target, "rollout.tools")
     sink = _CappedWriter(max_chars)
     try:
@@ -217,7 +220,8 @@ def _run_user_tool(target: str, arguments, max_chars: int) -> tuple[str | None, 
             value = fn(**arguments) if isinstance(arguments, dict) else fn(arguments)
     except Exception as e:  # noqa: BLE001 - the tool's failure is the call's result
         return None, f"{type(e).__name__}: {e}"[:max_chars]
-    return _as_text(value)
+    output, error = _as_text(value)
+    return (output[:max_chars] if output is not None else None), error
 
 
 def _as_text(value) -> tuple[str | None, str | None]:
@@ -242,25 +246,56 @@ class _CappedWriter(io.TextIOBase):
         return len(s)
 
 
-def _worker_init(paths: list[str]) -> None:
+def _worker_main(conn, paths: list[str]) -> None:
+    """A user-tool worker process: run calls sent over `conn` until the pipe closes."""
     for p in reversed(paths):
         if p not in sys.path:
             sys.path.insert(0, p)
+    while True:
+        try:
+            target, arguments, max_chars = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_run_user_tool(target, arguments, max_chars))
+
+
+class _Worker:
+    """One worker process and its pipe. A call's time limit starts when the call is sent, so a
+    call never times out for waiting behind another; a worker that overruns is killed."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, list(sys.path)), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def call(self, target: str, arguments, max_chars: int, timeout: float) -> tuple[str | None, str | None]:
+        self.conn.send((target, arguments, max_chars))
+        if not self.conn.poll(timeout):
+            raise TimeoutError
+        return self.conn.recv()  # EOFError when the process died
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
 
 
 class Toolbox:
     """The recipe's tools: parses calls, runs a round of them in parallel, cuts their outputs."""
 
     def __init__(self, targets: list[str], timeout: float = 5.0, max_output_chars: int = 500, workers: int = 4):
-        global _PYTHON_SECONDS
         self.specs = [resolve_tool(t) for t in targets]
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
             raise ConfigError(f"rollout.tools: two tools share a name ({names})")
         self.by_name = {s.name: s for s in self.specs}
         self.timeout, self.max_output_chars, self.workers = timeout, max_output_chars, workers
-        _PYTHON_SECONDS = timeout
-        self._pool = None  # worker processes for user tools, started on first use
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # user-tool workers not running a call; None = not started yet
+        for _ in range(workers):
+            self._idle.put(None)
+        self._started: list[_Worker] = []
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -287,10 +322,7 @@ class Toolbox:
         if not bodies:
             return []
         with ThreadPoolExecutor(max_workers=min(len(bodies), max(self.workers, 1))) as pool:
-            calls = list(pool.map(self._call, bodies))
-        if any(c.error == "timeout" for c in calls if c.name and not self.by_name[c.name].builtin):
-            self._restart_pool()  # a hung worker keeps its slot until killed
-        return calls
+            return list(pool.map(self._call, bodies))
 
     def _call(self, body: str) -> ToolCall:
         start = time.perf_counter()
@@ -312,33 +344,42 @@ class Toolbox:
     def _invoke(self, spec: ToolSpec, arguments) -> tuple[str | None, str | None]:
         if spec.builtin:
             fn = BUILTIN_TOOLS[spec.target]
-            return _as_text(fn(**arguments) if isinstance(arguments, dict) else fn(arguments))
-        pending = self._worker_pool().apply_async(_run_user_tool, (spec.target, arguments, self.max_output_chars + 100))
+            options = {"seconds": self.timeout} if spec.target == "python" else {}
+            return _as_text(fn(**arguments, **options) if isinstance(arguments, dict) else fn(arguments, **options))
+        worker = self._idle.get() or self._new_worker()  # waits while every worker is busy (not counted)
         try:
-            return pending.get(timeout=self.timeout)
-        except multiprocessing.TimeoutError:
+            result = worker.call(spec.target, arguments, self.max_output_chars + 100, self.timeout)
+        except TimeoutError:
+            self._replace(worker)
             return None, "timeout"
+        except (EOFError, OSError):
+            self._replace(worker)
+            return None, "the tool's process died"
+        self._idle.put(worker)
+        return result
+
+    def _new_worker(self) -> _Worker:
+        worker = _Worker()
+        with self._lock:
+            self._started.append(worker)
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._lock:
+            self._started.remove(worker)
+        self._idle.put(None)  # a fresh worker starts on the next call
 
     def _cap(self, text: str) -> str:
         if len(text) <= self.max_output_chars:
             return text
         return text[: self.max_output_chars] + f"...[{len(text) - self.max_output_chars} more characters]"
 
-    def _worker_pool(self):
-        with self._lock:  # calls of a round ask from several threads at once
-            return self._start_pool()
-
-    def _start_pool(self):
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(list(sys.path),))
-        return self._pool
-
-    def _restart_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-
     def close(self) -> None:
-        self._restart_pool()
+        with self._lock:
+            workers, self._started = self._started, []
+        for worker in workers:
+            worker.kill()
+        self._idle = queue.SimpleQueue()
+        for _ in range(self.workers):
+            self._idle.put(None)

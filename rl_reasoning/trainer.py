@@ -123,7 +123,11 @@ class GRPOTrainer:
         self.prompt = prompt_with_tools(cfg.prompt, self.toolbox, cfg.rollout.describe_tools)  # what every prompt is rendered with
         self.data = load_task(cfg.data)
         first = (self.data.train or self.data.held_out or [{}])[0]
-        columns = [k for k in first if k != "id"] + (list(MULTI_TURN_COLUMNS) if self.toolbox or self.environment else [])
+        columns = [k for k in first if k != "id"]
+        if self.toolbox or self.environment:
+            if clash := sorted(set(columns) & set(MULTI_TURN_COLUMNS)):
+                raise ConfigError(f"data: column(s) {', '.join(clash)} would be overwritten by the multi-turn rollout's own; rename them")
+            columns += list(MULTI_TURN_COLUMNS)
         self.rewards.check_columns(columns, "the data")
         self.accuracy.check_columns(columns, "the data")
         self.sampler = PromptSampler(self.data, cfg.seed)
@@ -369,7 +373,8 @@ class GRPOTrainer:
 
         # rewards
         completions = [cfg.prompt.prefill + t for t in rollout.texts]  # what the rewards judge
-        completion_ids = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths)]
+        sampled = rollout.sampled_mask.bool()  # (N, Lc): the policy's own tokens (tool results left out)
+        completion_ids = [ids[keep].tolist() for ids, keep in zip(rollout.completion_ids, sampled)]
         columns = {**problem_columns(problems[mine], G), **episode_columns(rollout)}
         rewards = self.rewards(completions, columns, [t for t in prompt_texts[mine] for _ in range(G)],
                                self.step + 1, completion_ids=completion_ids)
@@ -395,7 +400,7 @@ class GRPOTrainer:
         keep = keep_groups(flags, B)
         batch = first if len(rounds) == 1 else self._kept_batch(rounds, keep)
         sampled = self.collective.sum({  # every round's tokens, for throughput and FLOPs
-            "generated": sum(float(s.rollout.lengths.sum()) for s in rounds),
+            "generated": sum(float(s.rollout.sampled_mask.sum()) for s in rounds),
             "prompt_rows": sum(float(s.rollout.prompt_mask.sum()) for s in rounds),
             "prompt_groups": sum(float(s.rollout.prompt_mask[:: cfg.rollout.num_generations].sum()) for s in rounds),
         })

@@ -237,12 +237,29 @@ def test_tool_calls_are_limited_and_the_token_budget_excludes_results(tok):
     engine = ScriptedEngine(tok, always_calls)
     mt = MultiTurnEngine(engine, tok, [tok.eos_token_id], Toolbox(["calculator"]), max_tool_calls=2)
     per_call = len(tok("<tool>1 + 1</tool>", add_special_tokens=False).input_ids)
-    batch = mt.generate([[5, 6]], params(num_generations=1, max_new_tokens=4 * per_call))
+    batch = mt.generate([[5, 6]], params(num_generations=1, max_new_tokens=3 * per_call))
     episode = batch.episodes[0]
     assert len(episode["tool_calls"]) == 2  # then </tool> no longer stops it
     assert engine.calls[-1].stop == ["</answer>"]
-    assert int(batch.sampled_mask.sum()) <= 4 * per_call  # observations do not count against the budget
+    # three calls' worth of sampled tokens fit: the two results did not count against the budget
+    assert int(batch.sampled_mask.sum()) == 3 * per_call and not bool(batch.truncated[0])
     assert int(batch.tool_mask.sum()) == 2 * len(tok("<result>2</result>", add_special_tokens=False).input_ids)
+
+
+def test_rows_continuing_together_keep_their_own_budgets(tok):
+    """Two rows continue in one round with different budgets left: each is cut to its own."""
+    def script(context, g):
+        written = context.split("Q", 1)[1]
+        if "<result>" in written:
+            return " " + "word " * 30
+        return "<tool>1+1</tool>" if g == 0 else "<tool>1 + 1 + 1 + 1 + 1 + 1</tool>"
+
+    mt = MultiTurnEngine(ScriptedEngine(tok, script), tok, [tok.eos_token_id], Toolbox(["calculator"]), max_tool_calls=1)
+    batch = mt.generate([tok("Q", add_special_tokens=False).input_ids], params(num_generations=2, max_new_tokens=30))
+    first = [len(tok(t, add_special_tokens=False).input_ids) for t in ("<tool>1+1</tool>", "<tool>1 + 1 + 1 + 1 + 1 + 1</tool>")]
+    assert first[0] != first[1]
+    assert batch.sampled_mask.sum(-1).tolist() == [30, 30] and batch.truncated.tolist() == [True, True]
+    assert [len(e["tool_calls"]) for e in batch.episodes] == [1, 1]
 
 
 def test_budget_cut_marks_truncated(tok):
@@ -252,6 +269,52 @@ def test_budget_cut_marks_truncated(tok):
     mt = MultiTurnEngine(ScriptedEngine(tok, long_after_result), tok, [tok.eos_token_id], Toolbox(["calculator"]), max_tool_calls=3)
     batch = mt.generate([[5]], params(num_generations=1, max_new_tokens=20))
     assert bool(batch.truncated[0]) and int(batch.sampled_mask.sum()) == 20
+
+
+def test_a_close_without_an_open_is_a_failed_call_that_runs_nothing(tok):
+    def script(context, g):
+        return "I am done</tool>" if "<result>" not in context else "<answer>1</answer>"
+
+    box = Toolbox(["calculator"])
+    box.run = lambda bodies: pytest.fail(f"no tool should run, got {bodies}")
+    batch = MultiTurnEngine(ScriptedEngine(tok, script), tok, [tok.eos_token_id], box, max_tool_calls=1).generate([[5]], params(num_generations=1))
+    call = batch.episodes[0]["tool_calls"][0]
+    assert (call["name"], call["error"]) == (None, "no <tool> before </tool>")
+    assert batch.texts[0] == "I am done</tool><result>error: no <tool> before </tool></result><answer>1</answer>"
+
+
+def test_calls_queued_behind_hung_workers_get_their_own_time(user_tools):
+    box = Toolbox([f"{user_tools}:hang", f"{user_tools}:lookup"], timeout=2.0, workers=2)
+    try:
+        start = time.perf_counter()
+        calls = box.run(["hang: a", "hang: b", "lookup: cat", "lookup: dog"])
+        assert [c.error for c in calls] == ["timeout", "timeout", None, None]
+        assert [c.output for c in calls[2:]] == ["a small animal", "unknown"]
+        assert time.perf_counter() - start < 15
+    finally:
+        box.close()
+
+
+def test_concat_and_select_carry_tool_masks_and_episodes():
+    from rl_reasoning.engine import concat_rollouts, select_groups
+
+    def batch(width, marks, name):
+        n = 2
+        ids = torch.arange(n * width).view(n, width)
+        tool = torch.zeros(n, width, dtype=torch.long)
+        tool[:, marks] = 1
+        return RolloutBatch(torch.ones(n, 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.long), ids, torch.ones(n, width, dtype=torch.long),
+                            torch.zeros(n, width), torch.zeros(n, width), torch.zeros(n, dtype=torch.bool), ["a", "b"], 2,
+                            tool_mask=tool, episodes=[{"turns": name}, {"turns": name}])
+
+    both = concat_rollouts([batch(3, [1], 1), batch(5, [3, 4], 2)], pad_id=0)
+    assert both.tool_mask.tolist() == [[0, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
+    assert [e["turns"] for e in both.episodes] == [1, 1, 2, 2]
+    second = select_groups(both, [1])
+    assert second.tool_mask.tolist() == [[0, 0, 0, 1, 1]] * 2 and [e["turns"] for e in second.episodes] == [2, 2]
+    with pytest.raises(ValueError, match="multi-turn"):
+        concat_rollouts([batch(3, [1], 1), RolloutBatch(*[getattr(batch(3, [1], 1), f) for f in (
+            "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs", "entropies", "truncated", "texts", "group_size")])], 0)
 
 
 def test_tool_output_cannot_inject_special_tokens(tok):
@@ -300,6 +363,43 @@ def test_environment_turns_are_limited(tok):
     batch = mt.generate([[5]], params(num_generations=1), problems=[{"answer": "1"}])
     assert batch.episodes[0]["turns"] == 3 and batch.episodes[0]["verdicts"] == [False, False, False]
     assert batch.episodes[0]["env_reward"] == 0.0
+
+
+def test_feedback_after_an_end_of_turn_token_does_not_repeat_it(tok):
+    """A turn that ended with the end-of-turn token (one of two EOS ids) gets the scaffold without a
+    second copy of it."""
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    other = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert other < end  # the first EOS id is not the one the turn ended with
+
+    def script(context, g):
+        return "<answer>1</answer><|im_end|>" if "wrong" not in context else "<answer>2</answer>"
+
+    factory = lambda: RetryEnvironment(lambda text, cols: "<answer>2</answer>" in text, "wrong")  # noqa: E731
+    mt = MultiTurnEngine(ScriptedEngine(tok, script), tok, [other, end], environment=factory, max_turns=2, template="chat")
+    batch = mt.generate([[5]], params(num_generations=1, stop=[]), problems=[{"answer": "2"}])
+    ids = batch.completion_ids[0][batch.completion_mask[0].bool()].tolist()
+    assert ids.count(end) == 2  # the model's own, and the one that closes the feedback turn
+    feedback = tok.decode(batch.completion_ids[0][batch.tool_mask[0].bool()].tolist())
+    assert feedback == "\n<|im_start|>user\nwrong<|im_end|>\n<|im_start|>assistant\n"
+    assert batch.episodes[0]["verdicts"] == [False, True]
+
+
+def test_a_broken_environment_is_recorded_and_ends_the_episode(tok):
+    class Broken:
+        def reset(self, **columns):
+            pass
+
+        def step(self, text):
+            raise KeyError("nope")
+
+        def get_reward(self):
+            return 1.0
+
+    mt = MultiTurnEngine(ScriptedEngine(tok, lambda c, g: "<answer>1</answer>"), tok, [tok.eos_token_id], environment=Broken,
+                         max_turns=3, template="chat")
+    episode = mt.generate([[5]], params(num_generations=1), problems=[{"answer": "1"}]).episodes[0]
+    assert episode["turns"] == 1 and episode["env_error"] == "step: KeyError: 'nope'" and episode["env_reward"] is None
 
 
 # ---------------------------------------------------------------------------- the loss never trains observations
@@ -524,6 +624,21 @@ def test_bad_tool_settings_are_one_line_errors_before_the_model_loads(tmp_path, 
     code = cli.main(args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_tools_placeholder_and_column_clashes_are_errors(tiny_model_dir, tmp_path):
+    from rl_reasoning.trainer import GRPOTrainer
+
+    with pytest.raises(ConfigError, match="has a \\{tools\\} placeholder"):
+        load_config(None, ["prompt.system_prompt=Use {tools}"])
+    cfg = load_config(None, ["rollout.tools=[calculator]", "prompt.system_prompt=Tools: {tools}. Go."])
+    assert cfg.rollout.tools == ["calculator"]
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "1", "turns": 3}\n' * 8)
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "data.source=jsonl", f"data.path={data}", "data.eval_size=2",
+                             "rollout.tools=[calculator]", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="column\\(s\\) turns would be overwritten"):
+        GRPOTrainer(cfg, quiet=True)
 
 
 def test_vllm_backend_refuses_tools():
