@@ -202,7 +202,7 @@ class MultiTurnEngine:
         observations = {}
         if calls:
             rows_called = sorted(i for i in calls if calls[i] is not None)
-            ran = dict(zip(rows_called, self.toolbox.run([calls[i] for i in rows_called])))
+            ran = dict(zip(rows_called, self.toolbox.run([calls[i] for i in rows_called]))) if rows_called else {}
             for i in sorted(calls):
                 call = ran.get(i) or ToolCall(None, "", error=f"no {CALL_OPEN} before {CALL_CLOSE}")
                 episodes[i].calls.append(call)

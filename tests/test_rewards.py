@@ -63,7 +63,7 @@ def test_registry_dotted_path_and_unknown_name():
     assert rewards.get_reward("rewards.math.math_reward") is math_reward
     with pytest.raises(rewards.UnknownRewardError) as err:
         rewards.get_reward("accuracy")
-    assert "valid names: code, format, length, math, reasoning_gym, repetition" in str(err.value)
+    assert "valid names: code, env_reward, format, length, math, reasoning_gym, repetition, tool_errors" in str(err.value)
     with pytest.raises(rewards.UnknownRewardError, match="cannot import module"):
         rewards.get_reward("no_such_pkg.mod:fn")
 

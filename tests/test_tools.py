@@ -242,7 +242,7 @@ def test_tool_calls_are_limited_and_the_token_budget_excludes_results(tok):
     assert len(episode["tool_calls"]) == 2  # then </tool> no longer stops it
     assert engine.calls[-1].stop == ["</answer>"]
     # three calls' worth of sampled tokens fit: the two results did not count against the budget
-    assert int(batch.sampled_mask.sum()) == 3 * per_call and not bool(batch.truncated[0])
+    assert int(batch.sampled_mask.sum()) == 3 * per_call and bool(batch.truncated[0])  # the third call text used up the budget
     assert int(batch.tool_mask.sum()) == 2 * len(tok("<result>2</result>", add_special_tokens=False).input_ids)
 
 
@@ -634,7 +634,7 @@ def test_tools_placeholder_and_column_clashes_are_errors(tiny_model_dir, tmp_pat
     cfg = load_config(None, ["rollout.tools=[calculator]", "prompt.system_prompt=Tools: {tools}. Go."])
     assert cfg.rollout.tools == ["calculator"]
     data = tmp_path / "d.jsonl"
-    data.write_text('{"question": "q", "answer": "1", "turns": 3}\n' * 8)
+    data.write_text("".join(f'{{"question": "q{i}", "answer": "1", "turns": 3}}\n' for i in range(8)))
     cfg = load_config(None, [f"model.name={tiny_model_dir}", "data.source=jsonl", f"data.path={data}", "data.eval_size=2",
                              "rollout.tools=[calculator]", f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="column\\(s\\) turns would be overwritten"):
