@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .errors import ConfigError
 

@@ -27,15 +27,15 @@ not), so a multi-process tool run is not bit-identical to a single-process one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 
 from .config import RolloutConfig
 from .engine import GenerationEngine, RolloutBatch, cut_at_stop
 from .environments import Environment
-from .tools import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, ToolCall, Toolbox
+from .tools import CALL_CLOSE, CALL_OPEN, Toolbox, ToolCall
 
 
 @dataclass

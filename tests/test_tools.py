@@ -14,7 +14,7 @@ from rl_reasoning.engine import RolloutBatch, cut_at_stop, left_pad
 from rl_reasoning.environments import RetryEnvironment
 from rl_reasoning.errors import ConfigError
 from rl_reasoning.multiturn import MultiTurnEngine, episode_metrics, feedback_scaffold
-from rl_reasoning.tools import ToolCall, Toolbox, calculator, describe_tools, resolve_tool
+from rl_reasoning.tools import Toolbox, ToolCall, calculator, describe_tools, resolve_tool
 from tests.conftest import build_tokenizer
 
 # ---------------------------------------------------------------------------- the calculator
