@@ -23,11 +23,11 @@ environments are separate and can be combined.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Protocol
 
+from .dotted import load_dotted
 from .errors import ConfigError
 
 
@@ -69,17 +69,8 @@ def environment_factory(target: str, judge: Callable[[str, dict], bool] | None =
         if judge is None:
             raise ConfigError("rollout.environment: 'retry' needs the recipe's accuracy reward to judge answers")
         return lambda: RetryEnvironment(judge, feedback)
-    if ":" not in target and "." not in target:
-        raise ConfigError(f"rollout.environment: unknown environment {target!r}; built-in: {', '.join(BUILTIN_ENVIRONMENTS)} "
-                          "(or a dotted path such as my_envs:MyEnv)")
-    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
-        raise ConfigError(f"rollout.environment: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"rollout.environment: {module_name} has no class or factory {attr!r}")
+    factory = load_dotted(target, "rollout.environment", "environment",
+                          f"built-in: {', '.join(BUILTIN_ENVIRONMENTS)} (or a dotted path such as my_envs:MyEnv)")
     if inspect.isclass(factory):
         missing = [m for m in ("reset", "step", "get_reward") if not callable(getattr(factory, m, None))]
         if missing:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib
 import inspect
 import io
 import json
@@ -47,6 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from .dotted import load_dotted
 from .errors import ConfigError
 
 CALL_OPEN, CALL_CLOSE = "<tool>", "</tool>"
@@ -182,18 +182,7 @@ def resolve_tool(target: str, key: str = "rollout.tools") -> ToolSpec:
 
 
 def _load_function(target: str, key: str) -> Callable:
-    if ":" not in target and "." not in target:
-        raise ConfigError(f"{key}: unknown tool {target!r}; built-in tools: {', '.join(BUILTIN_TOOLS)} "
-                          "(or a dotted path such as my_tools:lookup)")
-    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
-        raise ConfigError(f"{key}: tool {target!r}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"{key}: tool {target!r}: {module_name} has no callable {attr!r}")
-    return fn
+    return load_dotted(target, key, "tool", f"built-in tools: {', '.join(BUILTIN_TOOLS)} (or a dotted path such as my_tools:lookup)")
 
 
 def describe_tools(specs: list[ToolSpec]) -> str:

@@ -16,6 +16,7 @@ from rl_reasoning.errors import ConfigError
 from rl_reasoning.multiturn import MultiTurnEngine, episode_metrics, feedback_scaffold
 from rl_reasoning.tools import Toolbox, ToolCall, calculator, describe_tools, resolve_tool
 from tests.conftest import build_tokenizer
+from tests.test_update import sgd_update
 
 # ---------------------------------------------------------------------------- the calculator
 
@@ -422,12 +423,10 @@ def test_update_attends_to_observations_but_never_trains_or_ratios_them(tiny, pr
     """With tool-result tokens in the middle of completions, PolicyUpdate moves the weights exactly
     as one SGD step on the plain loss whose forward attends to every completion token and whose
     mask leaves the results out, and the (garbage) old log-probs at result positions change nothing."""
-    from accelerate import Accelerator
 
-    from rl_reasoning.distributed import Collective
     from rl_reasoning.grpo import LossNormalizer, group_advantages, policy_loss
     from rl_reasoning.logprobs import completion_logprobs
-    from rl_reasoning.update import PolicyUpdate, loss_mask, normalizer_counts
+    from rl_reasoning.update import loss_mask, normalizer_counts
 
     model, tk = tiny
     torch.manual_seed(2)
@@ -454,11 +453,7 @@ def test_update_attends_to_observations_but_never_trains_or_ratios_them(tiny, pr
     cfg = load_config(None, ["grpo.loss_type=dapo", "rollout.max_new_tokens=7", "optim.micro_batch_size=2",
                              f"optim.prefix_grouping={str(prefix_grouping).lower()}", "optim.max_grad_norm=0"])
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    accelerator = Accelerator(cpu=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    update = PolicyUpdate(cfg, accelerator, model, optimizer, scheduler, Collective(accelerator), moe=None)
-    stats = update(rollout, advantages, mask, dropped)
+    _, stats = sgd_update(cfg, model, rollout, advantages, mask, dropped)
 
     reference = {n: p.detach().clone().requires_grad_(True) for n, p in start.items()}
     attention = torch.cat([prompt_mask, completion_mask], 1)

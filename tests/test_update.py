@@ -111,19 +111,31 @@ def test_trained_tokens_count_a_grouped_prompt_once_per_micro_batch():
     assert trained_tokens(micro, lengths, prompt_lengths, prefix_grouping=True) == (3 + 2 + 5) + (3 + 4)
 
 
+def sgd_update(cfg, model, rollout, advantages, mask, dropped):
+    """One PolicyUpdate call with plain SGD at lr 1 (so the weights move by exactly minus the
+    gradient); returns (the update, its statistics)."""
+    from accelerate import Accelerator
+
+    from rl_reasoning.distributed import Collective
+    from rl_reasoning.update import PolicyUpdate
+
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    update = PolicyUpdate(cfg, accelerator, model, optimizer, scheduler, Collective(accelerator), moe=None)
+    return update, update(rollout, advantages, mask, dropped)
+
+
 @pytest.mark.parametrize("prefix_grouping", [True, False])
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss_type):
     """PolicyUpdate (micro-batches of 3, length-sorted, prefix-grouped or not, zero-advantage rows
     skipped, a dropped group) moves the weights exactly as one SGD step on the plain full-batch
     loss of the same rollout does."""
-    from accelerate import Accelerator
 
     from rl_reasoning.config import load_config
-    from rl_reasoning.distributed import Collective
     from rl_reasoning.engine import RolloutBatch
     from rl_reasoning.logprobs import completion_logprobs
-    from rl_reasoning.update import PolicyUpdate
 
     model, tok = tiny
     torch.manual_seed(1)
@@ -147,11 +159,7 @@ def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss
                              "optim.micro_batch_size=3", f"optim.prefix_grouping={str(prefix_grouping).lower()}",
                              "optim.max_grad_norm=0", "grpo.epsilon_high=0.3"])
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    accelerator = Accelerator(cpu=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    update = PolicyUpdate(cfg, accelerator, model, optimizer, scheduler, Collective(accelerator), moe=None)
-    stats = update(rollout, advantages, mask, dropped)
+    update, stats = sgd_update(cfg, model, rollout, advantages, mask, dropped)
     assert update.prefix_grouping == prefix_grouping
     assert stats["trained_sequences"] == 4  # group 1 dropped, no row has advantage 0 otherwise
 
