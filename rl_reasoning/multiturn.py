@@ -59,6 +59,15 @@ class _Episode:
     last_token: int | None = None  # the last sampled token id
     env_error: str | None = None  # what the environment raised, which ended the episode
 
+    def append(self, ids: list[int], observed: bool, logprobs: list[float] | None = None, entropies: list[float] | None = None) -> None:
+        """Add sampled tokens (with their log-probs and entropies) or observation tokens (0 for both)."""
+        self.ids += ids
+        self.observed += [int(observed)] * len(ids)
+        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+        self.entropies += entropies if entropies is not None else [0.0] * len(ids)
+        if not observed:
+            self.sampled += len(ids)
+
     def record(self) -> dict:
         reward = None
         if self.env is not None and self.env_error is None:
@@ -141,10 +150,7 @@ class MultiTurnEngine:
                 break
             active = sorted(observations)
             for i in active:
-                episodes[i].ids += observations[i]
-                episodes[i].observed += [1] * len(observations[i])
-                episodes[i].logprobs += [0.0] * len(observations[i])
-                episodes[i].entropies += [0.0] * len(observations[i])
+                episodes[i].append(observations[i], observed=True)
             for tools_left in (True, False):
                 rows = [i for i in active if (len(episodes[i].calls) < self.max_tool_calls) == tools_left]
                 if not rows:
@@ -153,7 +159,7 @@ class MultiTurnEngine:
                 round_params = replace(self._round_params(params, room, tools_left), num_generations=1)
                 batch = self.engine.generate([episodes[i].prompt + episodes[i].ids for i in rows], round_params, generator)
                 self._absorb(episodes, rows, batch, params, round_params.stop)
-        return self._assemble(episodes, prompts, params)
+        return self._assemble(episodes, first)
 
     def _round_params(self, params: RolloutConfig, max_new_tokens: int, tools_left: bool) -> RolloutConfig:
         stop = list(params.stop) + ([CALL_CLOSE] if tools_left and CALL_CLOSE not in params.stop else [])
@@ -170,11 +176,7 @@ class MultiTurnEngine:
             ids = batch.completion_ids[j, :n].tolist()
             cut = n > room
             ids = ids[:room]
-            ep.ids += ids
-            ep.observed += [0] * len(ids)
-            ep.logprobs += batch.logprobs[j, : len(ids)].tolist()
-            ep.entropies += batch.entropies[j, : len(ids)].tolist()
-            ep.sampled += len(ids)
+            ep.append(ids, observed=False, logprobs=batch.logprobs[j, : len(ids)].tolist(), entropies=batch.entropies[j, : len(ids)].tolist())
             text = batch.texts[j] if not cut else cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
             ep.text += text
             ep.truncated = cut or (bool(batch.truncated[j]) and ep.sampled >= params.max_new_tokens)
@@ -245,10 +247,9 @@ class MultiTurnEngine:
             ep.verdicts = [bool(v) for v in verdicts]
         return answer if answer is None else str(answer)
 
-    def _assemble(self, episodes: list[_Episode], prompts: list[list[int]], params: RolloutConfig) -> RolloutBatch:
-        from .engine import left_pad
-
-        G, N = params.num_generations, len(episodes)
+    def _assemble(self, episodes: list[_Episode], first: RolloutBatch) -> RolloutBatch:
+        """One batch of the finished episodes, with the first round's prompts (already repeated G times)."""
+        N = len(episodes)
         pad = self.engine.pad_token_id
         width = max(max((len(ep.ids) for ep in episodes), default=0), 1)
         ids = torch.full((N, width), pad, dtype=torch.long)
@@ -261,17 +262,16 @@ class MultiTurnEngine:
             tool_mask[i, :n] = torch.tensor(ep.observed, dtype=torch.long)
             logprobs[i, :n] = torch.tensor(ep.logprobs)
             entropies[i, :n] = torch.tensor(ep.entropies)
-        prompt_ids, prompt_mask = left_pad(prompts, pad)
         return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(G, dim=0),
-            prompt_mask=prompt_mask.repeat_interleave(G, dim=0),
+            prompt_ids=first.prompt_ids.cpu(),
+            prompt_mask=first.prompt_mask.cpu(),
             completion_ids=ids,
             completion_mask=mask,
             logprobs=logprobs,
             entropies=entropies,
             truncated=torch.tensor([ep.truncated for ep in episodes], dtype=torch.bool),
             texts=[ep.text for ep in episodes],
-            group_size=G,
+            group_size=first.group_size,
             tool_mask=tool_mask,
             episodes=[ep.record() for ep in episodes],
         )

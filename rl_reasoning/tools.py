@@ -290,7 +290,7 @@ class Toolbox:
     def describe(self) -> str:
         return describe_tools(self.specs)
 
-    def parse(self, body: str) -> tuple[ToolSpec | None, object, str | None]:
+    def parse(self, body: str) -> tuple[ToolSpec, object, str | None]:
         """(tool, arguments, error) for the text between <tool> and </tool>."""
         spec, text = self.specs[0], body
         named = NAMED_CALL.match(body)
@@ -316,7 +316,7 @@ class Toolbox:
     def _call(self, body: str) -> ToolCall:
         start = time.perf_counter()
         spec, arguments, error = self.parse(body)
-        call = ToolCall(spec.name if spec else None, body)
+        call = ToolCall(spec.name, body)
         if error is None:
             try:
                 output, error = self._invoke(spec, arguments)
