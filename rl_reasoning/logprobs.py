@@ -77,11 +77,9 @@ def completion_logprobs_and_entropy(
     completion_mask: torch.Tensor,  # (B, Lc)
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """No-grad log-probs (B, Lc) and entropies (B, Lc) of softmax(logits / T)."""
-    logits = teacher_forced_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
-    logp_all = torch.log_softmax(logits, dim=-1)  # (B, Lc, V)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, Lc)
-    return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1), entropy
+    """No-grad log-probs (B, Lc) and entropies (B, Lc) of softmax(logits / T): `completion_logprobs`
+    with `with_entropy`, for the vLLM backend's recompute and the metrics."""
+    return completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy=True)
 
 
 def grouped_completion_logprobs(
