@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 _ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*([\d.]+)%\s*\|")
 _MINUTES = re.compile(r"training wall time:\s*([\d.]+)\s*min")
@@ -32,9 +34,15 @@ def read_curve(path: Path) -> tuple[list[tuple[int, float]], float | None]:
         elif points:
             break  # the first table has ended
     if not points:
-        raise SystemExit(f"{path}: no learning-curve table (| step | accuracy | ...) found")
+        fail(f"{path}: no learning-curve table (| step | accuracy | ...) found")
     minutes = _MINUTES.search(text)
     return points, float(minutes[1]) if minutes else None
+
+
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def table(curves: dict[str, tuple[list[tuple[int, float]], float | None]]) -> str:
@@ -83,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.runs:
         label, sep, path = spec.rpartition("=")
         if not sep or not label:
-            raise SystemExit(f"{spec!r}: expected LABEL=path/to/learning.md")
+            fail(f"{spec!r}: expected LABEL=path/to/learning.md")
         if not Path(path).is_file():
-            raise SystemExit(f"{path}: no such file")
+            fail(f"{path}: no such file")
         curves[label] = read_curve(Path(path))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

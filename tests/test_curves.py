@@ -63,14 +63,19 @@ def test_main_writes_plot_and_table(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec, message", [("nolabel.md", "expected LABEL="), ("a=/no/such.md", "no such file")])
-def test_bad_arguments_are_one_line_errors(tmp_path, spec, message):
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, spec, message):
     curves = load_curves()
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit) as exit_info:
         curves.main(["--out", str(tmp_path / "o"), spec])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o.md").exists()
 
 
-def test_a_file_without_a_curve_is_refused(tmp_path):
+def test_a_file_without_a_curve_is_refused(tmp_path, capsys):
     curves = load_curves()
     (tmp_path / "x.md").write_text("# nothing here\n")
-    with pytest.raises(SystemExit, match="no learning-curve table"):
+    with pytest.raises(SystemExit) as exit_info:
         curves.read_curve(tmp_path / "x.md")
+    assert exit_info.value.code == 2 and "no learning-curve table" in capsys.readouterr().err
