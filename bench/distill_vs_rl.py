@@ -274,7 +274,7 @@ def plot(arms: dict, teacher: dict, teacher_accuracy: float | None, path: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for key, arm in arms.items():
         xs = [p["cpu_seconds"] / 60 for p in arm["points"]]
         ax.plot(xs, [100 * p["accuracy"] for p in arm["points"]], "o-", label=ARMS[key])
@@ -289,7 +289,7 @@ def plot(arms: dict, teacher: dict, teacher_accuracy: float | None, path: Path, 
     ax.set_ylabel("held-out greedy accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_xlim(left=0)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over a curve
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
