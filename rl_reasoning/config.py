@@ -268,7 +268,8 @@ class OptimConfig:
     prefix_grouping: bool = True
     """Update: run each prompt once per micro-batch and let its G completions attend to its
     keys/values, instead of re-running the prompt per completion (same loss and gradients).
-    Single-process only; with several processes the plain path is used."""
+    Single-process only; with several processes the plain path is used. The on-policy
+    distillation teacher (no backward) scores the same way, with any number of processes."""
 
 
 @dataclass

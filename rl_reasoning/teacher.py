@@ -6,7 +6,10 @@ scores the policy's own token ids, so a different vocabulary would score other t
 freezes it. `Teacher.logprobs` scores a rollout's completions teacher-forced, without
 gradients, in micro-batches, at the rollout's temperature with logprobs.py's convention
 (log softmax(logits / T) over the full vocabulary), so its log-probs compare token by token with
-the rollout's own sampling log-probs. With several processes each process scores its own rows.
+the rollout's own sampling log-probs. With `optim.prefix_grouping` (the default) the micro-batches
+are the update's (update.plan_micro_batches: one prompt each) and each prompt runs once per
+micro-batch (logprobs.grouped_completion_logprobs), as in the update; the teacher runs no
+backward, so this holds with several processes too, each scoring its own rows.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import torch
 
 from .config import Config
+from .cpu_kernels import gqa_attention
 from .engine import RolloutBatch
 from .errors import UserError
-from .logprobs import micro_batch_inputs, picked_logprobs, teacher_forced_logits
+from .logprobs import grouped_completion_logprobs, micro_batch_inputs, picked_logprobs, teacher_forced_logits
+from .update import plan_micro_batches
 
 # Chat markers, digits, punctuation, accents and CJK: encodes differently under any two
 # tokenizers that do not share their merges and ids.
@@ -38,27 +43,39 @@ def tokenizer_mismatch(student, teacher) -> str | None:
 class Teacher:
     """A frozen model that scores completions; `num_parameters` for the FLOPs count."""
 
-    def __init__(self, model, micro_batch_size: int, temperature: float, device):
+    def __init__(self, model, micro_batch_size: int, temperature: float, device, prefix_grouping: bool = False):
         self.model, self.micro_batch_size, self.temperature, self.device = model, micro_batch_size, temperature, device
+        self.prefix_grouping = prefix_grouping
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @torch.no_grad()
     def logprobs(self, rollout: RolloutBatch, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The teacher's log-probs of the sampled tokens (N, Lc), 0 where `mask` (N, Lc) is 0, and
-        the prompt + completion tokens it ran. Only rows with a trained token are scored, in
-        micro-batches sorted by length (little padding)."""
+        the tokens it ran (prompt + completion; a grouped prompt counts once per micro-batch).
+        Only rows with a trained token are scored, in micro-batches sorted by length (little padding)."""
         out = torch.zeros_like(rollout.logprobs, dtype=torch.float32)  # (N, Lc)
-        lengths = mask.sum(-1)  # (N,)
-        rows = torch.nonzero(lengths > 0).flatten()
-        total = rollout.prompt_mask.sum(-1) + rollout.completion_mask.sum(-1)  # (N,)
-        rows = rows[torch.argsort(total[rows], stable=True)]
-        for i in range(0, len(rows), self.micro_batch_size):
-            idx = rows[i : i + self.micro_batch_size]
+        prompt_lengths = rollout.prompt_mask.sum(-1)  # (N,)
+        completion_lengths = rollout.completion_mask.sum(-1)  # (N,) what the teacher reads (tool results included)
+        micro = plan_micro_batches(
+            mask.sum(-1), prompt_lengths, None, self.micro_batch_size, rollout.group_size, self.prefix_grouping,
+            skip_zero_advantage=False, keep_every_row=False,
+        )
+        forwarded = 0
+        for idx in micro:
             p_ids, p_mask, c_ids, c_attn, _ = micro_batch_inputs(rollout, mask, idx, self.device)
-            logits = teacher_forced_logits(self.model, p_ids, p_mask, c_ids, c_attn, self.temperature)[0]  # (b, T', V)
+            if self.prefix_grouping:
+                prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
+                with gqa_attention(self.model):  # CPU: shared KV heads inside SDPA
+                    logp = grouped_completion_logprobs(self.model, prompt, c_ids, c_attn, self.temperature)  # (b, T')
+                forwarded += int(prompt_lengths[idx[0]])
+            else:
+                logits = teacher_forced_logits(self.model, p_ids, p_mask, c_ids, c_attn, self.temperature)[0]  # (b, T', V)
+                logp = picked_logprobs(logits, c_ids)  # (b, T')
+                forwarded += int(prompt_lengths[idx].sum())
+            forwarded += int(completion_lengths[idx].sum())
             width = c_ids.shape[1]
-            out[idx, :width] = picked_logprobs(logits, c_ids).float().cpu().to(out.device) * mask[idx, :width].to(out.dtype)
-        return out, int(total[rows].sum())
+            out[idx, :width] = logp.float().cpu().to(out.device) * mask[idx, :width].to(out.dtype)
+        return out, forwarded
 
 
 def load_teacher(cfg: Config, device, student_tokenizer) -> Teacher | None:
@@ -80,4 +97,4 @@ def load_teacher(cfg: Config, device, student_tokenizer) -> Teacher | None:
     model = loaded.model.eval().requires_grad_(False)
     model.config.use_cache = False
     micro = cfg.distill.micro_batch_size or cfg.optim.micro_batch_size
-    return Teacher(model, micro, cfg.rollout.temperature, device)
+    return Teacher(model, micro, cfg.rollout.temperature, device, prefix_grouping=cfg.optim.prefix_grouping)

@@ -86,7 +86,7 @@ def normalizer_counts(mask: torch.Tensor, dropped: torch.Tensor) -> dict[str, in
 def plan_micro_batches(
     lengths: torch.Tensor,  # (N,) trained tokens per row
     prompt_lengths: torch.Tensor,  # (N,) real prompt tokens per row
-    advantages: torch.Tensor,  # (N,), or (N, T) per token
+    advantages: torch.Tensor | None,  # (N,), or (N, T) per token; only read with skip_zero_advantage
     micro_batch_size: int,
     group_size: int,
     prefix_grouping: bool,
@@ -106,6 +106,7 @@ def plan_micro_batches(
     else:
         trainable = lengths > 0
         if skip_zero_advantage:
+            assert advantages is not None, "skip_zero_advantage needs the advantages"
             trainable &= (advantages != 0) if advantages.dim() == 1 else (advantages != 0).any(-1)
     rows = torch.nonzero(trainable).flatten()
     total_len = prompt_lengths + lengths  # (N,)

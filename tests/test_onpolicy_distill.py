@@ -112,9 +112,12 @@ def test_rows_with_any_nonzero_token_advantage_are_trained():
 # --------------------------------------------------------------------------- the teacher
 
 
-def test_teacher_scores_like_the_sampler_at_the_rollout_temperature(tiny):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_teacher_scores_like_the_sampler_at_the_rollout_temperature(tiny, grouped):
     """The policy as its own teacher gives back the rollout's sampling log-probs (same temperature
-    convention), so the reverse-KL estimate is 0; untrained rows are left at 0 and not run."""
+    convention), so the reverse-KL estimate is 0; untrained rows are left at 0 and not run. With
+    prefix grouping each prompt runs once per micro-batch: prompt 0's three rows take two
+    micro-batches of 2, prompt 1's two remaining rows one."""
     model, tok = tiny
     model.eval()
     prompts = [encode_prompt(tok, render_prompt(tok, q, PromptConfig()), "chat") for q in ("What is 3 + 4?", "9 * 8")]
@@ -122,13 +125,15 @@ def test_teacher_scores_like_the_sampler_at_the_rollout_temperature(tiny):
         prompts, RolloutConfig(num_generations=3, max_new_tokens=8, temperature=0.7), torch.Generator().manual_seed(0))
     mask = batch.completion_mask.float().clone()
     mask[4] = 0
-    teacher = Teacher(model, micro_batch_size=2, temperature=0.7, device="cpu")
+    teacher = Teacher(model, micro_batch_size=2, temperature=0.7, device="cpu", prefix_grouping=grouped)
     logp, tokens = teacher.logprobs(batch, mask)
     assert logp.shape == batch.logprobs.shape
     assert (logp - batch.logprobs * mask).abs().max() < 1e-5
     assert logp[4].abs().max() == 0
     kept = [i for i in range(len(batch)) if i != 4]
-    assert tokens == int(batch.prompt_mask[kept].sum() + batch.completion_mask[kept].sum())
+    prompt_lengths = batch.prompt_mask.sum(-1)
+    prompts = int(2 * prompt_lengths[0] + prompt_lengths[3]) if grouped else int(prompt_lengths[kept].sum())
+    assert tokens == prompts + int(batch.completion_mask[kept].sum())
 
 
 class _Tok:
