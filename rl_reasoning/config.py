@@ -261,6 +261,8 @@ class OptimConfig:
     adam_beta2: float = 0.99
     warmup_steps: int = 0
     scheduler: Literal["constant", "cosine"] = "constant"
+    """Learning rate after the warmup: "constant", or "cosine" (transformers' schedule), which
+    decays it to 0 over max_steps × grpo.num_iterations optimizer steps."""
     max_grad_norm: float = 1.0
     """0 disables clipping (the norm is still logged)."""
     micro_batch_size: int = 8
