@@ -21,7 +21,7 @@ from .cpu_kernels import gqa_attention
 from .engine import RolloutBatch
 from .errors import UserError
 from .logprobs import grouped_completion_logprobs, micro_batch_inputs, picked_logprobs, teacher_forced_logits
-from .update import plan_micro_batches
+from .update import plan_micro_batches, trained_tokens
 
 # Chat markers, digits, punctuation, accents and CJK: encodes differently under any two
 # tokenizers that do not share their merges and ids.
@@ -60,22 +60,18 @@ class Teacher:
             mask.sum(-1), prompt_lengths, None, self.micro_batch_size, rollout.group_size, self.prefix_grouping,
             skip_zero_advantage=False, keep_every_row=False,
         )
-        forwarded = 0
         for idx in micro:
             p_ids, p_mask, c_ids, c_attn, _ = micro_batch_inputs(rollout, mask, idx, self.device)
             if self.prefix_grouping:
                 prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
                 with gqa_attention(self.model):  # CPU: shared KV heads inside SDPA
                     logp = grouped_completion_logprobs(self.model, prompt, c_ids, c_attn, self.temperature)  # (b, T')
-                forwarded += int(prompt_lengths[idx[0]])
             else:
                 logits = teacher_forced_logits(self.model, p_ids, p_mask, c_ids, c_attn, self.temperature)[0]  # (b, T', V)
                 logp = picked_logprobs(logits, c_ids)  # (b, T')
-                forwarded += int(prompt_lengths[idx].sum())
-            forwarded += int(completion_lengths[idx].sum())
             width = c_ids.shape[1]
             out[idx, :width] = logp.float().cpu().to(out.device) * mask[idx, :width].to(out.dtype)
-        return out, forwarded
+        return out, trained_tokens(micro, completion_lengths, prompt_lengths, self.prefix_grouping)
 
 
 def load_teacher(cfg: Config, device, student_tokenizer) -> Teacher | None:

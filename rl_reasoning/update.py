@@ -118,8 +118,9 @@ def plan_micro_batches(
 
 
 def trained_tokens(micro: list[torch.Tensor], lengths: torch.Tensor, prompt_lengths: torch.Tensor, prefix_grouping: bool) -> int:
-    """Tokens through forward and backward in one optimizer step (a grouped prompt counts once per micro-batch)."""
-    return sum(int(lengths[idx].sum()) + int(prompt_lengths[idx[0]]) * (1 if prefix_grouping else len(idx)) for idx in micro)
+    """Tokens through the model in one pass over `micro`: each row's `lengths` plus its prompt, a
+    grouped prompt once per micro-batch (the update's forward and backward, the teacher's forward)."""
+    return sum(int(lengths[idx].sum()) + int(prompt_lengths[idx[0]] if prefix_grouping else prompt_lengths[idx].sum()) for idx in micro)
 
 
 def entropy_selection(entropies: torch.Tensor, mask: torch.Tensor, quantile: float, collective: Collective) -> tuple[torch.Tensor, dict]:
