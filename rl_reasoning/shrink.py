@@ -3,9 +3,13 @@
     rl-reasoning shrink --model smollm2-135m-instruct --out runs/shrunk --keep every_other
     rl-reasoning shrink --model runs/x/checkpoints/step-000010 --out runs/s --keep 0-19,29 --no-heal
     rl-reasoning shrink --model smollm2-135m-instruct --out runs/s --drop-last 10 --steps 200
+    rl-reasoning shrink --model smollm2-135m-instruct --out runs/s --drop-block 6
 
 1. Prune: the source (a built-in name, a checkpoint or an HF directory, read by `models.load_model`)
-   keeps the decoder layers chosen by `--keep` or `--drop-last`. The student is built from the
+   keeps the decoder layers chosen by `--keep` or `--drop-last`, or measured by `--drop-block N`:
+   the N consecutive layers whose input and output residual streams are closest in angular
+   distance, arccos(cos(x_l, x_{l+N})) / pi, over the healing text (Gromov et al.; every distance
+   goes to `shrink.json`). The student is built from the
    source's config with `num_hidden_layers` (and `layer_types`, where the config has it) cut to
    the kept layers, so every layer's `self_attn.layer_idx` is its new position (a stale index
    breaks cached decoding: docs/distillation.md); the kept layers' weights, the embeddings, the
@@ -31,6 +35,9 @@ Departures from the literature (algorithms.md §4):
   importance estimates; here the layers are given by the user and healing is a few hundred steps.
 - Gromov et al. drop a contiguous block chosen by angular distance (or the deepest layers but the
   last, `--keep 0-19,29` for 30 layers) and heal with QLoRA on C4; here healing trains every weight.
+  They measure the distance at each sequence's final token; `--drop-block` averages it over every
+  token of the healing text (a few hundred short sequences: more positions, less noise), taking
+  the residual stream before each layer and before the final norm (the output of the last layer).
 The healed student is a starting point for on-policy distillation or RL, not a finished model.
 """
 
@@ -58,6 +65,7 @@ HEAL_TASKS = (
 HEAL_SEED_OFFSET = 2_000_033  # healing prompts use seeds apart from training (seed) and held-out (seed + 1_000_003) ones
 MAX_VAL_SEQUENCES = 32
 SAMPLE_BATCH = 16  # prompts the base continues together
+ONE_CHOICE = "shrink: give exactly one of --keep, --drop-last and --drop-block"
 
 
 @dataclass
@@ -74,7 +82,7 @@ def choose_layers(num_layers: int, keep: str | None, drop_last: int | None) -> l
     from the first to the last: 0,2,4,7,9,11 of 12) or a list like "0,2,4" / "0-19,29"; `drop_last`
     drops the N deepest layers. Bad input is a UserError naming the flag."""
     if (keep is None) == (drop_last is None):
-        raise UserError("shrink: give exactly one of --keep and --drop-last")
+        raise UserError(ONE_CHOICE)
     if drop_last is not None:
         if not 1 <= drop_last < num_layers:
             raise UserError(f"--drop-last {drop_last}: must be between 1 and {num_layers - 1} (the model has {num_layers} layers)")
@@ -105,6 +113,57 @@ def choose_layers(num_layers: int, keep: str | None, drop_last: int | None) -> l
     if len(kept) == num_layers:
         raise UserError(f"--keep: keeps all {num_layers} layers; nothing would be dropped")
     return kept
+
+
+def block_angular_distances(model, sequences: list[list[int]], pad_id: int, block: int, batch_size: int) -> dict:
+    """Mean angular distance arccos(cos(x_l, x_{l+n})) / pi, over every real token of `sequences`,
+    between the residual stream x_l entering layer l and x_{l+n} entering layer l + n (x_L: the
+    last layer's output, before the final norm), for n = `block` (key "by_start": one value per
+    start l = 0..L-block) and n = 1 ("per_layer"). Forward passes only, no LM head."""
+    import torch
+
+    from .engine import left_pad, positions_from_mask
+
+    layers = decoder_layers(model)
+    num_layers = len(layers)
+    device = next(model.parameters()).device
+    captured: list = [None] * (num_layers + 1)
+
+    def capture(index):
+        def hook(module, args, kwargs):
+            captured[index] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(model.model.norm.register_forward_pre_hook(capture(num_layers), with_kwargs=True))
+    sums = {"by_start": torch.zeros(num_layers - block + 1, dtype=torch.float64),
+            "per_layer": torch.zeros(num_layers, dtype=torch.float64)}
+    tokens = 0
+    try:
+        for start in range(0, len(sequences), batch_size):
+            ids, mask = left_pad(sequences[start : start + batch_size], pad_id)  # (B, L)
+            ids, mask = ids.to(device), mask.to(device)
+            with torch.no_grad():
+                model.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+            real = mask.bool()  # (B, L)
+            states = [x[real].double() for x in captured]  # L + 1 of (M, H)
+            for key, n in (("by_start", block), ("per_layer", 1)):
+                for layer in range(num_layers - n + 1):
+                    cos = torch.nn.functional.cosine_similarity(states[layer], states[layer + n], dim=-1)  # (M,)
+                    sums[key][layer] += (torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).sum()
+            tokens += int(real.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"block": block, "tokens": tokens, **{k: [round(v / max(tokens, 1), 5) for v in sums[k].tolist()] for k in sums}}
+
+
+def most_redundant_block(num_layers: int, by_start: list[float]) -> list[int]:
+    """The kept layers when the block with the smallest distance goes: by_start[l] is the distance
+    across layers l..l+n-1 (n = num_layers + 1 - len(by_start)); the first start wins a tie."""
+    n = num_layers + 1 - len(by_start)
+    start = min(range(len(by_start)), key=lambda i: by_start[i])
+    return [i for i in range(num_layers) if not start <= i < start + n]
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -285,8 +344,8 @@ def run(args) -> dict:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; choose a new directory")
-    if (args.keep is None) == (args.drop_last is None):
-        raise UserError("shrink: give exactly one of --keep and --drop-last")
+    if sum(x is not None for x in (args.keep, args.drop_last, args.drop_block)) != 1:
+        raise UserError(ONE_CHOICE)
     for flag in ("steps", "batch_size", "prompts", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
@@ -309,24 +368,40 @@ def run(args) -> dict:
         base = load_model(args.model, device, "float32")
         base.model.eval()
         num_layers = len(decoder_layers(base.model))
-        keep = choose_layers(num_layers, args.keep, args.drop_last)
-        student = prune_layers(base.model, keep)
-    before, after = count_parameters(base.model), count_parameters(student)
-    print(f"kept {len(keep)} of {num_layers} layers ({','.join(map(str, keep))}): {before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters",
-          flush=True)
-    summary = {
-        "source": args.model, "source_dir": base.source,
-        "layers": {"source": num_layers, "kept": keep, "dropped": [i for i in range(num_layers) if i not in keep]},
-        "parameters": {"before": before, "after": after, "ratio": round(after / before, 4)},
-        "heal": None,
-    }
-    if not args.no_heal:
-        tok = base.tokenizer
+        if args.drop_block is None:
+            keep = choose_layers(num_layers, args.keep, args.drop_last)
+            student = prune_layers(base.model, keep)
+        elif not 1 <= args.drop_block < num_layers:
+            raise UserError(f"--drop-block {args.drop_block}: must be between 1 and {num_layers - 1} (the model has {num_layers} layers)")
+    tok = base.tokenizer
+    if not args.no_heal or args.drop_block is not None:
         with _Stage(stats, "sample"):
             problems = healing_prompts(args.prompts, args.seed, exclude)
             sequences, rows = sample_healing_text(base.model, tok, problems, args.max_new_tokens, SAMPLE_BATCH, args.seed)
         tokens = sum(map(len, sequences))
         print(f"sampled {len(sequences)} continuations from the base ({tokens} tokens of text with their prompts)", flush=True)
+        (out / "heal_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    distances = None
+    if args.drop_block is not None:
+        with _Stage(stats, "measure"):
+            distances = block_angular_distances(base.model, sequences, tok.pad_token_id, args.drop_block, SAMPLE_BATCH)
+            keep = most_redundant_block(num_layers, distances["by_start"])
+            student = prune_layers(base.model, keep)
+        start = next(i for i in range(num_layers) if i not in keep)
+        print(f"angular distance across {args.drop_block} layers, by first layer: "
+              + " ".join(f"{i}:{d:.3f}" for i, d in enumerate(distances["by_start"]))
+              + f"; the smallest, {distances['by_start'][start]:.3f}, drops {start}-{start + args.drop_block - 1}", flush=True)
+    before, after = count_parameters(base.model), count_parameters(student)
+    print(f"kept {len(keep)} of {num_layers} layers ({','.join(map(str, keep))}): {before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters",
+          flush=True)
+    summary = {
+        "source": args.model, "source_dir": base.source,
+        "layers": {"source": num_layers, "kept": keep, "dropped": [i for i in range(num_layers) if i not in keep],
+                   "angular_distance": distances},
+        "parameters": {"before": before, "after": after, "ratio": round(after / before, 4)},
+        "heal": None,
+    }
+    if not args.no_heal:
         n_val = min(MAX_VAL_SEQUENCES, len(sequences) // 10)
         val, train = sequences[:n_val], sequences[n_val:]
         with _Stage(stats, "heal"):
@@ -335,7 +410,6 @@ def run(args) -> dict:
             val_after = mean_kl(base.model, student, val, tok.pad_token_id, args.batch_size) if val else None
         if val:
             print(f"held-aside KL to the base ({n_val} sequences): {val_before:.4f} -> {val_after:.4f}", flush=True)
-        (out / "heal_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         summary["heal"] = {
             "settings": {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "prompts", "max_new_tokens", "seed")},
             "tasks": list(HEAL_TASKS), "exclude_recipe": args.exclude_recipe, "excluded_questions": len(exclude),
@@ -362,6 +436,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="new output directory (becomes an HF checkpoint)")
     p.add_argument("--keep", help="layers to keep: every_other, or indices and ranges, e.g. 0,2,4 or 0-19,29")
     p.add_argument("--drop-last", type=int, help="drop the N deepest layers")
+    p.add_argument("--drop-block", type=int, metavar="N",
+                   help="drop the N consecutive layers that change the residual stream least (angular distance on the healing text)")
     p.add_argument("--no-heal", action="store_true", help="only prune; no distillation")
     p.add_argument("--steps", type=int, default=100, help="healing steps (default 100)")
     p.add_argument("--lr", type=float, default=1e-4, help="healing learning rate, AdamW, constant (default 1e-4)")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from rl_reasoning import cli
 from rl_reasoning.errors import UserError
-from rl_reasoning.shrink import choose_layers, forward_kl, healing_prompts, prune_layers
+from rl_reasoning.shrink import block_angular_distances, choose_layers, forward_kl, healing_prompts, most_redundant_block, prune_layers
 from tests.conftest import build_tiny_model, build_tokenizer
 
 HEAL_FAST = ["--steps", "6", "--lr", "1e-3", "--batch-size", "4", "--prompts", "24", "--max-new-tokens", "6", "--log-every", "3"]
@@ -60,8 +60,8 @@ def test_layer_choice():
     ("a", None, "--keep: 'a' is not a layer index"),
     (None, 4, "--drop-last 4: must be between 1 and 3"),
     (None, 0, "--drop-last 0: must be between 1 and 3"),
-    ("0", 1, "exactly one of --keep and --drop-last"),
-    (None, None, "exactly one of --keep and --drop-last"),
+    ("0", 1, "exactly one of --keep, --drop-last and --drop-block"),
+    (None, None, "exactly one of --keep, --drop-last and --drop-block"),
 ])
 def test_bad_layer_choices_are_errors_naming_the_flag(keep, drop_last, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -72,8 +72,11 @@ def test_bad_layer_choices_are_errors_naming_the_flag(keep, drop_last, message):
     (["--keep", "0,4"], "error: --keep: layer 4 is out of range (the model has 4 layers, 0-3)"),
     (["--keep", "1,1"], "error: --keep: layer 1 is listed twice"),
     (["--keep", ""], "error: --keep: no layers given"),
-    (["--keep", "every_other", "--drop-last", "1"], "error: shrink: give exactly one of --keep and --drop-last"),
-    ([], "error: shrink: give exactly one of --keep and --drop-last"),
+    (["--keep", "every_other", "--drop-last", "1"], "error: shrink: give exactly one of --keep, --drop-last and --drop-block"),
+    (["--keep", "0", "--drop-block", "1"], "error: shrink: give exactly one of --keep, --drop-last and --drop-block"),
+    ([], "error: shrink: give exactly one of --keep, --drop-last and --drop-block"),
+    (["--drop-block", "4"], "error: --drop-block 4: must be between 1 and 3 (the model has 4 layers)"),
+    (["--drop-block", "0"], "error: --drop-block 0: must be between 1 and 3 (the model has 4 layers)"),
     (["--drop-last", "1", "--steps", "0"], "error: --steps must be >= 1"),
 ])
 def test_bad_flags_exit_2_with_one_line(deep_tiny_dir, tmp_path, capsys, flags, message):
@@ -93,9 +96,74 @@ def test_non_empty_out_and_unsupported_models_are_one_line_errors(deep_tiny_dir,
     gpt2 = tmp_path / "gpt2"  # decoder-only, but its layers are transformer.h, not model.layers
     GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=32, n_layer=2, n_head=2)).save_pretrained(gpt2)
     build_tokenizer().save_pretrained(gpt2)
+    capsys.readouterr()  # transformers' "Writing model shards" bar, when no earlier test has quieted it
     assert shrink(gpt2, tmp_path / "g", "--keep", "0", "--no-heal") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: shrink: cannot find the decoder layers of this GPT2LMHeadModel") and err.count("\n") == 1
+
+
+def test_the_most_redundant_block_is_the_smallest_distance():
+    assert most_redundant_block(6, [0.3, 0.1, 0.2, 0.4]) == [0, 4, 5]  # n = 3: starts 0-3, layers 1-3 go
+    assert most_redundant_block(4, [0.2, 0.2, 0.3, 0.5]) == [1, 2, 3]  # n = 1; a tie goes to the first
+    assert most_redundant_block(30, [0.5] * 24 + [0.1]) == list(range(24))  # the last block may go
+
+
+@pytest.fixture(scope="module")
+def tiny_with_identity_layers(deep_tiny_dir, tmp_path_factory) -> Path:
+    """deep_tiny with layers 1 and 2 made the identity (attention and MLP write nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(deep_tiny_dir)
+    with torch.no_grad():
+        for i in (1, 2):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    path = tmp_path_factory.mktemp("tiny-identity")
+    model.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_angular_distances_match_the_hidden_states_and_find_identity_layers(tiny_with_identity_layers):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_with_identity_layers).eval()
+    tok = build_tokenizer()
+    sequences = [tok.encode(t) for t in ("What is 9 * 8?", "Calculate 12 - 5 and then add 3.", "ok")]
+    got = block_angular_distances(model, sequences, tok.pad_token_id, block=2, batch_size=2)
+    assert got["tokens"] == sum(map(len, sequences)) and len(got["by_start"]) == 3 and len(got["per_layer"]) == 4
+
+    # reference: one sequence at a time, no padding; hidden_states[l] enters layer l for l < L
+    def reference(a, b):
+        total = 0.0
+        for seq in sequences:
+            with torch.no_grad():
+                hs = model(torch.tensor([seq]), output_hidden_states=True).hidden_states
+            cos = torch.nn.functional.cosine_similarity(hs[a][0].double(), hs[b][0].double(), dim=-1)
+            total += float((torch.arccos(cos.clamp(-1, 1)) / torch.pi).sum())
+        return total / got["tokens"]
+
+    assert got["by_start"][0] == pytest.approx(reference(0, 2), abs=2e-5)
+    assert got["per_layer"][0] == pytest.approx(reference(0, 1), abs=2e-5)
+    assert got["by_start"][1] < 1e-4 and got["per_layer"][1] < 1e-4 and got["per_layer"][2] < 1e-4  # identity layers
+    assert min(got["by_start"][0], got["by_start"][2], got["per_layer"][0], got["per_layer"][3]) > 0.01
+
+
+def test_drop_block_drops_the_layers_that_change_nothing(tiny_with_identity_layers, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert shrink(tiny_with_identity_layers, out, "--drop-block", "2", "--no-heal", "--prompts", "6", "--max-new-tokens", "4") == 0, \
+        capsys.readouterr().err
+    assert "drops 1-2" in capsys.readouterr().out
+    summary = json.loads((out / "shrink.json").read_text())
+    assert summary["layers"]["kept"] == [0, 3] and summary["layers"]["dropped"] == [1, 2]
+    assert summary["layers"]["angular_distance"]["block"] == 2 and summary["heal"] is None
+    assert set(summary["seconds"]) == {"prune", "sample", "measure", "save"}
+    # a model with the identity layers dropped computes exactly what the source computes
+    from transformers import AutoModelForCausalLM
+
+    source, student = (AutoModelForCausalLM.from_pretrained(p).eval() for p in (tiny_with_identity_layers, out))
+    ids = torch.tensor([build_tokenizer().encode("Calculate 12 - 5.")])
+    torch.testing.assert_close(student(ids).logits, source(ids).logits)
 
 
 # --- pruning -------------------------------------------------------------------------------------
@@ -117,7 +185,7 @@ def test_pruned_checkpoint_holds_the_kept_layers_bit_for_bit_and_loads_everywher
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 2 and config["hidden_size"] == 64
     summary = json.loads((out / "shrink.json").read_text())
-    assert summary["layers"] == {"source": 4, "kept": [1, 3], "dropped": [0, 2]} and summary["heal"] is None
+    assert summary["layers"] == {"source": 4, "kept": [1, 3], "dropped": [0, 2], "angular_distance": None} and summary["heal"] is None
     assert summary["parameters"]["after"] < summary["parameters"]["before"]
     assert set(summary["seconds"]) == {"prune", "save"}
 
