@@ -8,8 +8,8 @@
 1. Prune: the source (a built-in name, a checkpoint or an HF directory, read by `models.load_model`)
    keeps the decoder layers chosen by `--keep` or `--drop-last`, or measured by `--drop-block N`:
    the N consecutive layers whose input and output residual streams are closest in angular
-   distance, arccos(cos(x_l, x_{l+N})) / pi, over the healing text (Gromov et al.; every distance
-   goes to `shrink.json`). The student is built from the
+   distance, arccos(cos(x_l, x_{l+N})) / pi, over the healing text past the prefix all its
+   sequences share, held-aside part excluded (Gromov et al.). The student is built from the
    source's config with `num_hidden_layers` (and `layer_types`, where the config has it) cut to
    the kept layers, so every layer's `self_attn.layer_idx` is its new position (a stale index
    breaks cached decoding: docs/distillation.md); the kept layers' weights, the embeddings, the
@@ -23,7 +23,8 @@
    position, token mean; AdamW, constant lr, gradient norm clipped at 1, fp32. A tenth of the
    sequences (at most 32) is held aside: its KL before and after healing goes to `shrink.json`.
 3. Write: `--out` is a normal HF checkpoint (model, tokenizer, generation config) that `train`,
-   `eval` and `distill` accept, plus `shrink.json` (layers kept, parameters before/after, the
+   `eval` and `distill` accept, plus `shrink.json` (layers kept, with `--drop-block` every angular
+   distance, parameters before/after, the
    healing KL curve, wall and CPU seconds of each stage) and `heal_text.jsonl` (the healing text).
 
 Departures from the literature (algorithms.md §4):
@@ -36,8 +37,9 @@ Departures from the literature (algorithms.md §4):
 - Gromov et al. drop a contiguous block chosen by angular distance (or the deepest layers but the
   last, `--keep 0-19,29` for 30 layers) and heal with QLoRA on C4; here healing trains every weight.
   They measure the distance at each sequence's final token; `--drop-block` averages it over every
-  token of the healing text (a few hundred short sequences: more positions, less noise), taking
-  the residual stream before each layer and before the final norm (the output of the last layer).
+  token of the healing text after the chat template's shared opening (a few hundred short
+  sequences: more positions), taking the residual stream entering each layer and the last
+  layer's output (before the final norm).
 The healed student is a starting point for on-policy distillation or RL, not a finished model.
 """
 
@@ -116,10 +118,14 @@ def choose_layers(num_layers: int, keep: str | None, drop_last: int | None) -> l
 
 
 def block_angular_distances(model, sequences: list[list[int]], pad_id: int, block: int, batch_size: int) -> dict:
-    """Mean angular distance arccos(cos(x_l, x_{l+n})) / pi, over every real token of `sequences`,
-    between the residual stream x_l entering layer l and x_{l+n} entering layer l + n (x_L: the
-    last layer's output, before the final norm), for n = `block` (key "by_start": one value per
-    start l = 0..L-block) and n = 1 ("per_layer"). Forward passes only, no LM head."""
+    """Mean angular distance arccos(cos(x_l, x_{l+n})) / pi between the residual stream x_l entering
+    layer l and x_{l+n} entering layer l + n (x_L: the last layer's output, before the final norm),
+    for n = `block` ("by_start": one value per start l = 0..L-block) and n = 1 ("per_layer"),
+    averaged over the tokens of `sequences` after the prefix they all share (a chat template's
+    fixed opening would add the same positions to every sequence). Forward passes only, no LM
+    head; full precision (round for display)."""
+    import os
+
     import torch
 
     from .engine import left_pad, positions_from_mask
@@ -127,35 +133,48 @@ def block_angular_distances(model, sequences: list[list[int]], pad_id: int, bloc
     layers = decoder_layers(model)
     num_layers = len(layers)
     device = next(model.parameters()).device
+    shared = len(os.path.commonprefix(sequences)) if len(sequences) > 1 else 0
     captured: list = [None] * (num_layers + 1)
 
-    def capture(index):
+    def capture_input(index):
         def hook(module, args, kwargs):
             captured[index] = args[0] if args else kwargs["hidden_states"]
         return hook
 
-    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    handles.append(model.model.norm.register_forward_pre_hook(capture(num_layers), with_kwargs=True))
+    def capture_last_output(module, args, output):
+        captured[num_layers] = output[0] if isinstance(output, tuple) else output
+
     sums = {"by_start": torch.zeros(num_layers - block + 1, dtype=torch.float64),
             "per_layer": torch.zeros(num_layers, dtype=torch.float64)}
     tokens = 0
+    handles = []
     try:
+        handles = [layer.register_forward_pre_hook(capture_input(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        handles.append(layers[-1].register_forward_hook(capture_last_output))
         for start in range(0, len(sequences), batch_size):
-            ids, mask = left_pad(sequences[start : start + batch_size], pad_id)  # (B, L)
+            ids, mask = left_pad(sequences[start : start + batch_size], pad_id)  # (B, T)
             ids, mask = ids.to(device), mask.to(device)
+            positions = positions_from_mask(mask)  # (B, T)
             with torch.no_grad():
-                model.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
-            real = mask.bool()  # (B, L)
-            states = [x[real].double() for x in captured]  # L + 1 of (M, H)
+                model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            measured = mask.bool() & (positions >= shared)  # (B, T)
+            states = [x[measured] for x in captured]  # L + 1 of (M, H)
             for key, n in (("by_start", block), ("per_layer", 1)):
                 for layer in range(num_layers - n + 1):
-                    cos = torch.nn.functional.cosine_similarity(states[layer], states[layer + n], dim=-1)  # (M,)
+                    cos = torch.nn.functional.cosine_similarity(states[layer].double(), states[layer + n].double(), dim=-1)  # (M,)
                     sums[key][layer] += (torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).sum()
-            tokens += int(real.sum())
+            tokens += int(measured.sum())
     finally:
         for handle in handles:
             handle.remove()
-    return {"block": block, "tokens": tokens, **{k: [round(v / max(tokens, 1), 5) for v in sums[k].tolist()] for k in sums}}
+    if tokens == 0:
+        raise UserError("--drop-block: the healing text has no tokens past the prefix all its sequences share; raise --prompts")
+    return {"block": block, "tokens": tokens, "shared_prefix": shared, **{k: [v / tokens for v in sums[k].tolist()] for k in sums}}
+
+
+def _ranges(layers: list[int]) -> str:
+    """[3, 4, 5] -> "3-5"; [7] -> "7" (one contiguous block)."""
+    return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
 
 
 def most_redundant_block(num_layers: int, by_start: list[float]) -> list[int]:
@@ -364,7 +383,7 @@ def run(args) -> dict:
     device = default_device()
     out.mkdir(parents=True, exist_ok=True)
 
-    with _Stage(stats, "prune"):
+    with _Stage(stats, "prune" if args.drop_block is None else "load"):
         base = load_model(args.model, device, "float32")
         base.model.eval()
         num_layers = len(decoder_layers(base.model))
@@ -383,14 +402,17 @@ def run(args) -> dict:
         (out / "heal_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     distances = None
     if args.drop_block is not None:
+        n_val = min(MAX_VAL_SEQUENCES, len(sequences) // 10)  # measured on the text healing trains on, not the held-aside part
         with _Stage(stats, "measure"):
-            distances = block_angular_distances(base.model, sequences, tok.pad_token_id, args.drop_block, SAMPLE_BATCH)
+            distances = block_angular_distances(base.model, sequences[n_val:], tok.pad_token_id, args.drop_block, SAMPLE_BATCH)
             keep = most_redundant_block(num_layers, distances["by_start"])
-            student = prune_layers(base.model, keep)
-        start = next(i for i in range(num_layers) if i not in keep)
-        print(f"angular distance across {args.drop_block} layers, by first layer: "
+        dropped = [i for i in range(num_layers) if i not in keep]
+        print(f"angular distance across {args.drop_block} layer(s), by first layer: "
               + " ".join(f"{i}:{d:.3f}" for i, d in enumerate(distances["by_start"]))
-              + f"; the smallest, {distances['by_start'][start]:.3f}, drops {start}-{start + args.drop_block - 1}", flush=True)
+              + f"; the smallest, {distances['by_start'][dropped[0]]:.4f}, drops layer(s) {_ranges(dropped)}", flush=True)
+        distances = {**distances, **{k: [round(v, 5) for v in distances[k]] for k in ("by_start", "per_layer")}}
+        with _Stage(stats, "prune"):
+            student = prune_layers(base.model, keep)
     before, after = count_parameters(base.model), count_parameters(student)
     print(f"kept {len(keep)} of {num_layers} layers ({','.join(map(str, keep))}): {before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters",
           flush=True)

@@ -129,41 +129,50 @@ def test_angular_distances_match_the_hidden_states_and_find_identity_layers(tiny
 
     model = AutoModelForCausalLM.from_pretrained(tiny_with_identity_layers).eval()
     tok = build_tokenizer()
-    sequences = [tok.encode(t) for t in ("What is 9 * 8?", "Calculate 12 - 5 and then add 3.", "ok")]
-    got = block_angular_distances(model, sequences, tok.pad_token_id, block=2, batch_size=2)
-    assert got["tokens"] == sum(map(len, sequences)) and len(got["by_start"]) == 3 and len(got["per_layer"]) == 4
+    common = tok.encode("Solve this: ")  # a shared opening, as a chat template gives every sequence
+    sequences = [common + tok.encode(t) for t in ("What is 9 * 8?", "Calculate 12 - 5 and then add 3.", "ok")]
+    got = block_angular_distances(model, sequences, tok.pad_token_id, block=2, batch_size=2)  # padded batches
+    assert got["shared_prefix"] == len(common) and got["tokens"] == sum(len(s) - len(common) for s in sequences)
+    assert len(got["by_start"]) == 3 and len(got["per_layer"]) == 4
 
-    # reference: one sequence at a time, no padding; hidden_states[l] enters layer l for l < L
+    # reference: one sequence at a time, unpadded, from output_hidden_states; with the final norm made
+    # the identity, the last hidden state is the last layer's output (transformers puts the normed one there)
+    reference_model = copy.deepcopy(model)
+    reference_model.model.norm = torch.nn.Identity()
+    with torch.no_grad():
+        hidden = [reference_model(torch.tensor([s]), output_hidden_states=True).hidden_states for s in sequences]
+
     def reference(a, b):
         total = 0.0
-        for seq in sequences:
-            with torch.no_grad():
-                hs = model(torch.tensor([seq]), output_hidden_states=True).hidden_states
-            cos = torch.nn.functional.cosine_similarity(hs[a][0].double(), hs[b][0].double(), dim=-1)
+        for hs in hidden:
+            cos = torch.nn.functional.cosine_similarity(hs[a][0, len(common):].double(), hs[b][0, len(common):].double(), dim=-1)
             total += float((torch.arccos(cos.clamp(-1, 1)) / torch.pi).sum())
         return total / got["tokens"]
 
-    assert got["by_start"][0] == pytest.approx(reference(0, 2), abs=2e-5)
-    assert got["per_layer"][0] == pytest.approx(reference(0, 1), abs=2e-5)
+    for start in range(3):
+        assert got["by_start"][start] == pytest.approx(reference(start, start + 2), abs=2e-5)
+    for layer in range(4):
+        assert got["per_layer"][layer] == pytest.approx(reference(layer, layer + 1), abs=2e-5)
     assert got["by_start"][1] < 1e-4 and got["per_layer"][1] < 1e-4 and got["per_layer"][2] < 1e-4  # identity layers
     assert min(got["by_start"][0], got["by_start"][2], got["per_layer"][0], got["per_layer"][3]) > 0.01
+    assert not model.model.layers[0]._forward_pre_hooks and not model.model.layers[3]._forward_hooks  # hooks removed
 
 
 def test_drop_block_drops_the_layers_that_change_nothing(tiny_with_identity_layers, tmp_path, capsys):
     out = tmp_path / "s"
     assert shrink(tiny_with_identity_layers, out, "--drop-block", "2", "--no-heal", "--prompts", "6", "--max-new-tokens", "4") == 0, \
         capsys.readouterr().err
-    assert "drops 1-2" in capsys.readouterr().out
+    assert "drops layer(s) 1-2" in capsys.readouterr().out
     summary = json.loads((out / "shrink.json").read_text())
     assert summary["layers"]["kept"] == [0, 3] and summary["layers"]["dropped"] == [1, 2]
     assert summary["layers"]["angular_distance"]["block"] == 2 and summary["heal"] is None
-    assert set(summary["seconds"]) == {"prune", "sample", "measure", "save"}
+    assert set(summary["seconds"]) == {"load", "sample", "measure", "prune", "save"}
     # a model with the identity layers dropped computes exactly what the source computes
     from transformers import AutoModelForCausalLM
 
     source, student = (AutoModelForCausalLM.from_pretrained(p).eval() for p in (tiny_with_identity_layers, out))
     ids = torch.tensor([build_tokenizer().encode("Calculate 12 - 5.")])
-    torch.testing.assert_close(student(ids).logits, source(ids).logits)
+    assert torch.equal(student(ids).logits, source(ids).logits)  # the dropped layers added exact zeros
 
 
 # --- pruning -------------------------------------------------------------------------------------
