@@ -305,7 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--student", help="the shrunk and healed student (an `rl-reasoning shrink` output)")
     who.add_argument("--shrink-from", metavar="MODEL", help="make the student first: `rl-reasoning shrink --model MODEL --out OUT/student`")
-    p.add_argument("--shrink-args", default="", help='extra `shrink` flags, one string (default "--keep every_other")')
+    p.add_argument("--shrink-args", default="", help='extra `shrink` flags, one string (--keep every_other unless it has --keep, --drop-last or --drop-block)')
     p.add_argument("--out", required=True, help="output directory; rerunning the same command continues it")
     p.add_argument("--arms", default="a,b,c,d", help="comma-separated, from a,b,c,d (default all)")
     p.add_argument("--steps", type=int, help="GRPO steps of (a), (c), (d) (default: the recipe's max_steps)")
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     student_cost = None
     if args.shrink_from:
         flags = shlex.split(args.shrink_args)
-        if not {"--keep", "--drop-last"} & set(flags):
+        if not {"--keep", "--drop-last", "--drop-block"} & set(flags):
             flags = ["--keep", "every_other", *flags]
         student_dir = out / "student"
         student_cost = stage(out, "shrink", "fresh", ["shrink", "--model", args.shrink_from, "--out", str(student_dir),
