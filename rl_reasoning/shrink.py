@@ -400,9 +400,9 @@ def run(args) -> dict:
         tokens = sum(map(len, sequences))
         print(f"sampled {len(sequences)} continuations from the base ({tokens} tokens of text with their prompts)", flush=True)
         (out / "heal_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        n_val = min(MAX_VAL_SEQUENCES, len(sequences) // 10)  # held aside: not healed on, not measured on
     distances = None
     if args.drop_block is not None:
-        n_val = min(MAX_VAL_SEQUENCES, len(sequences) // 10)  # measured on the text healing trains on, not the held-aside part
         with _Stage(stats, "measure"):
             distances = block_angular_distances(base.model, sequences[n_val:], tok.pad_token_id, args.drop_block, SAMPLE_BATCH)
             keep = most_redundant_block(num_layers, distances["by_start"])
@@ -424,7 +424,6 @@ def run(args) -> dict:
         "heal": None,
     }
     if not args.no_heal:
-        n_val = min(MAX_VAL_SEQUENCES, len(sequences) // 10)
         val, train = sequences[:n_val], sequences[n_val:]
         with _Stage(stats, "heal"):
             val_before = mean_kl(base.model, student, val, tok.pad_token_id, args.batch_size) if val else None
