@@ -52,7 +52,7 @@ Where this departs from DeepSeek-R1's distillation (§2.4, §4.1): R1 fine-tuned
 students on ~800k curated samples of a 671B teacher, by SFT only, and compared this with RL run on
 the 32B base at great cost (distillation won); RL after distillation, our (d), was left open. Here
 the teacher is a 135M model trained by R1-Zero-style GRPO on one task, the student is that model's
-base with half its layers dropped and healed (about 81M), the SFT data is a few hundred filtered
+base with layers dropped (docs/distillation.md: halved to 81M, or 28 of 30 layers kept), the SFT data is a few hundred filtered
 samples of the same task, and (c), on-policy distillation (Tinker's per-token reverse KL), is not
 in the paper. Everything runs on the CPU the costs are measured on.
 """
@@ -77,6 +77,7 @@ ARMS = {
     "c": "(c) on-policy distillation",
     "d": "(d) SFT, then GRPO",
 }
+ARM_STYLE = {"a": "o-", "b": "s-", "c": "^-", "d": "D--"}  # matplotlib format strings
 TEACHER_OFF = ("grpo.drop_zero_variance_groups=false", "grpo.dynamic_sampling=false", "grpo.importance_sampling_level=token")
 
 
@@ -275,9 +276,10 @@ def plot(arms: dict, teacher: dict, teacher_accuracy: float | None, path: Path, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for key, arm in arms.items():
+    for i, (key, arm) in enumerate(arms.items()):
         xs = [p["cpu_seconds"] / 60 for p in arm["points"]]
-        ax.plot(xs, [100 * p["accuracy"] for p in arm["points"]], "o-", label=ARMS[key])
+        # (d) starts along (b)'s segment: a marker and a line style each, and earlier arms drawn on top
+        ax.plot(xs, [100 * p["accuracy"] for p in arm["points"]], ARM_STYLE.get(key, "o-"), label=ARMS[key], zorder=10 - i)
     if teacher.get("curve"):
         xs = [p["cpu_seconds"] / 60 for p in teacher["curve"]]
         bound = "≤ " if teacher["cpu_is_bound"] else ""
