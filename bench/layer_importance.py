@@ -45,15 +45,9 @@ from rl_reasoning.untrusted import terminal_safe  # noqa: E402
 
 def parse_drop(spec: str, num_layers: int) -> list[int]:
     """Layer indices to drop, from "9", "3,9" or "13-15"; increasing, distinct, in range, and not all."""
-    dropped = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        try:
-            lo, _, hi = part.partition("-")
-            dropped.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-        except ValueError:
-            raise UserError(f"--drop {spec!r}: {part!r} is not a layer index or a range a-b") from None
+    from rl_reasoning.shrink import parse_layer_indices
+
+    dropped = parse_layer_indices(spec, f"--drop {spec!r}")
     if not dropped:
         raise UserError(f"--drop {spec!r}: no layers given")
     if len(set(dropped)) != len(dropped):

@@ -79,6 +79,21 @@ class ShrinkStats:
 # --- 1. choosing and dropping layers ------------------------------------------------------------
 
 
+def parse_layer_indices(spec: str, flag: str, hint: str = "") -> list[int]:
+    """Layer indices from "0,2,4" or "0-19,29", in the order given (empty parts skipped); a part that
+    is neither an index nor a range a-b is a UserError naming `flag`."""
+    indices = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            lo, _, hi = part.partition("-")
+            indices.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+        except ValueError:
+            raise UserError(f"{flag}: {part!r} is not a layer index or a range a-b{hint}") from None
+    return indices
+
+
 def choose_layers(num_layers: int, keep: str | None, drop_last: int | None) -> list[int]:
     """The kept layer indices, increasing. `keep` is "every_other" (ceil(L/2) layers evenly spaced
     from the first to the last: 0,2,4,7,9,11 of 12) or a list like "0,2,4" / "0-19,29"; `drop_last`
@@ -93,15 +108,7 @@ def choose_layers(num_layers: int, keep: str | None, drop_last: int | None) -> l
         n = math.ceil(num_layers / 2)
         kept = [0] if n == 1 else [int(i * (num_layers - 1) / (n - 1) + 0.5) for i in range(n)]
     else:
-        kept = []
-        for part in (p.strip() for p in keep.split(",")):
-            if not part:
-                continue
-            try:
-                lo, _, hi = part.partition("-")
-                kept.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-            except ValueError:
-                raise UserError(f"--keep: {part!r} is not a layer index or a range a-b (or use --keep every_other)") from None
+        kept = parse_layer_indices(keep, "--keep", " (or use --keep every_other)")
         if not kept:
             raise UserError("--keep: no layers given")
         for a, b in zip(kept, kept[1:]):
