@@ -12,9 +12,13 @@ single process.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from .errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,42 @@ class Collective:
         with torch.no_grad():
             local = sum(float(p.detach().double().abs().sum() + p.detach().double().sum()) for p in model.parameters())
         return [float(v) for v in self.gather_objects([local])]
+
+
+def start_accelerator(cfg, run_dir: Path):
+    """The `accelerate.Accelerator` of this launch (trackers from `report_to`, logging under
+    `run_dir`), after every launch-level check: trackers installed, FSDP2, no resume of a sharded
+    run, prompts_per_step divisible by the process count, the engine fit for the launch."""
+    from accelerate import Accelerator
+
+    from .sharded import check_engine_matches_launch, is_sharded
+
+    for tracker, modules in {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.items():
+        if tracker in cfg.report_to and not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(f"report_to: {tracker} is not installed (pip install {tracker})")
+    try:
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.report_to or None, project_dir=str(run_dir))
+    except ImportError as e:  # e.g. a DeepSpeed config without deepspeed installed
+        raise UserError(f"accelerate: {e}") from None
+    check_engine_matches_launch(accelerator)
+    fsdp = getattr(accelerator.state, "fsdp_plugin", None)
+    if fsdp is not None and getattr(fsdp, "fsdp_version", 2) != 2:
+        raise ConfigError("fsdp_config.fsdp_version: use 2 (FSDP2); generation needs its unshard()")
+    if is_sharded(accelerator) and cfg.resume is not False:
+        raise ConfigError("resume: FSDP/DeepSpeed checkpoints hold weights only (sharded optimizer state is not saved); "
+                          "start a new run with model.name=<checkpoint dir>, or train with DDP")
+    if cfg.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts cannot be split over {accelerator.num_processes} "
+                          "processes; use a multiple of the process count")
+    return accelerator
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"a.b": scalar}, what the trackers' `init_trackers` accept."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

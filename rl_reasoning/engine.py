@@ -5,7 +5,8 @@ loop on the policy itself) and vLLM's (`vllm_rollout.VLLMRolloutEngine`). Both t
 prompts and the recipe's `rollout` section (a `RolloutConfig`: G, max_new_tokens, temperature,
 top_p, stop strings) and return a `RolloutBatch`, so rewards, advantages, the update, traces and
 evaluation never know which engine sampled. `concat_rollouts` and `select_groups` assemble one
-batch from several (dynamic sampling's refill rounds, and the slices of several processes).
+batch from several (dynamic sampling's refill rounds, and the slices of several processes);
+`rollout_seed` is the sampling seed of a step's generation round.
 """
 
 from __future__ import annotations
@@ -152,3 +153,17 @@ def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
         tool_mask=batch.tool_mask[rows, :c_width] if batch.tool_mask is not None else None,
         episodes=[batch.episodes[i] for i in rows.tolist()] if batch.episodes is not None else None,
     )
+
+
+def rollout_seed(seed: int, step: int, generation_round: int = 0) -> int:
+    """The sampling seed of training step `step` (0-based), generation round `generation_round`
+    (0 unless dynamic sampling refills): a function of the run seed, the step and the round only,
+    so every process, and a resumed run, draws the same noise for the same rows. Refill rounds
+    hash (step seed, round) with splitmix64, so their seeds practically never meet another step's."""
+    base = (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
+    if generation_round == 0:
+        return base
+    z = (base + generation_round * 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % (2**63)

@@ -65,7 +65,8 @@ def completion_logprobs(
     """Teacher-forced log p(completion token) under softmax(logits / T): (B, Lc); with
     `with_entropy`, (log-probs (B, Lc), entropies (B, Lc)), both with gradients."""
     logits = teacher_forced_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
-    return picked_logprobs_and_entropy(logits, completion_ids) if with_entropy else picked_logprobs(logits, completion_ids)
+    logp, entropy = token_logprobs(logits, completion_ids, with_entropy)  # (B, Lc), (B, Lc) or None
+    return (logp, entropy) if with_entropy else logp
 
 
 @torch.no_grad()
@@ -105,10 +106,7 @@ def grouped_completion_logprobs(
     if b > 1:
         cache.batch_repeat_interleave(b)
     first = scale_logits_(prompt_out.logits[:, -1:].float(), temperature).expand(b, 1, -1)  # (b, 1, V): predicts completion token 0
-    if with_entropy:
-        logp, entropy = picked_logprobs_and_entropy(first, completion_ids[:, :1])  # (b, 1) each
-    else:
-        logp, entropy = picked_logprobs(first, completion_ids[:, :1]), None  # (b, 1)
+    logp, entropy = token_logprobs(first, completion_ids[:, :1], with_entropy)  # (b, 1), (b, 1) or None
     if Lc > 1:
         attention_mask = torch.cat([completion_mask.new_ones((b, Lp)), completion_mask[:, :-1]], dim=1)  # (b, Lp + Lc - 1)
         rest = model(
@@ -118,13 +116,9 @@ def grouped_completion_logprobs(
             past_key_values=cache,
             use_cache=True,
         ).logits.float()  # (b, Lc - 1, V): position j predicts completion token j + 1
-        rest = scale_logits_(rest, temperature)
-        if with_entropy:
-            rest_logp, rest_entropy = picked_logprobs_and_entropy(rest, completion_ids[:, 1:])  # (b, Lc - 1) each
-            entropy = torch.cat([entropy, rest_entropy], dim=1)  # (b, Lc)
-        else:
-            rest_logp = picked_logprobs(rest, completion_ids[:, 1:])  # (b, Lc - 1)
+        rest_logp, rest_entropy = token_logprobs(scale_logits_(rest, temperature), completion_ids[:, 1:], with_entropy)  # (b, Lc - 1)
         logp = torch.cat([logp, rest_logp], dim=1)  # (b, Lc)
+        entropy = torch.cat([entropy, rest_entropy], dim=1) if with_entropy else None  # (b, Lc)
     return (logp, entropy) if with_entropy else logp
 
 
@@ -152,16 +146,19 @@ def scale_logits_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits.div_(temperature) if temperature > 0 else logits
 
 
-def picked_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(scaled_logits)[token] for (B, L, V) logits already divided by T and tokens
-    (B, L), as logit - logsumexp so no second (B, L, V) tensor is materialised: (B, L)."""
-    return scaled_logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(scaled_logits, dim=-1)
-
-
-def picked_logprobs_and_entropy(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`picked_logprobs` (B, L) and the entropy of softmax(scaled_logits) at each position (B, L),
-    as logsumexp - sum p * logit, with gradients (one (B, L, V) softmax is materialised)."""
+def token_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For (B, L, V) logits already divided by T and tokens (B, L): log softmax(scaled_logits)[token]
+    (B, L), as logit - logsumexp so no second (B, L, V) tensor is materialised; and with
+    `with_entropy` the entropy of softmax(scaled_logits) at each position (B, L), as
+    logsumexp - sum p * logit, with gradients (one (B, L, V) softmax is materialised), else None.
+    The one place both formulas are written."""
     lse = torch.logsumexp(scaled_logits, dim=-1)  # (B, L)
     logp = scaled_logits.gather(-1, tokens[..., None]).squeeze(-1) - lse  # (B, L)
-    entropy = lse - (torch.softmax(scaled_logits, dim=-1) * scaled_logits).sum(-1)  # (B, L)
-    return logp, entropy
+    if not with_entropy:
+        return logp, None
+    return logp, lse - (torch.softmax(scaled_logits, dim=-1) * scaled_logits).sum(-1)  # (B, L) each
+
+
+def picked_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`token_logprobs` without the entropy: (B, L)."""
+    return token_logprobs(scaled_logits, tokens)[0]

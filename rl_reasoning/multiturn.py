@@ -35,6 +35,7 @@ import torch
 from .config import RolloutConfig
 from .engine import GenerationEngine, RolloutBatch, cut_at_stop
 from .environments import Environment
+from .errors import ConfigError
 from .tools import CALL_CLOSE, CALL_OPEN, Toolbox, ToolCall
 
 
@@ -322,6 +323,18 @@ def multi_turn(cfg, engine: GenerationEngine, tokenizer, eos_token_ids: list[int
 
 
 COLUMNS = ("tool_calls", "turns", "env_reward")  # what rewards may read from a multi-turn rollout
+
+
+def reward_columns(data, multi_turn: bool) -> list[str]:
+    """The columns the rewards receive: the task's (its first problem's keys but `id`), plus the
+    multi-turn rollout's own `COLUMNS` when tools or an environment run (a clash is an error)."""
+    first = (data.train or data.held_out or [{}])[0]
+    columns = [k for k in first if k != "id"]
+    if multi_turn:
+        if clash := sorted(set(columns) & set(COLUMNS)):
+            raise ConfigError(f"data: column(s) {', '.join(clash)} would be overwritten by the multi-turn rollout's own; rename them")
+        columns += list(COLUMNS)
+    return columns
 
 
 def episode_columns(rollout: RolloutBatch) -> dict[str, list]:

@@ -14,6 +14,8 @@ from step s, the records of later steps are first moved to `<file>.dropped`.
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -21,11 +23,41 @@ import torch
 from rewards.extract import final_answer_with_source
 
 from .config import Config, dump_config
+from .errors import ConfigError, UserError
 from .jsonl import JsonlWriter, truncate_after_step
 from .metrics import StepRows
 from .reward_runner import CORRECT
 
 JSONL_FILES = ("metrics.jsonl", "traces.jsonl", "eval.jsonl", "eval_traces.jsonl")
+
+
+def run_directory(cfg: Config, recipe_name: str) -> Path:
+    """The run directory (`output_dir`, that of the checkpoint to resume, or runs/<recipe>-<time>),
+    checked against `resume` and for writing before anything is loaded."""
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else Path("runs") / f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if cfg.resume is True and not cfg.output_dir:
+        raise ConfigError("resume: true needs output_dir (the run to resume); or pass resume=<checkpoint dir>")
+    if isinstance(cfg.resume, str) and not cfg.output_dir:
+        run_dir = Path(cfg.resume).resolve().parent.parent
+    _check_writable_dir(run_dir)
+    if cfg.resume is False and (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"output_dir {run_dir} already holds a run; pass resume=true or choose another output_dir")
+    return run_dir
+
+
+def _check_writable_dir(path: Path) -> None:
+    """`path` is, or can be created as, a directory we may write in."""
+    if "\0" in str(path):
+        raise UserError("output_dir: contains a NUL character")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir {path} is a file, not a directory; choose another output_dir")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"output_dir {path}: {parent} is a file, so the directory cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir {path}: {parent} is not writable")
 
 
 class RunFiles:
@@ -69,6 +101,33 @@ class RunFiles:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
+
+
+def summary_record(run_dir: Path, steps: int, parameters: int, trainable: int, final_checkpoint: Path, eval_history: list[dict]) -> dict:
+    """What summary.json holds: where the run's files are, and its first and last held-out evaluations."""
+    return {
+        "run_dir": str(run_dir),
+        "steps": steps,
+        "model_parameters": parameters,
+        "trainable_parameters": trainable,
+        "final_checkpoint": str(final_checkpoint),
+        "metrics": str(run_dir / "metrics.jsonl"),
+        "traces": str(run_dir / "traces.jsonl"),
+        "eval_before": eval_history[0] if eval_history else None,
+        "eval_after": eval_history[-1] if eval_history else None,
+    }
+
+
+def summary_text(summary: dict) -> str:
+    """The lines a finished run prints: held-out accuracy before -> after, and where the files are."""
+    first, last = summary["eval_before"], summary["eval_after"]
+    lines = []
+    if first and last:
+        lines.append(f"\nheld-out accuracy: {first['eval/accuracy']:.1%} (step {first['step']}) -> {last['eval/accuracy']:.1%} "
+                     f"(step {last['step']});  format {first['eval/format_rate']:.1%} -> {last['eval/format_rate']:.1%}")
+    lines.append(f"metrics:     {summary['metrics']}\ntraces:      {summary['traces']}\ncheckpoint:  {summary['final_checkpoint']}\n"
+                 f"evaluation:  {Path(summary['run_dir']) / 'eval.jsonl'} (completions in eval_traces.jsonl)")
+    return "\n".join(lines)
 
 
 def trace_records(step: int, problems: list[dict], prompt_texts: list[str], rows: StepRows, analyses: list,

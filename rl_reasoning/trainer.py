@@ -7,7 +7,8 @@ advantages (grpo.py) and runs mu = `grpo.num_iterations` optimizer steps on the 
 (update.py). With `distill.teacher` a frozen teacher scores the sampled tokens and the advantages
 become per-token (on-policy distillation, teacher.py and grpo.distillation_advantages).
 With `grpo.dynamic_sampling` (DAPO) the sampling and scoring repeat on new
-prompts until B groups carry signal (`_refill`); everything after it sees only the kept batch.
+prompts until B groups carry signal (dynamic_sampling.py); everything after it sees only the
+kept batch. With `rollout.backend: vllm` the engine and its weight sync live in vllm_rollout.py.
 The main process writes the step's metrics (metrics.py) and traces (run_files.py);
 held-out evaluations go through evaluation.py and checkpoints through checkpoint.py.
 
@@ -23,12 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import logging
-import os
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -36,36 +33,34 @@ import torch
 from . import checkpoint as ckpt
 from .adapters import apply_lora
 from .config import Config
-from .distributed import Collective
-from .engine import RolloutBatch, concat_rollouts, select_groups
-from .errors import ConfigError, UserError
+from .distributed import Collective, flat_config, start_accelerator
+from .dynamic_sampling import DynamicSampling, Sampled
+from .engine import RolloutBatch, rollout_seed
 from .evaluation import EvalSettings, evaluate, problem_columns
-from .grpo import AdaptiveEntropy, distillation_advantages, group_advantages, zero_variance_groups
+from .grpo import AdaptiveEntropy, distillation_advantages, group_advantages
 from .jsonl import read_records
-from .logprobs import recompute_logprobs
-from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_flops, step_metrics, summary_line, timing_metrics
+from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_metrics, summary_line, timing_metrics
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
-from .multiturn import COLUMNS as MULTI_TURN_COLUMNS
-from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools
+from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools, reward_columns
 from .prompts import encode_prompt, render_prompt
-from .reward_runner import CORRECT, RewardResult, RewardRunner, accuracy_runner, answer_fallback
+from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
-from .run_files import RunFiles, trace_records
+from .run_files import RunFiles, run_directory, summary_record, summary_text, trace_records
 from .runtime import configure_cpu, quiet_library_progress_bars, seed_everything
-from .sharded import check_engine_matches_launch, configure_deepspeed, full_parameters_for_generation, gathered_state_dict, is_sharded
+from .sharded import configure_deepspeed, full_parameters_for_generation, gathered_state_dict
 from .tasks import PromptSampler, load_task
 from .teacher import load_teacher
 from .traces import AlarmMonitor, Analyzer, step_statistics
 from .traces.schema import metrics_problem
 from .untrusted import terminal_safe
-from .update import PolicyUpdate, dropped_rows, loss_mask
+from .update import PolicyUpdate, dropped_rows, loss_mask, optimizer_and_scheduler
 
 
 class GRPOTrainer:
     def __init__(self, cfg: Config, recipe_name: str = "run", quiet: bool = False):
         self.cfg, self.quiet = cfg, quiet
-        self.run_dir = _run_dir(cfg, recipe_name)
+        self.run_dir = run_directory(cfg, recipe_name)
         quiet_library_progress_bars()
         configure_cpu(cfg.threads)
         self._build_accelerator()
@@ -82,36 +77,15 @@ class GRPOTrainer:
         self.resumed_from = self._restore()
         self.files.open(cfg)
         if cfg.report_to and self.is_main:
-            self.accelerator.init_trackers("rl_reasoning", config=_flat(cfg.to_dict()))
+            self.accelerator.init_trackers("rl_reasoning", config=flat_config(cfg.to_dict()))
 
     # ------------------------------------------------------------------ set-up, in order
 
     def _build_accelerator(self) -> None:
-        """The accelerate state for this launch, and every launch-level check that needs it."""
-        from accelerate import Accelerator
-
-        cfg = self.cfg
-        for tracker in cfg.report_to:
-            if tracker == "tensorboard" and not _importable("tensorboard") and not _importable("tensorboardX"):
-                raise ConfigError("report_to: tensorboard is not installed (pip install tensorboard)")
-            if tracker == "wandb" and not _importable("wandb"):
-                raise ConfigError("report_to: wandb is not installed (pip install wandb)")
-        try:
-            self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.report_to or None, project_dir=str(self.run_dir))
-        except ImportError as e:  # e.g. a DeepSpeed config without deepspeed installed
-            raise UserError(f"accelerate: {e}") from None
+        """The accelerate state for this launch, checked (distributed.start_accelerator)."""
+        self.accelerator = start_accelerator(self.cfg, self.run_dir)
         self.collective = Collective(self.accelerator)
         self.is_main = self.accelerator.is_main_process
-        check_engine_matches_launch(self.accelerator)
-        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
-        if fsdp is not None and getattr(fsdp, "fsdp_version", 2) != 2:
-            raise ConfigError("fsdp_config.fsdp_version: use 2 (FSDP2); generation needs its unshard()")
-        if is_sharded(self.accelerator) and cfg.resume is not False:
-            raise ConfigError("resume: FSDP/DeepSpeed checkpoints hold weights only (sharded optimizer state is not saved); "
-                              "start a new run with model.name=<checkpoint dir>, or train with DDP")
-        if cfg.prompts_per_step % self.collective.world:
-            raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts cannot be split over {self.collective.world} "
-                              "processes; use a multiple of the process count")
 
     def _build_rewards_and_data(self) -> None:
         cfg = self.cfg
@@ -122,12 +96,7 @@ class GRPOTrainer:
         self.environment = build_environment(cfg, self.accuracy)
         self.prompt = prompt_with_tools(cfg.prompt, self.toolbox, cfg.rollout.describe_tools)  # what every prompt is rendered with
         self.data = load_task(cfg.data)
-        first = (self.data.train or self.data.held_out or [{}])[0]
-        columns = [k for k in first if k != "id"]
-        if self.toolbox or self.environment:
-            if clash := sorted(set(columns) & set(MULTI_TURN_COLUMNS)):
-                raise ConfigError(f"data: column(s) {', '.join(clash)} would be overwritten by the multi-turn rollout's own; rename them")
-            columns += list(MULTI_TURN_COLUMNS)
+        columns = reward_columns(self.data, multi_turn=bool(self.toolbox or self.environment))
         self.rewards.check_columns(columns, "the data")
         self.accuracy.check_columns(columns, "the data")
         self.sampler = PromptSampler(self.data, cfg.seed)
@@ -136,8 +105,6 @@ class GRPOTrainer:
 
     def _build_policy(self) -> None:
         """Policy (with LoRA adapters if asked), frozen reference when beta > 0, optimizer, scheduler, the update."""
-        from transformers import get_scheduler
-
         cfg = self.cfg
         loaded = load_model(cfg.model.name, self.accelerator.device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
         self.tokenizer, self.model_source = loaded.tokenizer, loaded.source
@@ -151,15 +118,7 @@ class GRPOTrainer:
         if cfg.lora.r > 0:
             model = apply_lora(model, cfg.lora)
         self.num_trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=cfg.optim.lr, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), weight_decay=cfg.optim.weight_decay,
-        )
-        cosine = cfg.optim.scheduler == "cosine"
-        scheduler = get_scheduler(  # not prepared: accelerate would step it once per process
-            "cosine" if cosine else "constant_with_warmup", optimizer, num_warmup_steps=cfg.optim.warmup_steps,
-            **({"num_training_steps": cfg.max_steps * cfg.grpo.num_iterations} if cosine else {}),
-        )
+        optimizer, scheduler = optimizer_and_scheduler(model, cfg)
         configure_deepspeed(self.accelerator, cfg.optim.micro_batch_size, cfg.optim.max_grad_norm)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
@@ -169,22 +128,25 @@ class GRPOTrainer:
                                                 g.entropy_coef_max) if g.use_adaptive_entropy else None
 
     def _build_engine(self) -> None:
-        """The generation engine: ours on the policy itself, or a colocated vLLM engine kept in sync."""
+        """The generation engine (ours on the policy itself, or a colocated vLLM engine kept in
+        sync) and, with grpo.dynamic_sampling, the refill that calls it again."""
         cfg = self.cfg
         policy = self.accelerator.unwrap_model(self.model)
         eos = eos_token_ids(policy, self.tokenizer)
-        self.synced_at = 0  # optimizer step whose weights the vLLM engine holds
+        self.vllm = None
         if cfg.rollout.backend == "vllm":
-            from .vllm_rollout import VLLMRolloutEngine
+            from .vllm_rollout import VLLMBackend
 
-            self.engine = VLLMRolloutEngine(
-                self.model_source, self.tokenizer, eos, self.tokenizer.pad_token_id, cfg.rollout.vllm,
-                max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0), cfg.seed, next(policy.parameters()).dtype,
-            )
+            self.vllm = VLLMBackend(cfg, self.model_source, self.tokenizer, eos, self.model, self.accelerator)
+            self.engine = self.vllm.engine
             self._print(f"vLLM engine started in {self.engine.startup_seconds:.1f} s")
         else:
             self.engine = RolloutEngine(policy, self.tokenizer, eos, self.tokenizer.pad_token_id)
             self.engine = multi_turn(cfg, self.engine, self.tokenizer, eos, self.toolbox, self.environment)  # tools, environments
+        g = cfg.grpo
+        self.dynamic_sampling = DynamicSampling(cfg.prompts_per_step, cfg.rollout.num_generations, g.dynamic_sampling_metric,
+                                                cfg.accuracy_reward_name, g.max_num_gen_batches, self.collective,
+                                                self.tokenizer.pad_token_id) if g.dynamic_sampling else None
 
     def _entropy_coef(self, rollout: RolloutBatch, mask: torch.Tensor) -> float:
         """The entropy bonus's coefficient for this step: grpo.entropy_coef, or with
@@ -212,8 +174,8 @@ class GRPOTrainer:
             ckpt.set_aside_newer_checkpoints(self.run_dir, self.step)
         self.eval_history = list(read_records(self.run_dir / "eval.jsonl", check=metrics_problem))
         self._print(f"resumed from {resume_from} at step {self.step}")
-        if self._uses_vllm:
-            self._sync_vllm()
+        if self.vllm:
+            self.vllm.sync(self.update.optimizer_steps)
         return resume_from
 
     # ------------------------------------------------------------------ the loop
@@ -240,7 +202,7 @@ class GRPOTrainer:
                 self.run_eval()
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="GRPO", unit="step", disable=self.quiet or not self.is_main, dynamic_ncols=True)
             signals.newline_first = not bar.disable
-            last, saved_at, warned_exhausted = {}, None, False
+            last, saved_at = {}, None
             try:
                 stop = stop_requested()
                 while self.step < cfg.max_steps and not stop:
@@ -249,9 +211,8 @@ class GRPOTrainer:
                     self.step += 1
                     for alarm in last.get("alarms", []):
                         self._warn(f"step {self.step}: {alarm}", bar)
-                    if not warned_exhausted and last.get("dynamic_sampling/kept_informative_groups", cfg.prompts_per_step) < cfg.prompts_per_step:
-                        warned_exhausted = True  # once per run: dynamic_sampling/kept_informative_groups has every step
-                        self._warn(f"step {self.step}: {refill_ran_out(last, cfg)}", bar)
+                    if self.dynamic_sampling and (ran_out := self.dynamic_sampling.ran_out_warning(last)):
+                        self._warn(f"step {self.step}: {ran_out}", bar)
                     bar.update(1)
                     bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.2f}", fmt=f"{last['format_rate']:.2f}",
                                     len=f"{last['completions/mean_length']:.0f}", s=f"{last['time/step']:.1f}")
@@ -286,44 +247,59 @@ class GRPOTrainer:
 
     def train_step(self) -> dict:
         """One step (self.step -> self.step + 1); writes its traces and metrics and returns the metrics."""
-        cfg, G, shard = self.cfg, self.cfg.rollout.num_generations, self.collective.shard
+        cfg, G = self.cfg, self.cfg.rollout.num_generations
         t_start = time.perf_counter()
         seconds = {"generation": 0.0, "old_logprobs": 0.0, "reward": 0.0}  # summed over generation rounds
 
         # prompts, rollout, rewards (grpo.dynamic_sampling: more rounds until B groups carry signal)
         batch = self._sample_and_score(0, seconds)
-        refill = self._refill(batch, seconds) if cfg.grpo.dynamic_sampling else None
-        if refill is not None:
-            batch = refill.batch
-        problems, prompt_texts, rollout, rewards = batch.problems, batch.prompt_texts, batch.rollout, batch.rewards
-        sampler_stats = self._sampler_mismatch(rollout) if self._recomputes else {}
+        refill = self.dynamic_sampling.refill(batch, lambda r: self._sample_and_score(r, seconds), seconds) if self.dynamic_sampling else None
+        batch = refill.batch if refill else batch
+        rollout, rewards = batch.rollout, batch.rewards
+        sampler_stats = self.vllm.mismatch_metrics(rollout) if self.vllm else {}
         t_rew = time.perf_counter()
 
         # advantages (on the global batch) and the update (on this process's rows)
-        rows = gather_rows(self.collective, rollout, rewards, batch.completions, has_entropy=not self._uses_vllm or self._recomputes)
+        rows = gather_rows(self.collective, rollout, rewards, batch.completions, has_entropy=not self.vllm or self.vllm.recomputes)
         rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
-        mine_rows = shard.row_slice(len(rows.advantages))
-        dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine_rows]  # (N,)
+        mine = self.collective.shard.row_slice(len(rows.advantages))
+        dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine]  # (N,)
         mask = loss_mask(rollout.sampled_mask, rewards.total, rollout.truncated, dropped, cfg.grpo.mask_truncated_completions)  # (N, T)
-        advantages = rows.advantages[mine_rows]  # (N,)
-        teacher_sums = None
+        advantages, teacher_sums = rows.advantages[mine], None  # (N,)
         if self.teacher is not None:  # on-policy distillation: per-token advantages (N, T)
-            t_teacher = time.perf_counter()
-            teacher_logp, teacher_tokens = self.teacher.logprobs(rollout, mask)  # (N, T)
-            advantages = distillation_advantages(advantages, rollout.logprobs, teacher_logp, mask, cfg.distill.coef, cfg.distill.task_coef)
-            teacher_sums = self.collective.sum({**distill_sums(rollout.logprobs, teacher_logp, mask), "forwarded": teacher_tokens})
-            seconds["teacher"] = time.perf_counter() - t_teacher
+            advantages, teacher_sums = self._distillation_advantages(rollout, advantages, mask, seconds)
         entropy_coef = self._entropy_coef(rollout, mask)
         update_stats = self.update(rollout, advantages, mask, dropped, entropy_coef)
-        if self._uses_vllm:
-            sampler_stats["vllm/weight_staleness"] = self.update.optimizer_steps - cfg.grpo.num_iterations - self.synced_at
-            if (self.step + 1) % cfg.rollout.vllm.sync_every == 0:
-                sampler_stats["vllm/sync_seconds"] = self._sync_vllm()
+        if self.vllm:
+            sampler_stats.update(self.vllm.after_update(self.step + 1, self.update.optimizer_steps))
         t_upd = time.perf_counter()
+        seconds.update(update=t_upd - t_rew - seconds.get("teacher", 0.0), step=t_upd - t_start)
 
         # metrics, traces
+        metrics, analyses = self._step_metrics(batch, rows, update_stats, sampler_stats, entropy_coef, teacher_sums, seconds, refill)
+        if self.is_main:
+            traces = trace_records(self.step + 1, batch.problems, batch.prompt_texts, rows, analyses, cfg.accuracy_reward_name,
+                                   self.answer_fallback)
+            self.files.step(metrics, traces)
+            self._track(metrics, self.step + 1)
+        return metrics
+
+    def _distillation_advantages(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, seconds: dict):
+        """On-policy distillation: the teacher scores the sampled tokens; returns per-token
+        advantages (N, T) and the sums behind the distill/* metrics. Adds seconds["teacher"]."""
+        t_start = time.perf_counter()
+        teacher_logp, teacher_tokens = self.teacher.logprobs(rollout, mask)  # (N, T)
+        advantages = distillation_advantages(advantages, rollout.logprobs, teacher_logp, mask, self.cfg.distill.coef, self.cfg.distill.task_coef)
+        sums = self.collective.sum({**distill_sums(rollout.logprobs, teacher_logp, mask), "forwarded": teacher_tokens})
+        seconds["teacher"] = time.perf_counter() - t_start
+        return advantages, sums
+
+    def _step_metrics(self, batch: Sampled, rows: StepRows, update_stats: dict, sampler_stats: dict, entropy_coef: float,
+                      teacher_sums: dict | None, seconds: dict, refill) -> tuple[dict, list]:
+        """The step's metrics line, and the self-correction analyses its traces need (main process only)."""
+        cfg = self.cfg
         correct = rows.components[cfg.accuracy_reward_name] >= CORRECT  # (B*G,)
-        analyses = self._analyze(rows, problems, correct) if self.is_main else []
+        analyses = self._analyze(rows, batch.problems, correct) if self.is_main else []
         metrics = step_metrics(rows, update_stats, cfg.accuracy_reward_name, self.scheduler.get_last_lr()[0],
                                self.num_parameters, cfg.grpo.num_iterations, cfg.grpo.beta)
         metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
@@ -334,8 +310,7 @@ class GRPOTrainer:
         if teacher_sums is not None:
             metrics.update(distill_metrics(teacher_sums))
             metrics["flops/step"] += 2.0 * self.teacher.num_parameters * teacher_sums["forwarded"]  # the teacher's forward
-        seconds.update(update=t_upd - t_rew - seconds.get("teacher", 0.0), step=t_upd - t_start)
-        if not self._recomputes:
+        if not (self.vllm and self.vllm.recomputes):
             del seconds["old_logprobs"]
         seconds = self.collective.max(seconds)
         metrics.update(timing_metrics(seconds, rows))
@@ -344,11 +319,7 @@ class GRPOTrainer:
         if cfg.traces.analyze:
             metrics["alarms"] = [f"{a.name}: {a.message}" for a in self.alarms.update({**metrics, "step": self.step + 1})]
         metrics["step"] = self.step + 1
-        if self.is_main:
-            traces = trace_records(self.step + 1, problems, prompt_texts, rows, analyses, cfg.accuracy_reward_name, self.answer_fallback)
-            self.files.step(metrics, traces)
-            self._track(metrics, self.step + 1)
-        return metrics
+        return metrics, analyses
 
     def _sample_and_score(self, generation_round: int, seconds: dict) -> Sampled:
         """One generation round: the next B prompts (the global batch, identical on every process),
@@ -367,8 +338,8 @@ class GRPOTrainer:
             extra = {"problems": problems[mine]} if isinstance(engine, MultiTurnEngine) else {}
             rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G), **extra)
         t_gen = time.perf_counter()
-        if self._recomputes:
-            self._recompute_old_logprobs(rollout)
+        if self.vllm:
+            self.vllm.recompute_old_logprobs(rollout)
         t_gen_end = time.perf_counter()
 
         # rewards
@@ -383,59 +354,6 @@ class GRPOTrainer:
         seconds["reward"] += time.perf_counter() - t_gen_end
         return Sampled(problems, prompt_texts, rollout, rewards, completions)
 
-    # ------------------------------------------------------------------ dynamic sampling (DAPO)
-
-    def _refill(self, first: Sampled, seconds: dict) -> Refill:
-        """`grpo.dynamic_sampling`: sample and score more rounds of B prompts until B informative
-        groups (grpo.dynamic_sampling_metric not constant) are in hand or `max_num_gen_batches`
-        rounds ran, then keep B groups (`keep_groups`). The decision is taken on values gathered
-        from every process, so all take it alike; the kept batch is then re-split over them."""
-        cfg, B = self.cfg, self.cfg.prompts_per_step
-        rounds, informative = [first], [self._informative_groups(first)]  # (B,) bool per round
-        while int(sum(m.sum() for m in informative)) < B and len(rounds) < cfg.grpo.max_num_gen_batches:
-            rounds.append(self._sample_and_score(len(rounds), seconds))
-            informative.append(self._informative_groups(rounds[-1]))
-        t_start = time.perf_counter()
-        flags = torch.cat(informative)  # (R*B,) in draw order
-        keep = keep_groups(flags, B)
-        batch = first if len(rounds) == 1 else self._kept_batch(rounds, keep)
-        sampled = self.collective.sum({  # every round's tokens, for throughput and FLOPs
-            "generated": sum(float(s.rollout.sampled_mask.sum()) for s in rounds),
-            "prompt_rows": sum(float(s.rollout.prompt_mask.sum()) for s in rounds),
-            "prompt_groups": sum(float(s.rollout.prompt_mask[:: cfg.rollout.num_generations].sum()) for s in rounds),
-        })
-        seconds["generation"] += time.perf_counter() - t_start
-        return Refill(batch, rounds=len(rounds), informative=int(flags.sum()), kept_informative=int(flags[keep].sum()),
-                      sampled_groups=len(flags), **{f"{k}_tokens": int(v) for k, v in sampled.items()})
-
-    def _informative_groups(self, sampled: Sampled) -> torch.Tensor:
-        """(B,) True where a group's `dynamic_sampling_metric` values (gathered: the global batch) are not all equal."""
-        cfg = self.cfg
-        values = sampled.rewards.total if cfg.grpo.dynamic_sampling_metric == "reward" else sampled.rewards.components[cfg.accuracy_reward_name]
-        return ~zero_variance_groups(self.collective.gather(values), cfg.rollout.num_generations)
-
-    def _kept_batch(self, rounds: list[Sampled], keep: list[int]) -> Sampled:
-        """Groups `keep` (indices into the rounds' prompts, in draw order) as this process's batch.
-        Every process gathers every round's rows and takes its own slice of the kept groups, so the
-        split of the kept batch over processes is the usual contiguous one. Reward seconds are
-        summed over the rounds; what a reward reports about its batch is averaged over them."""
-        c, G, first = self.collective, self.cfg.rollout.num_generations, rounds[0].rewards
-        mine = keep[c.shard.prompt_slice(len(keep))]  # this process's kept groups
-        rows = torch.tensor([g * G + j for g in mine for j in range(G)], dtype=torch.long)
-        everything = concat_rollouts([r for s in rounds for r in c.gather_objects([s.rollout])], self.tokenizer.pad_token_id)
-        rewards = RewardResult(
-            total=torch.cat([c.gather(s.rewards.total) for s in rounds])[rows],
-            components={name: torch.cat([c.gather(s.rewards.components[name]) for s in rounds])[rows] for name in first.components},
-            seconds={name: sum(s.rewards.seconds[name] for s in rounds) for name in first.seconds},
-            metrics={name: {k: sum(s.rewards.metrics[name][k] for s in rounds) / len(rounds) for k in m}
-                     for name, m in first.metrics.items()},
-        )
-        completions = [t for s in rounds for t in c.gather_objects(s.completions)]
-        problems = [p for s in rounds for p in s.problems]
-        prompt_texts = [t for s in rounds for t in s.prompt_texts]
-        return Sampled([problems[g] for g in keep], [prompt_texts[g] for g in keep], select_groups(everything, mine), rewards,
-                       [completions[i] for i in rows.tolist()])
-
     def _analyze(self, rows: StepRows, problems: list[dict], correct: torch.Tensor) -> list:
         """Self-correction analysis of every completion (empty when traces.analyze is off)."""
         if not self.cfg.traces.analyze:
@@ -446,46 +364,15 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ generation engines
 
-    @property
-    def _uses_vllm(self) -> bool:
-        return self.cfg.rollout.backend == "vllm"
-
-    @property
-    def _recomputes(self) -> bool:
-        return self._uses_vllm and self.cfg.rollout.vllm.recompute_logprobs
-
     @contextlib.contextmanager
     def _generation_engine(self):
         """The engine to sample with: vLLM as is, or ours on the full-parameter policy (sharded.py)."""
-        if self._uses_vllm:
+        if self.vllm:
             yield self.engine
             return
         with full_parameters_for_generation(self.accelerator, self.model) as policy:
             self.engine.model = policy
             yield self.engine
-
-    def _sync_vllm(self) -> float:
-        """Push the policy's weights (adapters merged) into the vLLM engine; returns seconds taken."""
-        from .vllm_rollout import policy_weights
-
-        seconds = self.engine.sync_weights(policy_weights(self.accelerator.unwrap_model(self.model)))
-        self.synced_at = self.update.optimizer_steps
-        return seconds
-
-    def _recompute_old_logprobs(self, rollout: RolloutBatch) -> None:
-        """Completions sampled by vLLM: the policy's own log-probs and entropies replace vLLM's
-        (kept as `sampler_logprobs` for the importance correction)."""
-        cfg = self.cfg
-        rollout.sampler_logprobs = rollout.logprobs  # (N, Lc)
-        rollout.logprobs, rollout.entropies = recompute_logprobs(
-            self.accelerator.unwrap_model(self.model), rollout, cfg.optim.micro_batch_size, cfg.rollout.temperature, self.accelerator.device
-        )
-
-    def _sampler_mismatch(self, rollout: RolloutBatch) -> dict:
-        """vllm/* metrics of the gap between the recomputed log-probs and vLLM's, on the trained batch."""
-        from .vllm_rollout import sampler_mismatch_metrics
-
-        return sampler_mismatch_metrics(rollout.logprobs, rollout.sampler_logprobs, rollout.completion_mask, self.cfg.rollout.vllm.importance_cap)
 
     # ------------------------------------------------------------------ evaluation, checkpoints, summary
 
@@ -521,29 +408,9 @@ class GRPOTrainer:
         return path
 
     def summary(self, last: dict, final_checkpoint: Path) -> dict:
-        first_eval = self.eval_history[0] if self.eval_history else None
-        last_eval = self.eval_history[-1] if self.eval_history else None
-        out = {
-            "run_dir": str(self.run_dir),
-            "steps": self.step,
-            "model_parameters": self.num_parameters,
-            "trainable_parameters": self.num_trainable_parameters,
-            "final_checkpoint": str(final_checkpoint),
-            "metrics": str(self.run_dir / "metrics.jsonl"),
-            "traces": str(self.run_dir / "traces.jsonl"),
-            "eval_before": first_eval,
-            "eval_after": last_eval,
-        }
-        if first_eval and last_eval:
-            self._print(
-                f"\nheld-out accuracy: {first_eval['eval/accuracy']:.1%} (step {first_eval['step']}) -> "
-                f"{last_eval['eval/accuracy']:.1%} (step {last_eval['step']});  format "
-                f"{first_eval['eval/format_rate']:.1%} -> {last_eval['eval/format_rate']:.1%}"
-            )
-        self._print(
-            f"metrics:     {out['metrics']}\ntraces:      {out['traces']}\ncheckpoint:  {final_checkpoint}\n"
-            f"evaluation:  {self.run_dir / 'eval.jsonl'} (completions in eval_traces.jsonl)"
-        )
+        """summary.json's record; prints held-out accuracy before -> after and where the files are."""
+        out = summary_record(self.run_dir, self.step, self.num_parameters, self.num_trainable_parameters, final_checkpoint, self.eval_history)
+        self._print(summary_text(out))
         return out
 
     def close(self) -> None:
@@ -571,118 +438,6 @@ class GRPOTrainer:
             logging.getLogger("rl_reasoning").warning(text)
         else:
             bar.write(f"warning: {text}")
-
-
-@dataclass
-class Sampled:
-    """A generation batch: the global prompts, and this process's completions of them with their rewards."""
-
-    problems: list[dict]  # (P,) the global batch, identical on every process
-    prompt_texts: list[str]  # (P,)
-    rollout: RolloutBatch  # this process's rows: its slice of the prompts, G completions each
-    rewards: RewardResult  # of this process's rows
-    completions: list[str]  # this process's rows as the rewards judged them (prefill + text)
-
-
-@dataclass
-class Refill:
-    """What dynamic sampling did in one step: the kept batch and the counts behind its metrics."""
-
-    batch: Sampled  # B groups
-    rounds: int  # generation rounds run, the first included (verl's num_gen_batches)
-    informative: int  # informative groups among the sampled ones, surplus included
-    kept_informative: int  # informative groups in the kept batch (< B: the rounds ran out)
-    sampled_groups: int  # rounds * B
-    generated_tokens: int  # over every round and process
-    prompt_rows_tokens: int  # prompt tokens summed over every sampled row
-    prompt_groups_tokens: int  # prompt tokens prefilled, once per sampled group
-
-    def metrics(self, so_far: dict, seconds: dict, num_parameters: int) -> dict:
-        """dynamic_sampling/*, and throughput/* and flops/step recounted over every round (the
-        other metrics, tokens/* included, describe the kept batch). `so_far`: the step's metrics."""
-        unkept = (self.prompt_groups_tokens - so_far["tokens/prompt"]) + (self.generated_tokens - so_far["tokens/generated"])
-        return {
-            "dynamic_sampling/rounds": self.rounds,
-            "dynamic_sampling/sampled_groups": self.sampled_groups,
-            "dynamic_sampling/informative_groups": self.informative,
-            "dynamic_sampling/kept_informative_groups": self.kept_informative,
-            "dynamic_sampling/informative_frac": self.informative / self.sampled_groups,
-            "dynamic_sampling/generated_tokens": self.generated_tokens,
-            "throughput/generated_tokens_per_s": self.generated_tokens / max(seconds["generation"], 1e-9),
-            "throughput/tokens_per_s": (self.generated_tokens + self.prompt_rows_tokens) / max(seconds["step"], 1e-9),
-            "flops/step": so_far["flops/step"] + step_flops(num_parameters, unkept, 0, 0, 1, reference=False),
-        }
-
-
-def refill_ran_out(metrics: dict, cfg: Config) -> str:
-    """The warning of the first step whose dynamic sampling found too few informative groups."""
-    return (f"dynamic sampling found {metrics['dynamic_sampling/kept_informative_groups']} informative groups of {cfg.prompts_per_step} "
-            f"in {metrics['dynamic_sampling/rounds']} rounds (grpo.max_num_gen_batches); groups whose {cfg.grpo.dynamic_sampling_metric} "
-            "is constant filled the batch (warned once; dynamic_sampling/kept_informative_groups in metrics.jsonl has every step)")
-
-
-def keep_groups(informative: torch.Tensor, size: int) -> list[int]:
-    """Dynamic sampling's choice among a step's sampled groups ((R*B,) bool, True = informative,
-    in draw order): the first `size` informative groups, and when fewer were found, the earliest
-    uninformative ones to make up `size`. Returned in draw order."""
-    order = torch.cat([torch.nonzero(informative).flatten(), torch.nonzero(~informative).flatten()])
-    return sorted(order[:size].tolist())
-
-
-def rollout_seed(seed: int, step: int, generation_round: int = 0) -> int:
-    """The sampling seed of training step `step` (0-based), generation round `generation_round`
-    (0 unless dynamic sampling refills): a function of the run seed, the step and the round only,
-    so every process, and a resumed run, draws the same noise for the same rows. Refill rounds
-    hash (step seed, round) with splitmix64, so their seeds practically never meet another step's."""
-    base = (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
-    if generation_round == 0:
-        return base
-    z = (base + generation_round * 0x9E3779B97F4A7C15) % 2**64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
-    return (z ^ (z >> 31)) % (2**63)
-
-
-def _run_dir(cfg: Config, recipe_name: str) -> Path:
-    """The run directory, checked against `resume` before anything is loaded."""
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else Path("runs") / f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if cfg.resume is True and not cfg.output_dir:
-        raise ConfigError("resume: true needs output_dir (the run to resume); or pass resume=<checkpoint dir>")
-    if isinstance(cfg.resume, str) and not cfg.output_dir:
-        run_dir = Path(cfg.resume).resolve().parent.parent
-    _check_writable_dir(run_dir)
-    if cfg.resume is False and (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"output_dir {run_dir} already holds a run; pass resume=true or choose another output_dir")
-    return run_dir
-
-
-def _check_writable_dir(path: Path) -> None:
-    """`path` is, or can be created as, a directory we may write in (checked before the model loads)."""
-    if "\0" in str(path):
-        raise UserError("output_dir: contains a NUL character")
-    if path.exists() and not path.is_dir():
-        raise UserError(f"output_dir {path} is a file, not a directory; choose another output_dir")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"output_dir {path}: {parent} is a file, so the directory cannot be created")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output_dir {path}: {parent} is not writable")
-
-
-def _importable(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def run(cfg: Config, recipe_name: str = "run", quiet: bool = False) -> dict:

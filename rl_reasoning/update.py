@@ -16,7 +16,7 @@ Departures from TRL's GRPOTrainer:
   several processes every row runs, so that every rank runs the same micro-batches.)
 - `grpo.drop_zero_variance_groups` (DAPO's filter) takes groups whose rewards are all equal out
   of the batch: out of the loss and out of both normaliser counts, for every loss type. (The
-  refill, `grpo.dynamic_sampling`, happens before the update, in the trainer.)
+  refill, `grpo.dynamic_sampling`, happens before the update: dynamic_sampling.py.)
 - Prefix grouping (`optim.prefix_grouping`, single process, dense models): micro-batches never
   mix prompts and each prompt runs once per micro-batch (logprobs.grouped_completion_logprobs).
 - `grpo.top_entropy_quantile`: the threshold is taken once per generation batch over every
@@ -44,9 +44,8 @@ from .logprobs import (
     completion_logprobs,
     grouped_completion_logprobs,
     micro_batch_inputs,
-    picked_logprobs,
-    picked_logprobs_and_entropy,
     teacher_forced_logits,
+    token_logprobs,
 )
 from .moe import MoESpec, expert_load, load_metrics
 from .sharded import accumulation_boundary, is_sharded
@@ -140,6 +139,21 @@ def entropy_selection(entropies: torch.Tensor, mask: torch.Tensor, quantile: flo
     stats["entropy/selection_threshold"] = threshold
     stats["entropy/selected_frac"] = float((valid >= threshold).float().mean())
     return keep, stats
+
+
+def optimizer_and_scheduler(model, cfg: Config):
+    """AdamW over the trainable parameters, and the learning-rate schedule (constant after
+    warm-up, or cosine to 0 over max_steps x num_iterations optimizer steps). The scheduler is not
+    given to accelerate's prepare, which would step it once per process."""
+    from transformers import get_scheduler
+
+    o = cfg.optim
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
+                                  betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay)
+    cosine = o.scheduler == "cosine"
+    scheduler = get_scheduler("cosine" if cosine else "constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps,
+                              **({"num_training_steps": cfg.max_steps * cfg.grpo.num_iterations} if cosine else {}))
+    return optimizer, scheduler
 
 
 class PolicyUpdate:
@@ -283,7 +297,7 @@ class PolicyUpdate:
         logits, out, attention_mask = teacher_forced_logits(
             self.model, p_ids, p_mask, c_ids, c_attn, self.cfg.rollout.temperature, output_router_logits=True
         )  # (b, T', V)
-        logp, entropy = picked_logprobs_and_entropy(logits, c_ids) if with_entropy else (picked_logprobs(logits, c_ids), None)
+        logp, entropy = token_logprobs(logits, c_ids, with_entropy)  # (b, T'), (b, T') or None
         load = expert_load(out.router_logits, attention_mask, self.moe.top_k)
         return logp, c_mask, out.aux_loss, load, entropy
 

@@ -175,3 +175,53 @@ def sampler_mismatch_metrics(logprobs: torch.Tensor, sampler_logprobs: torch.Ten
         "vllm/importance_weight_mean": float(weights.clamp(max=cap).mean()) if diff.numel() else 1.0,
         "vllm/importance_weight_capped_frac": float((weights > cap).float().mean()) if diff.numel() else 0.0,
     }
+
+
+class VLLMBackend:
+    """The trainer's side of `rollout.backend: vllm`: the engine started from the policy's
+    checkpoint, the recompute of the old log-probs by the policy itself (with
+    `rollout.vllm.recompute_logprobs`), the sampler-mismatch metrics, and the weight push every
+    `rollout.vllm.sync_every` steps. `synced_at`: the optimizer step whose weights vLLM holds."""
+
+    def __init__(self, cfg, model_source: str, tokenizer, eos_token_ids: list[int], model, accelerator):
+        self.cfg, self.model, self.accelerator = cfg, model, accelerator
+        policy = accelerator.unwrap_model(model)
+        self.engine = VLLMRolloutEngine(
+            model_source, tokenizer, eos_token_ids, tokenizer.pad_token_id, cfg.rollout.vllm,
+            max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0), cfg.seed, next(policy.parameters()).dtype,
+        )
+        self.recomputes = cfg.rollout.vllm.recompute_logprobs
+        self.synced_at = 0
+
+    def sync(self, optimizer_steps: int) -> float:
+        """Push the policy's weights (adapters merged) into the engine; returns seconds taken."""
+        seconds = self.engine.sync_weights(policy_weights(self.accelerator.unwrap_model(self.model)))
+        self.synced_at = optimizer_steps
+        return seconds
+
+    def recompute_old_logprobs(self, rollout: RolloutBatch) -> None:
+        """The policy's own log-probs and entropies replace vLLM's (kept as `sampler_logprobs`
+        for the importance correction). A no-op without `recompute_logprobs`."""
+        if not self.recomputes:
+            return
+        from .logprobs import recompute_logprobs
+
+        cfg = self.cfg
+        rollout.sampler_logprobs = rollout.logprobs  # (N, Lc)
+        rollout.logprobs, rollout.entropies = recompute_logprobs(
+            self.accelerator.unwrap_model(self.model), rollout, cfg.optim.micro_batch_size, cfg.rollout.temperature, self.accelerator.device
+        )
+
+    def mismatch_metrics(self, rollout: RolloutBatch) -> dict:
+        """vllm/* metrics of the gap between the recomputed log-probs and vLLM's, on the trained batch."""
+        if not self.recomputes:
+            return {}
+        return sampler_mismatch_metrics(rollout.logprobs, rollout.sampler_logprobs, rollout.completion_mask, self.cfg.rollout.vllm.importance_cap)
+
+    def after_update(self, steps_done: int, optimizer_steps: int) -> dict:
+        """After the update of step `steps_done` (1-based): the staleness of the weights vLLM
+        sampled this step with, and the weight push when one is due (vllm/sync_seconds)."""
+        out = {"vllm/weight_staleness": optimizer_steps - self.cfg.grpo.num_iterations - self.synced_at}
+        if steps_done % self.cfg.rollout.vllm.sync_every == 0:
+            out["vllm/sync_seconds"] = self.sync(optimizer_steps)
+        return out

@@ -16,7 +16,7 @@ from rl_reasoning.logprobs import (
     completion_logprobs,
     completion_logprobs_and_entropy,
     grouped_completion_logprobs,
-    picked_logprobs_and_entropy,
+    token_logprobs,
 )
 from rl_reasoning.update import entropy_selection
 from tests.test_trainer import train
@@ -104,7 +104,7 @@ def test_entropy_selection_zeroes_the_policy_gradient_of_low_entropy_tokens_only
 def test_entropy_and_its_gradient_by_hand():
     """H = -sum p log p of softmax(z), and dH/dz_k = -p_k (log p_k + H), from the fused form."""
     z = torch.tensor([[[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]]], requires_grad=True)  # (1, 2, 4)
-    logp, entropy = picked_logprobs_and_entropy(z, torch.tensor([[0, 3]]))
+    logp, entropy = token_logprobs(z, torch.tensor([[0, 3]]), with_entropy=True)
     p = torch.softmax(z.detach(), -1)
     assert entropy.detach()[0].tolist() == pytest.approx((-(p * p.log()).sum(-1))[0].tolist())
     assert entropy[0, 1].item() == pytest.approx(math.log(4))  # uniform over 4
