@@ -17,11 +17,14 @@ Tools:
   takes a JSON object of keyword arguments. User tools run in worker processes (spawned, at most
   4 calls at once); a call's time limit starts when a worker takes it, and a worker that
   overruns `rollout.tool_timeout` is killed and replaced. What a user tool prints goes into a
-  capped buffer and is dropped; its result must be text or a number.
+  capped buffer and is dropped (what it writes to the file descriptors themselves goes to
+  /dev/null: nothing from a worker reaches the terminal); its result must be text or a number.
 
-Nothing a tool does stops a run: an exception, a timeout, an oversize or non-text result and a
-malformed call all become `ToolCall.error`, recorded in the trace, and the model reads
-"error: ..." as the result. Outputs longer than `rollout.max_tool_output_chars` are cut.
+Nothing a tool does stops a run: an exception of any kind (KeyboardInterrupt, SystemExit and
+GeneratorExit included), the death of its worker (os._exit, a signal: the worker is replaced),
+a timeout, an oversize or non-text result and a malformed call all become `ToolCall.error`,
+recorded in the trace, and the model reads "error: ..." as the result. Outputs longer than
+`rollout.max_tool_output_chars` are cut.
 Departure from TRL: calls are text tags inside the assistant turn rather than the chat
 template's tool-call format, because the small models this toolkit starts from (SmolLM2) have
 no tool role in their template.
@@ -37,8 +40,10 @@ import json
 import math
 import multiprocessing
 import operator
+import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -202,15 +207,24 @@ def describe_tools(specs: list[ToolSpec]) -> str:
 def _run_user_tool(target: str, arguments, max_chars: int) -> tuple[str | None, str | None]:
     """In a worker process: call the user's function; returns (output, error), text only, cut to
     `max_chars` here so a huge result never crosses the pipe."""
-    fn = _load_function(target, "rollout.tools")
     sink = _CappedWriter(max_chars)
     try:
+        fn = _load_function(target, "rollout.tools")
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             value = fn(**arguments) if isinstance(arguments, dict) else fn(arguments)
-    except Exception as e:  # noqa: BLE001 - the tool's failure is the call's result
-        return None, f"{type(e).__name__}: {e}"[:max_chars]
-    output, error = _as_text(value)
+        output, error = _as_text(value)
+    except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt, SystemExit, GeneratorExit too: the call's result
+        return None, _exception_text(e)[:max_chars]
     return (output[:max_chars] if output is not None else None), error
+
+
+def _exception_text(e: BaseException) -> str:
+    """"Type: message", or "Type" when the message is empty (or cannot be read)."""
+    try:
+        message = str(e)
+    except BaseException:  # noqa: BLE001 - a tool's exception whose __str__ fails
+        message = ""
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
 def _as_text(value) -> tuple[str | None, str | None]:
@@ -236,7 +250,14 @@ class _CappedWriter(io.TextIOBase):
 
 
 def _worker_main(conn, paths: list[str]) -> None:
-    """A user-tool worker process: run calls sent over `conn` until the pipe closes."""
+    """A user-tool worker process: run calls sent over `conn` until the pipe closes. Nothing it
+    does reaches the terminal: Ctrl-C is the trainer's to handle, and its stdout and stderr
+    (the file descriptors, so multiprocessing's tracebacks too) are /dev/null."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     for p in reversed(paths):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -245,7 +266,7 @@ def _worker_main(conn, paths: list[str]) -> None:
             target, arguments, max_chars = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(_run_user_tool(target, arguments, max_chars))
+        conn.send(_run_user_tool(target, arguments, max_chars))  # plain str or None: always picklable
 
 
 class _Worker:
@@ -264,6 +285,16 @@ class _Worker:
         if not self.conn.poll(timeout):
             raise TimeoutError
         return self.conn.recv()  # EOFError when the process died
+
+    def death(self) -> str:
+        """The error of a call whose worker died: how it ended (exit code or signal)."""
+        self.proc.join(2)
+        code = self.proc.exitcode
+        if code is None:
+            return "the tool's process died"
+        if code < 0:
+            return f"the tool's process died (killed by {next((s.name for s in signal.Signals if s == -code), f'signal {-code}')})"
+        return f"the tool's process died (exit code {code})"
 
     def kill(self) -> None:
         self.proc.kill()
@@ -342,8 +373,9 @@ class Toolbox:
             self._replace(worker)
             return None, "timeout"
         except (EOFError, OSError):
+            error = worker.death()
             self._replace(worker)
-            return None, "the tool's process died"
+            return None, error
         self._idle.put(worker)
         return result
 

@@ -71,3 +71,26 @@ def decorated_char_variety(completions, **_):
 def completions_second(prompts, completions, **_):
     """TRL passes both by name; our runner passes completions first, so this shape is refused up front."""
     return [0.0] * len(completions)
+
+
+RECORDED: list[dict] = []  # every call of the recording rewards below, in call order (the trainer runs in-process); clear it first
+
+
+def recorded_letter_e_if_answer_even(completions, answer, step, **_):
+    """letter_e_if_answer_even, recording each call (every generation round of dynamic sampling)."""
+    scores = letter_e_if_answer_even(completions, answer)
+    RECORDED.append({"reward": "accuracy", "step": step, "completions": list(completions), "scores": scores})
+    return scores
+
+
+def recorded_char_variety(completions, step, **_):
+    """char_variety, recording each call."""
+    scores = char_variety(completions)
+    RECORDED.append({"reward": "variety", "step": step, "completions": list(completions), "scores": scores})
+    return scores
+
+
+def recorded_completion_ids(completions, completion_ids, **_):
+    """0 for every completion; records the `completions` and `completion_ids` it is given."""
+    RECORDED.append({"completions": list(completions), "completion_ids": [list(ids) for ids in completion_ids]})
+    return [0.0] * len(completions)

@@ -99,3 +99,15 @@ def test_distillation_samples_with_the_recipes_rollout_settings(tiny_model_dir, 
     params, enabled = calls[0], calls[1]
     assert (params.num_generations, params.temperature, params.top_p, params.stop, params.packed_weights) == (3, 0.9, 0.8, ["!"], False)
     assert enabled is False
+
+
+def test_distill_refuses_tools_and_environments_with_a_one_line_error(arithmetic_jsonl, tmp_path, capsys):
+    """docs/tools.md: `rl-reasoning distill` refuses tools and environments, before loading the teacher (absent here)."""
+    for k, setting in enumerate(["rollout: {tools: [calculator]}", "rollout: {environment: retry}"]):
+        recipe = tmp_path / f"recipe{k}.yaml"
+        recipe.write_text(f"data: {{source: file, path: {arithmetic_jsonl}, eval_size: 4}}\n{setting}\n"
+                          "rewards: [{name: 'tests.reward_fns:has_letter_e'}]\n")
+        code = cli.main(["distill", "--recipe", str(recipe), "--teacher", str(tmp_path / "no-model"), "--out", str(tmp_path / f"out{k}")])
+        err = capsys.readouterr().err
+        assert code == 2 and err == ("error: distill: rejection-sampled SFT of tool calls or environment turns is not supported yet; "
+                                     "remove rollout.tools / rollout.environment from the recipe\n"), (setting, err)

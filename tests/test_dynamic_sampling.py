@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from rl_reasoning.config import load_config
-from rl_reasoning.engine import RolloutBatch, concat_rollouts, select_groups
+from rl_reasoning.dynamic_sampling import keep_groups
+from rl_reasoning.engine import RolloutBatch, concat_rollouts, rollout_seed, select_groups
 from rl_reasoning.errors import ConfigError
 from rl_reasoning.jsonl import read_records
-from rl_reasoning.trainer import keep_groups, rollout_seed
 
 from .test_trainer import learning_metrics, train
-from .test_vllm_backend import _vllm_available, vllm_model_dir  # noqa: F401 - a fixture, used by name
 
 PAD = 0
 ACC = "tests.reward_fns:letter_e_if_answer_even"  # 0 for odd answers: those groups never carry signal
@@ -253,11 +252,9 @@ def test_two_processes_refill_like_one(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_refill_with_the_vllm_backend(vllm_model_dir, arithmetic_jsonl, tmp_path):  # noqa: F811 - the imported fixture
+def test_refill_with_the_vllm_backend(vllm, vllm_model_dir, arithmetic_jsonl, tmp_path):
     """The vLLM engine goes through the same rounds: the recomputed log-probs, vLLM's own ones and
     the mismatch metrics follow the kept groups, with and without the recompute pass."""
-    if not _vllm_available():
-        pytest.skip("vLLM is not installed (make vllm)")
     common = dict(max_steps=3, rewards=REWARDS, rollout__backend="vllm", grpo__dynamic_sampling="true", **QUIET)
     train(vllm_model_dir, arithmetic_jsonl, tmp_path / "recompute", grpo__num_iterations=2, **common)
     metrics = list(read_records(tmp_path / "recompute" / "metrics.jsonl"))
@@ -271,3 +268,34 @@ def test_refill_with_the_vllm_backend(vllm_model_dir, arithmetic_jsonl, tmp_path
     direct = list(read_records(tmp_path / "direct" / "metrics.jsonl"))
     assert all("entropy" not in m for m in direct) and max(m["dynamic_sampling/rounds"] for m in direct) > 1
     assert direct[0]["ratio/mean"] == pytest.approx(1.0, abs=5e-3)
+
+
+def test_batch_scaled_advantages_come_from_the_kept_batch_alone(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    """With `scale_rewards: batch` the advantages are divided by the std of the whole batch: after
+    a refill, of the kept groups' rewards, not of every round's (the dropped groups, mostly odd
+    answers scoring near 0, would change it). The recording rewards see every round."""
+    from rl_reasoning.grpo import group_advantages
+    from tests import reward_fns
+
+    G, run = 4, tmp_path / "run"
+    reward_fns.RECORDED.clear()
+    recorded = "[{name: 'tests.reward_fns:recorded_letter_e_if_answer_even'}, {name: 'tests.reward_fns:recorded_char_variety', weight: 0.1}]"
+    train(tiny_model_dir, arithmetic_jsonl, run, max_steps=3, rewards=recorded, grpo__dynamic_sampling="true",
+          grpo__scale_rewards="batch", **QUIET)
+    rounds = {m["step"]: m["dynamic_sampling/rounds"] for m in read_records(run / "metrics.jsonl")}
+    assert max(rounds.values()) > 1, rounds
+    for step in (s for s, r in rounds.items() if r > 1):
+        calls = [c for c in reward_fns.RECORDED if c["step"] == step]
+        accuracy, variety = ([c for c in calls if c["reward"] == name] for name in ("accuracy", "variety"))
+        assert len(accuracy) == len(variety) == rounds[step]  # one call per round
+        sampled = [text for c in accuracy for text in c["completions"]]  # every round's completions, in draw order
+        totals = torch.tensor([s for c in accuracy for s in c["scores"]]) + 0.1 * torch.tensor([s for c in variety for s in c["scores"]])
+        traces = [t for t in read_records(run / "traces.jsonl") if t["step"] == step]  # the kept batch
+        groups = [sampled[g * G : (g + 1) * G] for g in range(len(sampled) // G)]
+        kept = [groups.index([t["completion"] for t in traces[k * G : (k + 1) * G]]) for k in range(len(traces) // G)]
+        rows = [g * G + j for g in kept for j in range(G)]
+        kept_rewards = torch.tensor([t["reward"] for t in traces])
+        assert kept_rewards.tolist() == pytest.approx(totals[rows].tolist(), abs=1e-6)  # the traces hold recorded rows
+        advantages = [t["advantage"] for t in traces]
+        assert advantages == pytest.approx(group_advantages(kept_rewards, G, "batch").tolist(), abs=1e-5)
+        assert advantages != pytest.approx(group_advantages(totals, G, "batch")[rows].tolist(), abs=1e-3)  # every round's std

@@ -17,6 +17,7 @@ from rl_reasoning.multiturn import MultiTurnEngine, episode_metrics, feedback_sc
 from rl_reasoning.tools import Toolbox, ToolCall, calculator, describe_tools, resolve_tool
 from tests.conftest import build_tokenizer
 from tests.test_update import sgd_update
+from tests.timing import hang_guard
 
 # ---------------------------------------------------------------------------- the calculator
 
@@ -77,12 +78,17 @@ def not_text(x: str):
 '''
 
 
+def importable_module(tmp_path, monkeypatch, name: str, source: str):
+    """`source` as module `name`, importable (by the tool workers too) for one test."""
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
 @pytest.fixture
 def user_tools(tmp_path, monkeypatch):
-    (tmp_path / "my_test_tools.py").write_text(USER_TOOLS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "my_test_tools"
-    sys.modules.pop("my_test_tools", None)
+    yield from importable_module(tmp_path, monkeypatch, "my_test_tools", USER_TOOLS)
 
 
 def test_tools_are_described_from_signature_and_docstring(user_tools):
@@ -108,19 +114,20 @@ def test_bad_tools_are_recorded_time_and_size_limited_and_never_raise(user_tools
     box = Toolbox([f"{user_tools}:{n}" for n in names], timeout=3.0, max_output_chars=50, workers=4)
     try:
         start = time.perf_counter()
-        calls = box.run(["cat", 'add: {"a": 2, "b": 40}', "boom: x", "hang: x", "flood: x", "not_text: x",
-                         "add: 2 + 40", 'add: {"c": 1}'])
+        with hang_guard(60, "a round with a hung tool"):  # hang guard: 3.0 s measured (the 3 s timeout)
+            calls = box.run(["cat", 'add: {"a": 2, "b": 40}', "boom: x", "hang: x", "flood: x", "not_text: x",
+                             "add: 2 + 40", 'add: {"c": 1}'])
         elapsed = time.perf_counter() - start
         by = {i: c for i, c in enumerate(calls)}
         assert (by[0].name, by[0].output, by[0].error) == ("lookup", "a small animal", None)  # unnamed: the first tool
         assert (by[1].name, by[1].output, by[1].error) == ("add", "42", None)
         assert by[2].error == "RuntimeError: tool exploded"
-        assert by[3].error == "timeout" and 2.5 < by[3].seconds < 10
+        assert by[3].error == "timeout" and by[3].seconds >= box.timeout  # killed at its limit, not before
         assert (by[4].output, by[4].error) == ("done", None)  # its megabyte went into a capped buffer
         assert by[5].error == "returned list; a tool must return text or a number"
         assert "takes a JSON object of a, b" in by[6].error
         assert "keys among a, b" in by[7].error
-        assert elapsed < 20  # the round ran in parallel and the hung worker was killed
+        assert max(c.seconds for c in calls) <= elapsed < sum(c.seconds for c in calls)  # the calls overlapped: in parallel
         # the pool was restarted after the timeout: the next round works
         assert [c.output for c in box.run(["dog", 'add: {"a": 1, "b": 1}'])] == ["unknown", "2"]
         long = box.run(["lookup: " + "y" * 10])[0]
@@ -139,9 +146,10 @@ def test_outputs_are_cut_to_the_limit():
 
 def test_python_tool_runs_in_the_sandbox():
     box = Toolbox(["python"], timeout=3.0)
-    ok, loop, bad = box.run(["print(47 + 38)", "while True: pass", "raise ValueError('no')"])
+    with hang_guard(40, "the python tool on an endless loop"):  # hang guard: 3.1 s measured (the 3 s timeout)
+        ok, loop, bad = box.run(["print(47 + 38)", "while True: pass", "raise ValueError('no')"])
     assert (ok.output, ok.error) == ("85\n", None)
-    assert loop.error is not None and loop.seconds < 15
+    assert "killed" in loop.error and loop.seconds >= box.timeout  # killed at its limit
     assert "ValueError: no" in bad.error
 
 
@@ -287,11 +295,10 @@ def test_a_close_without_an_open_is_a_failed_call_that_runs_nothing(tok):
 def test_calls_queued_behind_hung_workers_get_their_own_time(user_tools):
     box = Toolbox([f"{user_tools}:hang", f"{user_tools}:lookup"], timeout=2.0, workers=2)
     try:
-        start = time.perf_counter()
-        calls = box.run(["hang: a", "hang: b", "lookup: cat", "lookup: dog"])
-        assert [c.error for c in calls] == ["timeout", "timeout", None, None]
+        with hang_guard(30, "calls behind two hung tools"):  # hang guard: 2.2 s measured (the 2 s timeout)
+            calls = box.run(["hang: a", "hang: b", "lookup: cat", "lookup: dog"])
+        assert [c.error for c in calls] == ["timeout", "timeout", None, None]  # the lookups waited, and were not timed out
         assert [c.output for c in calls[2:]] == ["a small animal", "unknown"]
-        assert time.perf_counter() - start < 15
     finally:
         box.close()
 
@@ -639,3 +646,162 @@ def test_tools_placeholder_and_column_clashes_are_errors(tiny_model_dir, tmp_pat
 def test_vllm_backend_refuses_tools():
     with pytest.raises(ConfigError, match="the vLLM backend does not support tools or environments yet"):
         load_config(None, ["rollout.tools=[calculator]", "rollout.backend=vllm"])
+
+
+# ---------------------------------------------------------------------------- hostile user tools (issue 32, item 8)
+
+HOSTILE_TOOLS = '''
+import os
+import signal
+import sys
+
+def pid(x: str):
+    """The worker's process id."""
+    return os.getpid()
+
+def interrupt(x: str):
+    """Raises KeyboardInterrupt."""
+    raise KeyboardInterrupt
+
+def exits(x: str):
+    """Raises SystemExit."""
+    raise SystemExit(3)
+
+def closes(x: str):
+    """Raises GeneratorExit."""
+    raise GeneratorExit("closing")
+
+def hard_exit(x: str):
+    """Ends its process at once."""
+    os._exit(3)
+
+def killed(x: str):
+    """Its process is killed."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise ValueError("no message")
+
+def unprintable(x: str):
+    """Raises an exception whose message cannot be read."""
+    raise Unprintable
+
+def scribble(x: str):
+    """Writes to the terminal behind print's back."""
+    os.write(1, b"\\x1b[2Jout of the worker\\n")
+    os.write(2, b"\\x1b[31merr of the worker\\n")
+    sys.__stderr__.write("sys.__stderr__ of the worker\\n")
+    sys.__stderr__.flush()
+    return "ok"
+'''
+
+
+@pytest.fixture
+def hostile_tools(tmp_path, monkeypatch):
+    yield from importable_module(tmp_path, monkeypatch, "hostile_test_tools", HOSTILE_TOOLS)
+
+
+@pytest.mark.parametrize("tool, error, same_worker", [
+    ("interrupt", "KeyboardInterrupt", True),
+    ("exits", "SystemExit: 3", True),
+    ("closes", "GeneratorExit: closing", True),
+    ("hard_exit", "the tool's process died (exit code 3)", False),  # the worker is gone: a new one takes the next call
+    ("killed", "the tool's process died (killed by SIGKILL)", False),
+    ("unprintable", "Unprintable", True),
+])
+def test_a_tool_raising_a_base_exception_or_ending_its_process_is_a_call_error_and_prints_nothing(hostile_tools, capfd, tool, error,
+                                                                                                     same_worker):
+    """Issue 32: a KeyboardInterrupt in a user tool used to kill its worker and print
+    multiprocessing's traceback on the user's terminal. Every way out of a tool is the call's error."""
+    box = Toolbox([f"{hostile_tools}:pid", f"{hostile_tools}:{tool}"], timeout=20.0, workers=1)
+    try:
+        before = box.run(["x"])[0]
+        call = box.run([f"{tool}: x"])[0]
+        after = box.run(["x"])[0]
+        assert (call.name, call.output, call.error) == (tool, "", error)
+        assert before.error is None and after.error is None and int(after.output) > 0  # the next call works
+        assert (after.output == before.output) == same_worker
+    finally:
+        box.close()
+    assert capfd.readouterr() == ("", "")  # captured at the file descriptors: the worker's writes included
+
+
+def test_nothing_a_tool_writes_reaches_the_terminal(hostile_tools, capfd):
+    box = Toolbox([f"{hostile_tools}:scribble"], workers=1)
+    try:
+        call = box.run(["x"])[0]
+    finally:
+        box.close()
+    assert (call.output, call.error) == ("ok", None)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_keyboard_interrupt_tool_in_training_is_recorded_and_prints_no_traceback(tiny_model_dir, arithmetic_jsonl, tmp_path,
+                                                                                   monkeypatch, hostile_tools, capfd):
+    """The issue's reproduction: one training step with such a tool as the only tool."""
+    from rl_reasoning.jsonl import read_records
+    from rl_reasoning.rollout import RolloutEngine
+    from rl_reasoning.trainer import GRPOTrainer
+
+    monkeypatch.setattr(RolloutEngine, "generate", scripted_generate(tool_user))
+    run = tmp_path / "run"
+    cfg = load_config(None, tool_overrides(tiny_model_dir, arithmetic_jsonl, run, f"rollout.tools=[{hostile_tools}:interrupt]",
+                                           "eval.at_start=false", "eval.at_end=false", "max_steps=1"))
+    GRPOTrainer(cfg, quiet=True).train()
+    errors = [c["error"] for t in read_records(run / "traces.jsonl") for c in t["tool_calls"]]
+    assert errors == ["KeyboardInterrupt"] * 4  # the even rows of both groups called it
+    assert list(read_records(run / "metrics.jsonl"))[0]["tools/error_rate"] == 1.0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "SpawnProcess" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_ctrl_c_is_left_to_the_trainer(hostile_tools, capfd):
+    """Ctrl-C signals the whole process group: a worker ignores it (the trainer stops cleanly and
+    says so) instead of dying with a traceback on the terminal."""
+    import os
+    import signal
+
+    box = Toolbox([f"{hostile_tools}:pid"], workers=1)
+    try:
+        worker = int(box.run(["x"])[0].output)
+        os.kill(worker, signal.SIGINT)
+        time.sleep(0.5)
+        after = box.run(["x"])[0]
+        assert (after.output, after.error) == (str(worker), None)
+    finally:
+        box.close()
+    assert capfd.readouterr() == ("", "")
+
+
+def test_rewards_get_the_sampled_completion_ids_without_the_tool_results(tiny_model_dir, arithmetic_jsonl, tmp_path, monkeypatch):
+    """docs/tools.md: the `completion_ids` a reward receives are the model's own tokens, the
+    <result>...</result> tokens left out (so a length reward does not count a tool's output)."""
+    from rl_reasoning.jsonl import read_records
+    from rl_reasoning.rollout import RolloutEngine
+    from rl_reasoning.trainer import GRPOTrainer
+    from tests import reward_fns
+
+    monkeypatch.setattr(RolloutEngine, "generate", scripted_generate(tool_user))
+    reward_fns.RECORDED.clear()
+    run = tmp_path / "run"
+    cfg = load_config(None, tool_overrides(tiny_model_dir, arithmetic_jsonl, run, "rollout.tools=[calculator]", "eval.at_start=false",
+                                           "eval.at_end=false", "max_steps=1",
+                                           "rewards=[{name: math}, {name: 'tests.reward_fns:recorded_completion_ids', weight: 0.0}]"))
+    trainer = GRPOTrainer(cfg, quiet=True)
+    trainer.train()
+    [call] = reward_fns.RECORDED
+    traces = list(read_records(run / "traces.jsonl"))
+    assert call["completions"] == [t["completion"] for t in traces]
+    called = 0
+    for text, ids, trace in zip(call["completions"], call["completion_ids"], traces, strict=True):
+        segments = [text]  # what the scripted policy wrote, each segment tokenised on its own as it sampled it
+        if trace["tool_calls"]:
+            [tool] = trace["tool_calls"]
+            result = f"<result>{tool['output']}</result>"
+            segments = text.split(result)
+            assert len(segments) == 2 and tool["error"] is None
+            called += 1
+        assert ids == [i for s in segments for i in trainer.tokenizer(s, add_special_tokens=False).input_ids], text
+        assert "<result>" not in trainer.tokenizer.decode(ids)
+    assert called == len(traces) // 2 > 0  # the even rows called the calculator

@@ -179,3 +179,61 @@ def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss
         torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-6)
         moved += int(not torch.equal(p.detach(), start[name]))
     assert moved > 0
+
+
+def test_top_entropy_quantile_trains_exactly_the_highest_entropy_tokens(tiny, monkeypatch):
+    """grpo.top_entropy_quantile = 0.25 through the whole update (two micro-batches): d loss / d log p
+    is non-zero at exactly the quarter of the trained tokens whose sampling entropy (the rollout's,
+    hand-built here, not the model's) is highest, and exactly 0 at every other token, including
+    the highest-entropy tokens of all, in a row without a reward (never trained)."""
+    import rl_reasoning.update as update_module
+    from rl_reasoning.config import load_config
+    from rl_reasoning.engine import RolloutBatch
+    from rl_reasoning.logprobs import completion_logprobs
+
+    model, tok = tiny
+    torch.manual_seed(2)
+    groups, size, Lp, Lc = 2, 3, 4, 6
+    N = groups * size
+    prompt_ids = torch.randint(3, len(tok), (groups, Lp)).repeat_interleave(size, 0)  # (N, Lp)
+    prompt_mask = torch.ones_like(prompt_ids)
+    completion_ids = torch.randint(3, len(tok), (N, Lc))  # (N, Lc), rows distinct
+    lengths = torch.tensor([5, 4, 6, 4, 3, 4])
+    completion_mask = (torch.arange(Lc)[None] < lengths[:, None]).long()
+    rewards = torch.tensor([1.0, 0.0, float("nan"), 0.2, 0.9, 0.5])  # row 2: no reward; every other advantage is non-zero
+    entropies = (torch.randperm(N * Lc).float().view(N, Lc) / 10 + 0.05) * completion_mask  # distinct, in no order
+    entropies[2] = (100.0 + torch.arange(Lc)) * completion_mask[2]  # the untrained row holds the highest entropies
+    with torch.no_grad():
+        old = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, 1.0) * completion_mask  # on-policy
+    rollout = RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, old, entropies,
+                           torch.zeros(N, dtype=torch.bool), [""] * N, size)
+    advantages = group_advantages(rewards, size, "group")
+    dropped = torch.zeros(N, dtype=torch.bool)
+    mask = loss_mask(completion_mask, rewards, rollout.truncated, dropped, mask_truncated=False)
+    assert int(mask.sum()) == 20 and (advantages[mask.sum(-1) > 0] != 0).all()
+
+    grads, seen = torch.zeros(N, Lc), []  # d loss / d log p of each token, summed over micro-batches
+
+    def recording(*args, **kwargs):  # the update's own log-prob function, with a hook on its output
+        out = completion_logprobs(*args, **kwargs)
+        logp, c_ids = (out[0] if isinstance(out, tuple) else out), args[3]  # (b, T'), (b, T')
+        rows = [next(r for r in range(N) if torch.equal(completion_ids[r, : c_ids.shape[1]], ids)) for ids in c_ids]
+        seen.extend(rows)
+
+        def keep(grad):
+            for k, r in enumerate(rows):
+                grads[r, : grad.shape[1]] += grad[k].detach()
+
+        logp.register_hook(keep)
+        return out
+
+    monkeypatch.setattr(update_module, "completion_logprobs", recording)
+    cfg = load_config(None, ["grpo.top_entropy_quantile=0.25", "rollout.temperature=1.0", "rollout.max_new_tokens=6",
+                             "optim.prefix_grouping=false", "optim.micro_batch_size=2", "optim.max_grad_norm=0"])
+    _, stats = sgd_update(cfg, model, rollout, advantages, mask, dropped)
+    assert sorted(seen) == [0, 1, 3, 4, 5]  # every trained row ran through the wrapped function, in three micro-batches
+
+    trained = [(r, t) for r in range(N) for t in range(Lc) if mask[r, t]]
+    top = sorted(trained, key=lambda rt: -float(entropies[rt]))[:5]  # the highest-entropy quarter of the 20 trained tokens
+    assert {(r, t) for r in range(N) for t in range(Lc) if grads[r, t] != 0} == set(top)
+    assert stats["entropy"]["entropy/selected_frac"] == 0.25
