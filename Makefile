@@ -47,7 +47,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: lint model browser vllm
-	RL_REASONING_REQUIRE_VLLM=1 $(PY) -m pytest -m "slow or not slow" $(ARGS)
+	RL_REASONING_REQUIRE_VLLM=1 RL_REASONING_REQUIRE_SANDBOX=1 $(PY) -m pytest -m "slow or not slow" $(ARGS)
 
 test-fast: lint
 	$(PY) -m pytest $(ARGS)

@@ -61,6 +61,15 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
+def save_tiny(path: Path, make_model) -> Path:
+    """The test tokenizer and `make_model(vocab_size)`, built under seed 0, saved as an HF checkpoint in `path`."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    make_model(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved HF checkpoint directory: tokenizer + random 2-layer Llama."""
@@ -77,15 +86,10 @@ def tiny_moe_dir(tmp_path_factory) -> Path:
     """A saved tiny Mixtral (4 experts, top-2) with the same tokenizer: MoE paths of the trainer."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-mixtral")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           router_aux_loss_coef=0.02, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    MixtralForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory.mktemp("tiny-mixtral"), lambda vocab: MixtralForCausalLM(MixtralConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02, tie_word_embeddings=True, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2)))
 
 
 @pytest.fixture()
@@ -103,3 +107,22 @@ def arithmetic_jsonl(tmp_path) -> Path:
     rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(10) for b in range(4)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def vllm():
+    """Skips the test when vLLM is missing, or fails it under RL_REASONING_REQUIRE_VLLM=1 (tests/capabilities.py).
+    Session-scoped, so it runs before the module fixtures that start an engine."""
+    from tests.capabilities import require_vllm
+
+    require_vllm()
+
+
+@pytest.fixture(scope="module")
+def vllm_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama whose head size vLLM's CPU attention supports (64)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama-vllm"), lambda vocab: LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)))

@@ -125,12 +125,20 @@ def test_accelerate_configs_load(name):
     assert cfg.num_processes >= 1 and yaml.safe_load(path.read_text())["distributed_type"] == str(cfg.distributed_type.value)
 
 
-def test_data_keys_the_source_reads_are_accepted():
-    load_config(None, ["data.source=hf", "data.name=openai/gsm8k", "data.config_name=main", "data.split=test", "data.answer_format=gsm8k"])
-    load_config(None, ["data.source=file", "data.path=x.jsonl", "data.question_column=q", "data.on_bad_row=skip", "data.train_size=5"])
-    load_config(None, ["data.source=humaneval", "data.train_size=100", "data.eval_size=64", "data.seed=3"])
-    load_config(None, ["data.task=leg_counting", "data.task_config={min_animals: 2}", "data.train_size=100"])
-    load_config(None, ["data.mixture=[{task: leg_counting}]"])
+@pytest.mark.parametrize("overrides", [
+    ["data.source=hf", "data.name=openai/gsm8k", "data.config_name=main", "data.split=test", "data.answer_format=gsm8k"],
+    ["data.source=file", "data.path=x.jsonl", "data.question_column=q", "data.on_bad_row=skip", "data.train_size=5"],
+    ["data.source=humaneval", "data.train_size=100", "data.eval_size=64", "data.seed=3"],
+    ["data.task=leg_counting", "data.task_config={min_animals: 2}", "data.train_size=100"],
+    ["data.mixture=[{task: leg_counting}]"],
+], ids=["hf", "file", "humaneval", "reasoning_gym", "mixture"])
+def test_data_keys_the_source_reads_are_accepted(overrides):
+    """Each key reaches the config as given, and none counts as unused (a key the source ignores is refused: above)."""
+    data = load_config(None, overrides).data
+    for override in overrides:
+        key, value = override.removeprefix("data.").split("=", 1)
+        assert getattr(data, key) == yaml.safe_load(value), key
+    assert data.unused_keys() == []
 
 
 def test_a_runs_config_yaml_loads_back_as_a_recipe(tmp_path):

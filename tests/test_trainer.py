@@ -92,9 +92,14 @@ def test_short_run_updates_weights_and_writes_run_files(tiny_model_dir, arithmet
 def test_checkpoint_is_a_loadable_model(tiny_model_dir, arithmetic_jsonl, tmp_path):
     from rl_reasoning.models import load_model
 
-    _, summary = train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=1, eval__at_start="false", eval__at_end="false")
+    trainer, summary = train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=1, eval__at_start="false", eval__at_end="false")
     loaded = load_model(summary["final_checkpoint"])
-    assert loaded.model.config.vocab_size > 0
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    reloaded = loaded.model.state_dict()
+    assert reloaded.keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert reloaded[name].dtype == tensor.dtype and torch.equal(reloaded[name], tensor), name  # the trained weights, bit for bit
+    assert loaded.tokenizer.get_vocab() == trainer.tokenizer.get_vocab()
 
 
 @pytest.mark.parametrize("extra", [

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 
 def test_one_trl_grpo_step_with_our_rewards(tiny_model_dir, tmp_path):
-    datasets = pytest.importorskip("datasets")
-    trl = pytest.importorskip("trl")
+    import datasets  # required dependencies (imported here: trl is slow to import)
+    import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rewards import format_reward, math_reward

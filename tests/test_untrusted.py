@@ -35,6 +35,17 @@ def append(path: Path, *records) -> None:
             f.write(r if isinstance(r, bytes) else (json.dumps(r) + "\n").encode())
 
 
+def one_line_error(capsys, *names: str) -> str:
+    """What a command that exited 2 printed: one `error: ...` line (after any warnings) naming each of `names`, no traceback."""
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, err[-2000:]
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("error: ") and all(line.startswith("warning: ") for line in lines[:-1]), err[:2000]
+    for name in names:
+        assert name in lines[-1], (name, lines[-1])
+    return lines[-1]
+
+
 def trace(step=1, **fields):
     return {"step": step, "prompt_id": "q-add", "group_index": 0, "completion": "<answer>8</answer>", "answer": "8", "reward": 1.0,
             "correct": True, "length": 3, **fields}
@@ -133,8 +144,8 @@ def test_traces_commands_never_print_control_characters(run, capsys, argv):
 def test_error_messages_are_terminal_safe(tmp_path, capsys):
     name = tmp_path / "run\x1b]0;x\x07"
     assert cli.main(["traces", "summary", str(name)]) == 2
-    err = capsys.readouterr().err
-    assert "\x1b" not in err and "\x07" not in err and "␛]0;x\\x07" in err
+    err = one_line_error(capsys, "␛]0;x\\x07")
+    assert "\x1b" not in err and "\x07" not in err
 
 
 # --------------------------------------------------------------------------- 3. invalid UTF-8
@@ -221,8 +232,8 @@ def test_output_dir_that_is_a_file_fails_before_the_model_loads(tmp_path, arithm
     for out, expected in ((blocker, "is a file, not a directory"), (blocker / "run", "is a file, so the directory cannot be created")):
         argv = ["train", recipe(tmp_path, arithmetic_jsonl), f"output_dir={out}"]
         assert cli.main(argv) == 2
-        err = capsys.readouterr().err
-        assert expected in err and err.count("\n") == 1
+        one_line_error(capsys, str(blocker), expected)
+        assert blocker.read_text() == "not a directory"  # left as it was
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -236,8 +247,7 @@ def test_a_callable_that_is_not_a_reward_fails_before_the_model_loads(tmp_path, 
     argv = ["train", recipe(tmp_path, arithmetic_jsonl, f"[{{name: '{name}'}}, {{name: format}}]"), f"output_dir={tmp_path / 'r'}",
             "accuracy_reward=format"]
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1
+    one_line_error(capsys, name, expected)
 
 
 def test_a_decorated_reward_without_functools_wraps_is_still_a_reward():
@@ -253,7 +263,7 @@ def test_a_reward_needing_a_column_the_data_lacks_fails_before_the_model_loads(t
     argv = ["train", recipe(tmp_path, arithmetic_jsonl, "[{name: 'tests.reward_fns:needs_difficulty'}, {name: format}]"), f"output_dir={tmp_path / 'r'}",
             "accuracy_reward=format"]
     assert cli.main(argv) == 2
-    assert "needs 'difficulty', which the data does not have (its columns: answer, question" in capsys.readouterr().err
+    one_line_error(capsys, "tests.reward_fns:needs_difficulty", "needs 'difficulty', which the data does not have (its columns: answer, question")
 
 
 
@@ -283,9 +293,20 @@ def test_malformed_run_records_are_skipped_and_counted(run, capsys):
     assert "traces.jsonl: skipped 5 malformed line(s) (first at line 49: 'reward' is not a number)" in err
     assert "eval_traces.jsonl: skipped 1" in err and "metrics.jsonl: skipped 1" in err
     assert "model parameters" not in page  # the text value is ignored, not formatted
-    for argv in (["summary", str(run)], ["show", str(run), "--step", "6", "--prompt", "q-mul"], ["grep", str(run), "x"],
-                 ["diff", str(run), "--prompt", "q-mul", "--steps", "3", "6"], ["summary", str(run), "--split", "eval"]):
-        assert cli.main(["traces", *argv]) == 0
+    summary = traces_output(capsys, "summary", str(run))
+    assert all(f"\n| {step} | 8 |" in summary for step in range(1, 7))  # every good record of every step is still read
+    assert "#3 ✗ reward 0.5" in traces_output(capsys, "show", str(run), "--step", "6", "--prompt", "q-mul")
+    assert traces_output(capsys, "grep", str(run), "x").endswith("0 matching completion(s)\n")
+    assert "| 6 | 4 | 75% |" in traces_output(capsys, "diff", str(run), "--prompt", "q-mul", "--steps", "3", "6")
+    assert "\n| 6 | 2 | – | 100% |" in traces_output(capsys, "summary", str(run), "--split", "eval")
+
+
+def traces_output(capsys, *argv: str) -> str:
+    """stdout of a `traces` command that must succeed (exit 0, no traceback)."""
+    assert cli.main(["traces", *argv]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return out
 
 
 def test_compare_refuses_files_that_are_not_results(tmp_path, capsys):
@@ -295,7 +316,7 @@ def test_compare_refuses_files_that_are_not_results(tmp_path, capsys):
     (tmp_path / "c.json").write_bytes(b"\xff\xfe{}")
     for other, expected in (("b.json", "is not a result written by `rl-reasoning eval`"), ("c.json", "cannot read")):
         assert cli.main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / other)]) == 2
-        assert expected in capsys.readouterr().err
+        one_line_error(capsys, str(tmp_path / other), expected)
 
 
 def test_numbers_too_large_for_a_float_and_lone_surrogates_are_malformed(run, capsys):
@@ -305,10 +326,11 @@ def test_numbers_too_large_for_a_float_and_lone_surrogates_are_malformed(run, ca
     append(run / "metrics.jsonl", {"step": 7, "accuracy": big})
     append(run / "eval.jsonl", {"step": 7, "eval/accuracy": big})
     build_report(run)
-    for argv in (["summary", str(run)], ["grep", str(run), "wait"], ["show", str(run), "--step", "6"]):
-        assert cli.main(["traces", *argv]) == 0
     err = capsys.readouterr().err
     assert "traces.jsonl: skipped 4 malformed line(s)" in err and "metrics.jsonl: skipped 1" in err and "eval.jsonl: skipped 1" in err
+    assert all(f"\n| {step} | 8 |" in traces_output(capsys, "summary", str(run)) for step in range(1, 7))  # nothing good lost
+    assert traces_output(capsys, "grep", str(run), "wait").endswith("3 matching completion(s)\n")  # q-div at steps 2, 4, 6
+    assert "q-mul  (4 completions)" in traces_output(capsys, "show", str(run), "--step", "6")
     assert terminal_safe("a\ud800b") == "a\\ud800b"
 
 
@@ -338,6 +360,7 @@ def test_compare_output_is_terminal_safe(tmp_path, capsys):
     assert "\x1b" not in out and "\u202e" not in out and "␛]0;pwned" in out
     (tmp_path / "b.json").write_text(json.dumps({**hostile, "metrics": {"accuracy": 10**400}}))
     assert cli.main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    one_line_error(capsys, str(tmp_path / "b.json"), "'metrics' is not an object of numbers")
 
 
 def test_report_quotes_the_command_it_suggests_and_refuses_symlinks(run, tmp_path, capsys):
@@ -349,7 +372,8 @@ def test_report_quotes_the_command_it_suggests_and_refuses_symlinks(run, tmp_pat
     (run / "config.yaml").unlink()
     (run / "config.yaml").symlink_to(secret)
     assert cli.main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 2
-    assert "config.yaml is a symbolic link" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+    one_line_error(capsys, "config.yaml is a symbolic link")
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_a_run_file_that_is_a_directory_is_a_one_line_error(run, capsys):
@@ -357,7 +381,7 @@ def test_a_run_file_that_is_a_directory_is_a_one_line_error(run, capsys):
     (run / "traces.jsonl").mkdir()
     for argv in (["report", str(run)], ["traces", "grep", str(run), "x"]):
         assert cli.main(argv) == 2
-        assert "traces.jsonl: not a regular file" in capsys.readouterr().err
+        one_line_error(capsys, f"{run / 'traces.jsonl'}: not a regular file")
 
 
 def test_report_alarm_list_is_capped(run, monkeypatch):
@@ -374,5 +398,4 @@ def test_huge_integers_and_nul_bytes_in_a_recipe_fail_before_the_model_loads(tmp
                                ("optim.lr=" + "9" * 5000, "optim.lr: must be a finite number"),
                                ("output_dir=a\x00b", "output_dir: contains a NUL character")):
         assert cli.main(["train", recipe(tmp_path, arithmetic_jsonl), override]) == 2
-        err = capsys.readouterr().err
-        assert expected in err and err.count("\n") == 1, err[:300]
+        one_line_error(capsys, expected)

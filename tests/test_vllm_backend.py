@@ -7,7 +7,6 @@ RL_REASONING_REQUIRE_VLLM=1, so in CI a missing vLLM fails these tests instead o
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -17,39 +16,12 @@ from rl_reasoning.config import RolloutConfig, VLLMConfig
 from rl_reasoning.jsonl import read_records
 from rl_reasoning.logprobs import completion_logprobs
 from rl_reasoning.rollout import RolloutEngine
-from tests.conftest import build_tokenizer
 from tests.test_trainer import train
 
 pytestmark = pytest.mark.slow
 
 
-def _vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        if os.environ.get("RL_REASONING_REQUIRE_VLLM") == "1":
-            raise
-        return False
-    return True
-
-
-needs_vllm = pytest.mark.skipif(not _vllm_available(), reason="vLLM is not installed (make vllm)")
-
-
-@pytest.fixture(scope="module")
-def vllm_model_dir(tmp_path_factory):
-    """A tiny Llama whose head size vLLM's CPU attention supports (64)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama-vllm")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+needs_vllm = pytest.mark.usefixtures("vllm")  # skip, or fail under RL_REASONING_REQUIRE_VLLM=1 (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
