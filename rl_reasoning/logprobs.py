@@ -157,8 +157,3 @@ def token_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor, with_entro
     if not with_entropy:
         return logp, None
     return logp, lse - (torch.softmax(scaled_logits, dim=-1) * scaled_logits).sum(-1)  # (B, L) each
-
-
-def picked_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """`token_logprobs` without the entropy: (B, L)."""
-    return token_logprobs(scaled_logits, tokens)[0]

@@ -20,7 +20,7 @@ from .config import Config
 from .cpu_kernels import gqa_attention
 from .engine import RolloutBatch
 from .errors import UserError
-from .logprobs import grouped_completion_logprobs, micro_batch_inputs, picked_logprobs, teacher_forced_logits
+from .logprobs import grouped_completion_logprobs, micro_batch_inputs, teacher_forced_logits, token_logprobs
 from .update import plan_micro_batches, trained_tokens
 
 # Chat markers, digits, punctuation, accents and CJK: encodes differently under any two
@@ -68,7 +68,7 @@ class Teacher:
                     logp = grouped_completion_logprobs(self.model, prompt, c_ids, c_attn, self.temperature)  # (b, T')
             else:
                 logits = teacher_forced_logits(self.model, p_ids, p_mask, c_ids, c_attn, self.temperature)[0]  # (b, T', V)
-                logp = picked_logprobs(logits, c_ids)  # (b, T')
+                logp = token_logprobs(logits, c_ids)[0]  # (b, T')
             width = c_ids.shape[1]
             out[idx, :width] = logp.float().cpu().to(out.device) * mask[idx, :width].to(out.dtype)
         return out, trained_tokens(micro, completion_lengths, prompt_lengths, self.prefix_grouping)

@@ -21,15 +21,32 @@ from rewards.math_verifier import MathVerifierPool, refuse_reason
 from tests.timing import assert_scales_linearly, hang_guard
 
 CORPUS = Path(__file__).parent / "data" / "math_cases.jsonl"
-GENERATED = {
-    "unbalanced_braces_10mb": lambda: "\\boxed{" * 1_000_000 + "{" * 4_000_000,
-    "nested_boxes_3000": lambda: "\\boxed{" * 3000 + "1" + "}" * 3000,
-    "same_box_5000": lambda: "\\boxed{4}, " * 5000,
-    "distinct_boxes_5000": lambda: ", ".join(f"\\boxed{{{i}}}" for i in range(5000)),
-    "spaces_after_box": lambda: "\\boxed{1}" + " " * 19990,
-    "spaces_in_box": lambda: "\\boxed{" + " " * 19000 + "1}",
-    "phrases_1000": lambda: "Final answer: 3\n" * 1000 + "Final answer: 7",
-    "spaces_after_phrase": lambda: "The final answer is" + " " * 19000,
+# Hostile shapes by size n: every reading must stay linear in the text (test_the_readings_are_linear_on_hostile_text);
+# the corpus uses some of them at fixed sizes (GENERATED).
+SCALED_READINGS = {
+    "unbalanced_braces": lambda n: "\\boxed{" * n + "{" * (4 * n),
+    "nested_boxes": lambda n: "\\boxed{" * n + "1" + "}" * n,
+    "same_box": lambda n: "\\boxed{4}, " * n,
+    "distinct_boxes": lambda n: ", ".join(f"\\boxed{{{i}}}" for i in range(n)),
+    "spaces_after_box": lambda n: "\\boxed{1}" + " " * n,
+    "spaces_in_box": lambda n: "\\boxed{" + " " * n + "1}",
+    "phrases": lambda n: "Final answer: 3\n" * n + "Final answer: 7",
+    "spaces_after_phrase": lambda n: "The final answer is" + " " * n,
+    "long_gaps": lambda n: ("\\boxed{1}" + " " * 39 + "!") * n,
+    "gap_of_connectors": lambda n: "\\boxed{1}" + " and or , $ x = " * n + "?\\boxed{2}",
+    "unclosed_dollars_after_phrase": lambda n: "Final answer: $" + "\\$" * n,
+    "bold_markers": lambda n: "<answer>" + "**" * n + "</answer>",
+    "spaces_before_dollars": lambda n: "<answer>1" + " " * n + "x</answer>",
+}
+GENERATED = {  # the corpus's `completion_generator` names
+    "unbalanced_braces_10mb": lambda: SCALED_READINGS["unbalanced_braces"](1_000_000),
+    "nested_boxes_3000": lambda: SCALED_READINGS["nested_boxes"](3000),
+    "same_box_5000": lambda: SCALED_READINGS["same_box"](5000),
+    "distinct_boxes_5000": lambda: SCALED_READINGS["distinct_boxes"](5000),
+    "spaces_after_box": lambda: SCALED_READINGS["spaces_after_box"](19990),
+    "spaces_in_box": lambda: SCALED_READINGS["spaces_in_box"](19000),
+    "phrases_1000": lambda: SCALED_READINGS["phrases"](1000),
+    "spaces_after_phrase": lambda: SCALED_READINGS["spaces_after_phrase"](19000),
 }
 # The classes added for item 9 of the accuracy issue (right answers written differently), by note prefix.
 NEW_CLASSES = (
@@ -334,24 +351,6 @@ def test_gold_reading_and_cleaning():
     assert clean_answer("28 percent") == "28\\%" and clean_answer("28%") == "28\\%" and clean_answer("28\\%") == "28\\%"
     assert clean_answer("2 1/2") == "2\\frac{1}{2}" and clean_answer("-2 1/3") == "-2\\frac{1}{3}"
     assert clean_answer("2 3") == "2, 3" and clean_answer("∞") == "\\infty"
-
-
-# The hostile shapes of GENERATED and a few more, by size n: every reading must stay linear in the text.
-SCALED_READINGS = {
-    "unbalanced_braces": lambda n: "\\boxed{" * n + "{" * (4 * n),
-    "nested_boxes": lambda n: "\\boxed{" * n + "1" + "}" * n,
-    "same_box": lambda n: "\\boxed{4}, " * n,
-    "distinct_boxes": lambda n: ", ".join(f"\\boxed{{{i}}}" for i in range(n)),
-    "spaces_after_box": lambda n: "\\boxed{1}" + " " * n,
-    "spaces_in_box": lambda n: "\\boxed{" + " " * n + "1}",
-    "phrases": lambda n: "Final answer: 3\n" * n + "Final answer: 7",
-    "spaces_after_phrase": lambda n: "The final answer is" + " " * n,
-    "long_gaps": lambda n: ("\\boxed{1}" + " " * 39 + "!") * n,
-    "gap_of_connectors": lambda n: "\\boxed{1}" + " and or , $ x = " * n + "?\\boxed{2}",
-    "unclosed_dollars_after_phrase": lambda n: "Final answer: $" + "\\$" * n,
-    "bold_markers": lambda n: "<answer>" + "**" * n + "</answer>",
-    "spaces_before_dollars": lambda n: "<answer>1" + " " * n + "x</answer>",
-}
 
 
 def read_everything(text: str) -> None:
