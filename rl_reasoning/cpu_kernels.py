@@ -7,7 +7,7 @@ PyTorch's fp32 GEMM re-packs each weight on every call; for SmolLM2-135M's 49152
 that made one 16-row product ~40 ms on 2 AVX2 cores, against ~18 ms pre-packed (the layers
 gain ~25 %). For one rollout the weights are fixed, so we pack them once (~0.3-0.5 s for 135M
 parameters) and route every `nn.Linear` through `mkldnn._linear_pointwise` until the rollout
-ends. Results equal the plain path up to float rounding (tested); training never sees packed
+ends. The bf16 sampling copy (precision.py) is packed in bf16 where oneDNN has bf16 kernels. Results equal the plain path up to float rounding (tested); training never sees packed
 weights. Inductor's CPU "freezing" does the same packing, but needs a recompile per update.
 
 2. Grouped-query attention (SmolLM2: 9 query heads share 3 key/value heads). transformers'
@@ -29,19 +29,28 @@ GQA_SDPA = "rl_reasoning_sdpa_gqa"
 
 
 def packing_available(model) -> bool:
-    """fp32 weights on the CPU, and a PyTorch built with oneDNN."""
+    """Weights on the CPU and a PyTorch built with oneDNN; fp32 weights, or bf16 weights (the
+    bf16 sampling copy, precision.py) where oneDNN computes bf16 (AVX512-BF16/AMX or
+    AVX-NE-CONVERT; on AVX2-only CPUs it refuses to pack bf16, and bf16 decodes unpacked)."""
     try:
         p = next(model.parameters())
     except StopIteration:
         return False
-    return p.device.type == "cpu" and p.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    if p.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return p.dtype == torch.float32 or (p.dtype == torch.bfloat16 and bf16_packing_supported())
+
+
+def bf16_packing_supported() -> bool:
+    """oneDNN's bf16 linear kernels run on this CPU."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @contextlib.contextmanager
 def packed_linear_weights(model, batch_hint: int = 16, enabled: bool = True):
     """Within the context every nn.Linear of `model` computes with a packed copy of its weight.
     `batch_hint`: the typical number of rows per call (the packing is tuned for it; any works)."""
-    if not enabled or not packing_available(model):
+    if not enabled or not packing_available(model) or torch.is_autocast_enabled("cpu"):  # autocast casts per call: not packed
         yield model
         return
     patched = []

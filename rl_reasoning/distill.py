@@ -11,7 +11,9 @@
    duplicates of a problem's completions (whitespace-normalised); keep at most
    `--keep-per-problem` per problem. Written to `sft_data.jsonl` as prompt/completion pairs.
 3. Fine-tune: TRL's `SFTTrainer` on those pairs, loss on completion tokens only (TRL's default
-   for prompt/completion data), fp32 on CPU. The student is saved to `student/`.
+   for prompt/completion data), on fp32 master weights with TRL's bf16 autocast when the recipe's
+   `model.compute_dtype` resolves to bf16 (precision.py; the teacher samples in that dtype too).
+   The student is saved to `student/`.
 4. Evaluate: the student on the recipe's held-out problems with `evaluation.evaluate_model`,
    exactly what `rl-reasoning eval --recipe RECIPE --model STUDENT` runs (`eval.json`;
    `rl-reasoning eval --compare` works on it).
@@ -114,6 +116,7 @@ def build_sft_data(cfg: Config, teacher: str, problems: int, samples: int, tempe
 
     from .evaluation import generate_and_score
     from .models import eos_token_ids, load_model
+    from .precision import cast_parameters, run_precision
     from .prompts import render_prompt
     from .reward_runner import accuracy_runner
     from .rollout import RolloutEngine
@@ -136,6 +139,9 @@ def build_sft_data(cfg: Config, teacher: str, problems: int, samples: int, tempe
     scorer = accuracy_runner(cfg)
     device = default_device()
     loaded = load_model(teacher, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+    precision = run_precision(cfg.model.compute_dtype, device, loaded.model, cfg.model.cache_dir)
+    cast_parameters(loaded.model, precision.compute)  # the teacher only samples
+    print(precision.describe(), flush=True)
     tok = loaded.tokenizer
     engine = RolloutEngine(loaded.model, tok, eos_token_ids(loaded.model, tok), tok.pad_token_id)
     # the recipe's sampling (top_p, stop strings, packed weights), with G = --samples and --temperature
@@ -161,15 +167,17 @@ def finetune(student: str, rows: list[dict], out_dir: Path, cfg, epochs: float, 
     import trl
 
     from .models import load_model
+    from .precision import run_precision
     from .runtime import default_device
 
     device = default_device()
-    loaded = load_model(student, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+    loaded = load_model(student, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)  # fp32 masters
+    half = run_precision(cfg.model.compute_dtype, device, loaded.model, cfg.model.cache_dir).half  # bf16: TRL's autocast
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     args = trl.SFTConfig(
         output_dir=str(out_dir / "sft"), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
-        bf16=False, fp16=False, use_cpu=device.type == "cpu", gradient_checkpointing=False, completion_only_loss=True,
+        bf16=half, fp16=False, use_cpu=device.type == "cpu", gradient_checkpointing=False, completion_only_loss=True,
         max_length=None, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = trl.SFTTrainer(model=loaded.model, args=args, train_dataset=data, processing_class=loaded.tokenizer)

@@ -32,6 +32,7 @@ from .config import Config, PromptConfig, RolloutConfig
 from .engine import GenerationEngine
 from .models import eos_token_ids, load_model
 from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools
+from .precision import cast_parameters, run_precision
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
@@ -206,7 +207,10 @@ def evaluate_model(cfg: Config) -> dict:
     problems = load_task(cfg.data, allow_empty_train=True).held_out  # e.g. all 164 HumanEval problems
     scorer = accuracy_runner(cfg)
     settings = EvalSettings.from_config(cfg)
-    loaded = load_model(cfg.model.name, default_device(), cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+    device = default_device()
+    loaded = load_model(cfg.model.name, device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+    precision = run_precision(cfg.model.compute_dtype, device, loaded.model, cfg.model.cache_dir)
+    cast_parameters(loaded.model, precision.compute)  # nothing is trained: the weights can live in the compute dtype
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     engine = RolloutEngine(loaded.model, loaded.tokenizer, eos, loaded.tokenizer.pad_token_id)
     toolbox = build_toolbox(cfg)
@@ -225,7 +229,7 @@ def evaluate_model(cfg: Config) -> dict:
         "task": task,
         "settings": {"n": settings.sampled.num_generations if settings.sampled else 0, "k": list(settings.ks),
                      "temperature": cfg.eval.temperature, "top_p": cfg.rollout.top_p, "problems": len(problems),
-                     "max_new_tokens": settings.greedy.max_new_tokens, "seed": cfg.seed},
+                     "max_new_tokens": settings.greedy.max_new_tokens, "seed": cfg.seed, "compute_dtype": precision.name},
         "metrics": {k.removeprefix("eval/"): v for k, v in metrics.items()},
         "per_problem": records,
     }

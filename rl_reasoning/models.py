@@ -6,7 +6,9 @@ not savable), so we de-quantize it once, rebuild a plain fp32 model with `from_c
 `load_state_dict`, and cache it (model and tokenizer) as a normal HF checkpoint under
 `$RL_REASONING_CACHE` (default `~/.cache/rl_reasoning`). Later loads read the cache.
 
-Precision: fp32 on CPU, always (bf16 matmuls are ~400x slower on AVX2 CPUs); bf16 on CUDA.
+Precision: the weights load in fp32 on every device; they are the master weights training
+updates. Half-precision compute (bf16 matmuls) is chosen separately, per device and measured on
+CPU, by precision.py; frozen models are cast to it with `precision.cast_parameters`.
 A LoRA checkpoint (adapter only) loads as its base model with the adapter merged in, and
 `export_checkpoint` (`rl-reasoning export`) saves that merged model as a plain checkpoint.
 """
@@ -115,14 +117,12 @@ def resolve_model_dir(name: str, cache_dir: str | None = None) -> str:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu" and dtype != "float32":
-        raise UserError(
-            f"model.dtype: {dtype} on CPU is refused (half-precision matmuls are ~400x slower "
-            "than float32 on CPUs without AVX-512 BF16); use float32 or auto"
-        )
-    return getattr(torch, dtype)
+    """The weights' dtype: float32 (auto included) on every device; half precision is refused
+    (the compute dtype is a separate choice, precision.py)."""
+    if dtype not in ("auto", "float32"):
+        raise UserError(f"model.dtype: {dtype} weights are refused (the master weights stay float32); "
+                        "set model.compute_dtype: bfloat16 for half-precision compute")
+    return torch.float32
 
 
 def load_model(

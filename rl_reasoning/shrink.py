@@ -20,7 +20,9 @@
    range of its own; `--exclude-recipe R` also drops R's held-out questions) in the source's
    chat template, each followed by one continuation the base samples itself (T = 1, our rollout
    engine). Loss = forward KL(base || student) over the full vocabulary at every real token
-   position, token mean; AdamW, constant lr, gradient norm clipped at 1, fp32. A tenth of the
+   position, token mean; AdamW, constant lr, gradient norm clipped at 1, fp32 master weights with
+   the matmuls in `--compute-dtype` (auto: bf16 where this machine computes it faster, precision.py;
+   the sampling and the KL measurements run in it too). A tenth of the
    sequences (at most 32) is held aside: its KL before and after healing goes to `shrink.json`.
 3. Write: `--out` is a normal HF checkpoint (model, tokenizer, generation config) that `train`,
    `eval` and `distill` accept, plus `shrink.json` (layers kept, with `--drop-block` every angular
@@ -365,6 +367,7 @@ def heal(base, student, sequences: list[list[int]], pad_id: int, steps: int, lr:
 def run(args) -> dict:
     from .distill import _Stage
     from .models import load_model
+    from .precision import run_precision
     from .runtime import configure_cpu, default_device, quiet_library_progress_bars, seed_everything
 
     out = Path(args.out)
@@ -392,6 +395,8 @@ def run(args) -> dict:
 
     with _Stage(stats, "prune" if args.drop_block is None else "load"):
         base = load_model(args.model, device, "float32")
+        precision = run_precision(args.compute_dtype, device, base.model)
+        print(precision.describe(), flush=True)
         base.model.eval()
         num_layers = len(decoder_layers(base.model))
         if args.drop_block is None:
@@ -403,14 +408,15 @@ def run(args) -> dict:
     if not args.no_heal or args.drop_block is not None:
         with _Stage(stats, "sample"):
             problems = healing_prompts(args.prompts, args.seed, exclude)
-            sequences, rows = sample_healing_text(base.model, tok, problems, args.max_new_tokens, SAMPLE_BATCH, args.seed)
+            with precision.autocast(device):
+                sequences, rows = sample_healing_text(base.model, tok, problems, args.max_new_tokens, SAMPLE_BATCH, args.seed)
         tokens = sum(map(len, sequences))
         print(f"sampled {len(sequences)} continuations from the base ({tokens} tokens of text with their prompts)", flush=True)
         (out / "heal_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         n_val = min(MAX_VAL_SEQUENCES, len(sequences) // 10)  # held aside: not healed on, not measured on
     distances = None
     if args.drop_block is not None:
-        with _Stage(stats, "measure"):
+        with _Stage(stats, "measure"), precision.autocast(device):
             distances = block_angular_distances(base.model, sequences[n_val:], tok.pad_token_id, args.drop_block, SAMPLE_BATCH)
             keep = most_redundant_block(num_layers, distances["by_start"])
         dropped = [i for i in range(num_layers) if i not in keep]
@@ -432,14 +438,15 @@ def run(args) -> dict:
     }
     if not args.no_heal:
         val, train = sequences[:n_val], sequences[n_val:]
-        with _Stage(stats, "heal"):
+        with _Stage(stats, "heal"), precision.autocast(device):
             val_before = mean_kl(base.model, student, val, tok.pad_token_id, args.batch_size) if val else None
             curve = heal(base.model, student, train, tok.pad_token_id, args.steps, args.lr, args.batch_size, args.seed, args.log_every)
             val_after = mean_kl(base.model, student, val, tok.pad_token_id, args.batch_size) if val else None
         if val:
             print(f"held-aside KL to the base ({n_val} sequences): {val_before:.4f} -> {val_after:.4f}", flush=True)
         summary["heal"] = {
-            "settings": {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "prompts", "max_new_tokens", "seed")},
+            "settings": {**{k: getattr(args, k) for k in ("steps", "lr", "batch_size", "prompts", "max_new_tokens", "seed")},
+                         "compute_dtype": precision.name},
             "tasks": list(HEAL_TASKS), "exclude_recipe": args.exclude_recipe, "excluded_questions": len(exclude),
             "sequences": {"train": len(train), "held_aside": n_val}, "tokens": tokens,
             "kl_first": curve[0], "kl_last": curve[-1],
@@ -476,4 +483,7 @@ def add_parser(sub) -> None:
     p.add_argument("--log-every", type=int, default=10, help="a progress line every N healing steps (default 10)")
     p.add_argument("--exclude-recipe", help="also leave out this recipe's held-out questions")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="matmul dtype for sampling, measuring and healing; the weights stay fp32 (default auto: bf16 where "
+                        "this machine computes it clearly faster, measured once)")
     p.set_defaults(func=lambda args: (run(args), 0)[1])

@@ -74,10 +74,12 @@ class Teacher:
         return out, trained_tokens(micro, completion_lengths, prompt_lengths, self.prefix_grouping)
 
 
-def load_teacher(cfg: Config, device, student_tokenizer) -> Teacher | None:
+def load_teacher(cfg: Config, device, student_tokenizer, compute_dtype: torch.dtype = torch.float32) -> Teacher | None:
     """The frozen teacher of `distill.teacher` (None when it is not set), on `device`, in the
-    policy's dtype; a one-line UserError when its tokenizer differs from the policy's."""
+    run's compute dtype (frozen: no master weights needed); a one-line UserError when its
+    tokenizer differs from the policy's."""
     from .models import load_model
+    from .precision import cast_parameters
 
     name = cfg.distill.teacher
     if name is None:
@@ -90,7 +92,7 @@ def load_teacher(cfg: Config, device, student_tokenizer) -> Teacher | None:
     if why is not None:
         raise UserError(f"distill.teacher: {name!r} does not share the policy's tokenizer ({why}); on-policy distillation "
                         "scores the policy's own token ids, so the teacher needs the same tokenizer")
-    model = loaded.model.eval().requires_grad_(False)
+    model = cast_parameters(loaded.model, compute_dtype).eval().requires_grad_(False)
     model.config.use_cache = False
     micro = cfg.distill.micro_batch_size or cfg.optim.micro_batch_size
     return Teacher(model, micro, cfg.rollout.temperature, device, prefix_grouping=cfg.optim.prefix_grouping)

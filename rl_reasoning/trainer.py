@@ -43,12 +43,13 @@ from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
 from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools, reward_columns
+from .precision import SamplingCopy, cast_parameters, run_precision
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
 from .run_files import RunFiles, run_directory, summary_record, summary_text, trace_records
 from .runtime import configure_cpu, quiet_library_progress_bars, seed_everything
-from .sharded import configure_deepspeed, full_parameters_for_generation, gathered_state_dict
+from .sharded import configure_deepspeed, full_parameters_for_generation, gathered_state_dict, is_sharded
 from .tasks import PromptSampler, load_task
 from .teacher import load_teacher
 from .traces import AlarmMonitor, Analyzer, step_statistics
@@ -68,7 +69,7 @@ class GRPOTrainer:
         # Everything that can fail on bad input is checked before the model is loaded.
         self._build_rewards_and_data()
         self._build_policy()
-        self.teacher = load_teacher(cfg, self.accelerator.device, self.tokenizer)  # None without distill.teacher
+        self.teacher = load_teacher(cfg, self.accelerator.device, self.tokenizer, self.precision.compute)  # None without distill.teacher
         self._build_engine()
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)  # sampling happens on the model's device
         self.step = 0
@@ -108,13 +109,15 @@ class GRPOTrainer:
         cfg = self.cfg
         loaded = load_model(cfg.model.name, self.accelerator.device, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
         self.tokenizer, self.model_source = loaded.tokenizer, loaded.source
-        model = loaded.model
+        model = loaded.model  # fp32: the master weights
         self.num_parameters = sum(p.numel() for p in model.parameters())
         model.config.use_cache = False
+        self.precision = run_precision(cfg.model.compute_dtype, self.accelerator.device, model, cfg.model.cache_dir)
+        self._print(self.precision.describe())
         moe = moe_spec(model, cfg.model.router_aux_loss_coef)
         self.ref_model = None
         if cfg.grpo.beta > 0 and cfg.lora.r == 0:  # with LoRA the reference is the policy with adapters off
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_model = cast_parameters(copy.deepcopy(model), self.precision.compute).eval().requires_grad_(False)
         if cfg.lora.r > 0:
             model = apply_lora(model, cfg.lora)
         self.num_trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -122,7 +125,8 @@ class GRPOTrainer:
         configure_deepspeed(self.accelerator, cfg.optim.micro_batch_size, cfg.optim.max_grad_norm)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
-        self.update = PolicyUpdate(cfg, self.accelerator, self.model, self.optimizer, self.scheduler, self.collective, moe, self.ref_model)
+        self.update = PolicyUpdate(cfg, self.accelerator, self.model, self.optimizer, self.scheduler, self.collective, moe, self.ref_model,
+                                   self.precision)
         g = cfg.grpo
         self.adaptive_entropy = AdaptiveEntropy(g.entropy_coef, g.entropy_target, g.entropy_coef_delta, g.entropy_coef_min,
                                                 g.entropy_coef_max) if g.use_adaptive_entropy else None
@@ -133,14 +137,17 @@ class GRPOTrainer:
         cfg = self.cfg
         policy = self.accelerator.unwrap_model(self.model)
         eos = eos_token_ids(policy, self.tokenizer)
-        self.vllm = None
+        self.vllm, self.sampling_copy = None, None
         if cfg.rollout.backend == "vllm":
             from .vllm_rollout import VLLMBackend
 
-            self.vllm = VLLMBackend(cfg, self.model_source, self.tokenizer, eos, self.model, self.accelerator)
+            self.vllm = VLLMBackend(cfg, self.model_source, self.tokenizer, eos, self.model, self.accelerator, self.precision.compute)
             self.engine = self.vllm.engine
             self._print(f"vLLM engine started in {self.engine.startup_seconds:.1f} s")
         else:
+            # half-precision compute: sampling runs on a copy in that dtype, refreshed after optimizer steps
+            # (sharded policies, which cannot be copied, sample under autocast instead)
+            self.sampling_copy = SamplingCopy(policy, self.precision.compute) if self.precision.half and not is_sharded(self.accelerator) else None
             self.engine = RolloutEngine(policy, self.tokenizer, eos, self.tokenizer.pad_token_id)
             self.engine = multi_turn(cfg, self.engine, self.tokenizer, eos, self.toolbox, self.environment)  # tools, environments
         g = cfg.grpo
@@ -166,6 +173,8 @@ class GRPOTrainer:
             return None
         state = ckpt.load_training_state(resume_from, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, self.generator)
         self.step = state["step"]
+        if self.sampling_copy is not None:  # the masters changed under it
+            self.sampling_copy.invalidate()
         self.sampler.load_state_dict(state["sampler"])
         if self.adaptive_entropy is not None and "entropy_coef" in state:
             self.adaptive_entropy.coef = state["entropy_coef"]
@@ -303,6 +312,9 @@ class GRPOTrainer:
         metrics = step_metrics(rows, update_stats, cfg.accuracy_reward_name, self.scheduler.get_last_lr()[0],
                                self.num_parameters, cfg.grpo.num_iterations, cfg.grpo.beta)
         metrics.update(self.collective.mean_of_dicts({"s": sampler_stats})["s"] if sampler_stats else {})
+        metrics.update(update_stats.get("sampler", {}))  # our engine's gap to the update (already global)
+        if self.step == 0:  # the first metrics line says how the run computes (the summary too)
+            metrics.update(self.precision.metrics())
         metrics.update(step_statistics(analyses))
         metrics.update(episode_metrics(rows.episodes, correct))
         if cfg.grpo.entropy_coef > 0 or self.adaptive_entropy is not None:
@@ -339,7 +351,8 @@ class GRPOTrainer:
             rollout = engine.generate(prompt_ids, cfg.rollout, self.generator, shard=(shard.rank * n_local, len(problems) * G), **extra)
         t_gen = time.perf_counter()
         if self.vllm:
-            self.vllm.recompute_old_logprobs(rollout)
+            with self.precision.autocast(self.accelerator.device):  # as the update computes them
+                self.vllm.recompute_old_logprobs(rollout)
         t_gen_end = time.perf_counter()
 
         # rewards
@@ -371,8 +384,13 @@ class GRPOTrainer:
             yield self.engine
             return
         with full_parameters_for_generation(self.accelerator, self.model) as policy:
+            if self.sampling_copy is not None:
+                self.engine.model = self.sampling_copy.refreshed(policy, self.update.optimizer_steps)
+                yield self.engine
+                return
             self.engine.model = policy
-            yield self.engine
+            with self.precision.autocast(self.accelerator.device):  # fp32: no-op; sharded half precision: autocast
+                yield self.engine
 
     # ------------------------------------------------------------------ evaluation, checkpoints, summary
 
@@ -410,6 +428,7 @@ class GRPOTrainer:
     def summary(self, last: dict, final_checkpoint: Path) -> dict:
         """summary.json's record; prints held-out accuracy before -> after and where the files are."""
         out = summary_record(self.run_dir, self.step, self.num_parameters, self.num_trainable_parameters, final_checkpoint, self.eval_history)
+        out["precision"] = self.precision.record()
         self._print(summary_text(out))
         return out
 

@@ -25,6 +25,13 @@ Departures from TRL's GRPOTrainer:
 - `grpo.entropy_coef` (TRL's name): the bonus uses the entropy of the policy being trained,
   with gradients, at every trained token, computed in the same forward as the log-probs, and
   its mean is taken over the whole batch's trained tokens (TRL: per micro-batch).
+- Mixed precision (precision.py): the forward runs under autocast to the compute dtype; the
+  log-probs, entropies and loss are fp32. The gap between the sampler's log-probs and the
+  update's is measured in the first iteration, which runs before any optimizer step, so its
+  log-probs are the old policy's as the update computes them: with our engine this costs no
+  extra forward (TRL and the vLLM path recompute them in one). With the importance correction
+  on, those first-iteration log-probs become the PPO ratio's old log-probs and the sampler's
+  weight each token by min(pi_train / pi_sampler, cap) (`rollout.importance_correction`).
 - On-policy distillation (`distill.teacher`): the advantages come in per token (N, T); a row is
   skipped only when every one of its per-token advantages is 0, which the teacher's reverse-KL
   term makes practically never happen, so rows of constant-reward groups are trained.
@@ -48,7 +55,62 @@ from .logprobs import (
     token_logprobs,
 )
 from .moe import MoESpec, expert_load, load_metrics
+from .precision import Precision
 from .sharded import accumulation_boundary, is_sharded
+
+
+def importance_correction_on(cfg: Config, precision: Precision) -> bool:
+    """`rollout.importance_correction` resolved: auto = on with vLLM when it recomputes the old
+    log-probs, and with our engine in half-precision compute (its decode kernels and the update's
+    differ); off with our engine in fp32 (the two agree up to float rounding)."""
+    setting = cfg.rollout.importance_correction
+    if setting != "auto":
+        return bool(setting)
+    if cfg.rollout.backend == "vllm":
+        return cfg.rollout.vllm.recompute_logprobs
+    return precision.half
+
+
+class SamplerGap:
+    """Sums of the gap between the sampler's log-probs and the update's first-iteration ones, over
+    the trained tokens of the rows the update ran; `metrics` turns every process's sums into sampler/*."""
+
+    def __init__(self, cap: float):
+        self.cap = cap
+        self.sums = dict.fromkeys(("tokens", "abs_diff", "ratio", "ratio_sq", "weight", "capped"), 0.0)
+        self.largest = 0.0
+
+    def add(self, train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> None:
+        """train_logp, sampler_logp, mask: (b, T')."""
+        keep = mask.bool()
+        diff = (train_logp.detach().float() - sampler_logp.float())[keep]  # (M,) log pi_train - log pi_sampler
+        if diff.numel() == 0:
+            return
+        ratio = diff.exp()
+        self.sums["tokens"] += diff.numel()
+        self.sums["abs_diff"] += float(diff.abs().sum())
+        self.sums["ratio"] += float(ratio.sum())
+        self.sums["ratio_sq"] += float((ratio * ratio).sum())
+        self.sums["weight"] += float(ratio.clamp(max=self.cap).sum())
+        self.sums["capped"] += float((ratio > self.cap).sum())
+        self.largest = max(self.largest, float(diff.abs().max()))
+
+    def metrics(self, collective: Collective, corrected: bool) -> dict:
+        sums = collective.sum(self.sums)
+        largest = collective.max({"largest": self.largest})["largest"]
+        n = sums["tokens"]
+        if n == 0:
+            return {}
+        mean_ratio = sums["ratio"] / n
+        out = {
+            "sampler/logprob_abs_diff": sums["abs_diff"] / n,
+            "sampler/logprob_abs_diff_max": largest,
+            "sampler/ratio_std": max(sums["ratio_sq"] / n - mean_ratio**2, 0.0) ** 0.5,
+        }
+        if corrected:
+            out["sampler/importance_weight_mean"] = sums["weight"] / n
+            out["sampler/importance_weight_capped_frac"] = sums["capped"] / n
+        return out
 
 
 def dropped_rows(zero_variance: torch.Tensor, group_size: int, enabled: bool) -> torch.Tensor:
@@ -160,10 +222,12 @@ class PolicyUpdate:
     """mu optimizer steps on a generation batch; holds the optimizer-step count."""
 
     def __init__(self, cfg: Config, accelerator, model, optimizer, scheduler, collective: Collective,
-                 moe: MoESpec | None, ref_model=None):
+                 moe: MoESpec | None, ref_model=None, precision: Precision | None = None):
         self.cfg, self.accelerator, self.model = cfg, accelerator, model
         self.optimizer, self.scheduler, self.collective = optimizer, scheduler, collective
         self.moe, self.ref_model = moe, ref_model
+        self.precision = precision or Precision(torch.float32, "float32")
+        self.importance_correction = importance_correction_on(cfg, self.precision)
         self.optimizer_steps = 0
 
     @property
@@ -196,11 +260,17 @@ class PolicyUpdate:
         keep, entropy_stats = entropy_selection(rollout.entropies, mask, cfg.grpo.top_entropy_quantile, self.collective) if has_entropy else (None, {})
         select = keep is not None and cfg.grpo.top_entropy_quantile < 1
 
+        # our engine sampled with this policy: its gap to the update is measured in the first iteration
+        own_sampler = rollout.sampler_logprobs is None and cfg.rollout.backend == "hf"
+        correct_own = own_sampler and self.importance_correction
+        gap = SamplerGap(cfg.rollout.importance_cap)
+        train_old: dict[int, torch.Tensor] = {}  # micro-batch -> first-iteration log-probs (b, T'), with correct_own
+
         totals = dict.fromkeys(("loss", "tokens", "clip_low_tokens", "clip_high_tokens", "kl_sum", "ratio_sum", "grad_norm",
                                 "sequences", "clipped_sequences", "policy_entropy_sum"), 0.0)  # the same keys on every process (summed across them)
         aux_sum, load_sum = 0.0, None
         self.model.train()
-        for _ in range(cfg.grpo.num_iterations):
+        for iteration in range(cfg.grpo.num_iterations):
             self._zero_grads()
             for k, idx in enumerate(micro):
                 if self.moe is not None:
@@ -211,9 +281,18 @@ class PolicyUpdate:
                     logp, c_mask, entropy = self._logprobs(self.model, rollout, mask, idx, grouped, bonus)  # (b, T') each
                 width = c_mask.shape[1]
                 adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]  # (b,) or (b, T')
+                old_logp = rollout.logprobs[idx, :width].to(logp.device)  # (b, T') the sampler's
+                is_weights = None
+                if own_sampler:
+                    if iteration == 0:
+                        gap.add(logp, old_logp, c_mask)
+                        if correct_own:
+                            train_old[k] = logp.detach()
+                    if correct_own:  # the update's own old log-probs, and the sampler's as importance weights
+                        old_logp, is_weights = train_old[k], (train_old[k] - old_logp).exp().clamp(max=cfg.rollout.importance_cap)
                 loss, stats = policy_loss(
                     logp,
-                    rollout.logprobs[idx, :width].to(logp.device),
+                    old_logp,
                     adv.to(logp.device),
                     c_mask,
                     normalizer,
@@ -221,7 +300,7 @@ class PolicyUpdate:
                     epsilon_high=cfg.grpo.epsilon_high,
                     beta=cfg.grpo.beta,
                     ref_logp=ref_logps.get(k),
-                    token_weights=self._token_weights(rollout, idx, width, keep if select else None),
+                    token_weights=self._token_weights(rollout, idx, width, keep if select else None, is_weights),
                     importance_sampling_level=cfg.grpo.importance_sampling_level,
                     entropy=entropy,
                     entropy_coef=entropy_coef,
@@ -246,6 +325,7 @@ class PolicyUpdate:
         totals = self.collective.sum(totals)
         totals["grad_norm"] = grad_norm
         totals["entropy"] = entropy_stats  # already global
+        totals["sampler"] = gap.metrics(self.collective, correct_own) if own_sampler else {}
         if load_sum is not None:
             passes = len(micro) * mu * world
             load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
@@ -278,14 +358,15 @@ class PolicyUpdate:
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
 
-    def _token_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int, keep: torch.Tensor | None) -> torch.Tensor | None:
-        """Weights of each token's policy-gradient term (b, T'): the vLLM importance correction
-        min(pi_train / pi_sampler, cap) when it is on, times the entropy selection when it is on."""
-        vcfg = self.cfg.rollout.vllm
-        weights = None
-        if rollout.sampler_logprobs is not None and vcfg.importance_correction:
+    def _token_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int, keep: torch.Tensor | None,
+                       is_weights: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Weights of each token's policy-gradient term (b, T'): the importance correction
+        min(pi_train / pi_sampler, cap) when it is on (`is_weights` for our engine, computed by the
+        caller; vLLM's from its recomputed log-probs), times the entropy selection when it is on."""
+        weights = is_weights
+        if rollout.sampler_logprobs is not None and self.importance_correction:
             delta = rollout.logprobs[idx, :width] - rollout.sampler_logprobs[idx, :width]  # (b, T')
-            weights = delta.exp().clamp(max=vcfg.importance_cap)
+            weights = delta.exp().clamp(max=self.cfg.rollout.importance_cap)
         if keep is not None:
             weights = keep[idx, :width] if weights is None else weights * keep[idx, :width]
         return None if weights is None else weights.to(self.accelerator.device)
@@ -294,9 +375,10 @@ class PolicyUpdate:
         """Policy log-probs (b, T'), loss mask (b, T'), router aux loss, per-expert load (E,) and,
         with `with_entropy`, the policy's token entropies (b, T') with gradients (else None)."""
         p_ids, p_mask, c_ids, c_attn, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
-        logits, out, attention_mask = teacher_forced_logits(
-            self.model, p_ids, p_mask, c_ids, c_attn, self.cfg.rollout.temperature, output_router_logits=True
-        )  # (b, T', V)
+        with self.precision.autocast(self.accelerator.device):
+            logits, out, attention_mask = teacher_forced_logits(
+                self.model, p_ids, p_mask, c_ids, c_attn, self.cfg.rollout.temperature, output_router_logits=True
+            )  # (b, T', V) fp32: the logits are upcast inside
         logp, entropy = token_logprobs(logits, c_ids, with_entropy)  # (b, T'), (b, T') or None
         load = expert_load(out.router_logits, attention_mask, self.moe.top_k)
         return logp, c_mask, out.aux_loss, load, entropy
@@ -306,7 +388,7 @@ class PolicyUpdate:
         and, with `with_entropy`, the token entropies (b, T') with gradients (else None)."""
         p_ids, p_mask, c_ids, c_attn, c_mask = micro_batch_inputs(rollout, mask, idx, self.accelerator.device)
         T = self.cfg.rollout.temperature
-        with gqa_attention(self.accelerator.unwrap_model(model)):  # CPU: shared KV heads, no repeat_kv copies to save
+        with gqa_attention(self.accelerator.unwrap_model(model)), self.precision.autocast(self.accelerator.device):  # CPU: shared KV heads
             if grouped:
                 prompt = p_ids[0][p_mask[0].bool()]  # (Lp,) every row of idx shares it
                 out = grouped_completion_logprobs(model, prompt, c_ids, c_attn, T, with_entropy=with_entropy)

@@ -183,12 +183,12 @@ class VLLMBackend:
     `rollout.vllm.recompute_logprobs`), the sampler-mismatch metrics, and the weight push every
     `rollout.vllm.sync_every` steps. `synced_at`: the optimizer step whose weights vLLM holds."""
 
-    def __init__(self, cfg, model_source: str, tokenizer, eos_token_ids: list[int], model, accelerator):
+    def __init__(self, cfg, model_source: str, tokenizer, eos_token_ids: list[int], model, accelerator, dtype: torch.dtype):
+        """`dtype`: the engine's weights, the run's compute dtype (the policy's masters stay fp32)."""
         self.cfg, self.model, self.accelerator = cfg, model, accelerator
-        policy = accelerator.unwrap_model(model)
         self.engine = VLLMRolloutEngine(
             model_source, tokenizer, eos_token_ids, tokenizer.pad_token_id, cfg.rollout.vllm,
-            max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0), cfg.seed, next(policy.parameters()).dtype,
+            max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0), cfg.seed, dtype,
         )
         self.recomputes = cfg.rollout.vllm.recompute_logprobs
         self.synced_at = 0
@@ -216,7 +216,7 @@ class VLLMBackend:
         """vllm/* metrics of the gap between the recomputed log-probs and vLLM's, on the trained batch."""
         if not self.recomputes:
             return {}
-        return sampler_mismatch_metrics(rollout.logprobs, rollout.sampler_logprobs, rollout.completion_mask, self.cfg.rollout.vllm.importance_cap)
+        return sampler_mismatch_metrics(rollout.logprobs, rollout.sampler_logprobs, rollout.completion_mask, self.cfg.rollout.importance_cap)
 
     def after_update(self, steps_done: int, optimizer_steps: int) -> dict:
         """After the update of step `steps_done` (1-based): the staleness of the weights vLLM

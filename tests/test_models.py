@@ -31,11 +31,13 @@ def test_bad_model_names(tmp_path):
     assert resolve_model_dir("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"  # Hub id, not fetched here
 
 
-def test_half_precision_refused_on_cpu():
+def test_master_weights_are_float32_everywhere():
+    # the master weights are float32 on every device (issue #33: bf16 masters lose small updates)
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    with pytest.raises(UserError, match="bfloat16 on CPU is refused"):
-        pick_dtype("bfloat16", torch.device("cpu"))
+    assert pick_dtype("auto", torch.device("cuda")) == torch.float32
+    for half in ("bfloat16", "float16"):
+        with pytest.raises(UserError, match=f"model.dtype: {half} weights are refused.*compute_dtype"):
+            pick_dtype(half, torch.device("cuda"))
 
 
 @pytest.mark.slow
