@@ -77,7 +77,7 @@ class SamplerGap:
 
     def __init__(self, cap: float):
         self.cap = cap
-        self.sums = dict.fromkeys(("tokens", "abs_diff", "ratio", "ratio_sq", "weight", "capped"), 0.0)
+        self.sums = dict.fromkeys(("tokens", "abs_diff", "excess", "excess_sq", "weight", "capped"), 0.0)
         self.largest = 0.0
 
     def add(self, train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> None:
@@ -86,11 +86,12 @@ class SamplerGap:
         diff = (train_logp.detach().float() - sampler_logp.float())[keep]  # (M,) log pi_train - log pi_sampler
         if diff.numel() == 0:
             return
-        ratio = diff.exp()
+        ratio = diff.double().exp()
+        excess = ratio - 1  # the spread is taken from sums of (r - 1): r is ~1, and r^2 sums would cancel it away
         self.sums["tokens"] += diff.numel()
         self.sums["abs_diff"] += float(diff.abs().sum())
-        self.sums["ratio"] += float(ratio.sum())
-        self.sums["ratio_sq"] += float((ratio * ratio).sum())
+        self.sums["excess"] += float(excess.sum())
+        self.sums["excess_sq"] += float((excess * excess).sum())
         self.sums["weight"] += float(ratio.clamp(max=self.cap).sum())
         self.sums["capped"] += float((ratio > self.cap).sum())
         self.largest = max(self.largest, float(diff.abs().max()))
@@ -101,11 +102,11 @@ class SamplerGap:
         n = sums["tokens"]
         if n == 0:
             return {}
-        mean_ratio = sums["ratio"] / n
+        mean_excess = sums["excess"] / n
         out = {
             "sampler/logprob_abs_diff": sums["abs_diff"] / n,
             "sampler/logprob_abs_diff_max": largest,
-            "sampler/ratio_std": max(sums["ratio_sq"] / n - mean_ratio**2, 0.0) ** 0.5,
+            "sampler/ratio_std": max(sums["excess_sq"] / n - mean_excess**2, 0.0) ** 0.5,  # of pi_train / pi_sampler
         }
         if corrected:
             out["sampler/importance_weight_mean"] = sums["weight"] / n

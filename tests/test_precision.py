@@ -92,6 +92,34 @@ def test_importance_correction_auto_follows_engine_and_precision():
     assert not importance_correction_on(load_config(None, ["rollout.backend=vllm", "rollout.vllm.recompute_logprobs=false"]), FP32)
 
 
+def test_sampler_gap_metrics_on_hand_built_log_probs():
+    from rl_reasoning.distributed import Collective
+    from rl_reasoning.update import SamplerGap
+
+    class Alone:  # one process
+        num_processes, process_index, is_main_process = 1, 0, True
+
+    gap = SamplerGap(cap=2.0)
+    sampler = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
+    diffs = torch.tensor([[1e-5, -1e-5, 0.0], [1.0, 0.0, 5.0]])  # row 1 token 2 is padding (masked)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    gap.add(sampler + diffs, sampler, mask)
+    m = gap.metrics(Collective(Alone()), corrected=True)
+    kept = torch.tensor([1e-5, -1e-5, 0.0, 1.0, 0.0], dtype=torch.float64)
+    assert m["sampler/logprob_abs_diff"] == pytest.approx(float(kept.abs().mean()), rel=1e-5)
+    assert m["sampler/logprob_abs_diff_max"] == pytest.approx(1.0, rel=1e-6)  # the masked 5.0 is not counted
+    assert m["sampler/ratio_std"] == pytest.approx(float(kept.exp().std(unbiased=False)), rel=1e-4)
+    assert m["sampler/importance_weight_mean"] == pytest.approx(float(kept.exp().clamp(max=2.0).mean()), rel=1e-5)
+    assert m["sampler/importance_weight_capped_frac"] == pytest.approx(0.2)  # e^1 > 2
+    tiny = SamplerGap(cap=2.0)  # a rounding-sized gap keeps a nonzero spread (no cancellation in r^2 sums)
+    train = sampler + torch.tensor([[2e-6, -2e-6, 1e-6], [0.0, 0.0, 0.0]])
+    tiny.add(train, sampler, mask)
+    expected = float((train - sampler)[mask.bool()].double().exp().std(unbiased=False))  # ~1.3e-6
+    assert tiny.metrics(Collective(Alone()), corrected=False)["sampler/ratio_std"] == pytest.approx(expected, rel=1e-3)
+    assert expected > 1e-6
+    assert SamplerGap(2.0).metrics(Collective(Alone()), corrected=True) == {}  # no trained token ran: nothing to report
+
+
 # ----------------------------------------------------------------------------- what bf16 compute computes
 
 
