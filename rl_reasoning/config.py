@@ -35,7 +35,8 @@ class ModelConfig:
     """The dtype matmuls run in: the update under autocast, sampling on a bf16 copy of the policy
     refreshed after every optimizer step. auto = bfloat16 on GPUs that compute it (compute
     capability >= 8.0); on CPU a start-up probe times bf16 against fp32 matmuls at the model's
-    shapes and picks bf16 only when it is clearly faster (cached per machine). vLLM keeps its own dtype."""
+    shapes and picks bf16 only when it is clearly faster (cached per machine). vLLM's weights take
+    this dtype too. An accelerate config with mixed_precision: bf16 (DeepSpeed) decides instead."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     cache_dir: str | None = None
     """Where converted models are cached; default $RL_REASONING_CACHE or ~/.cache/rl_reasoning."""

@@ -30,8 +30,9 @@ GQA_SDPA = "rl_reasoning_sdpa_gqa"
 
 def packing_available(model) -> bool:
     """Weights on the CPU and a PyTorch built with oneDNN; fp32 weights, or bf16 weights (the
-    bf16 sampling copy, precision.py) where oneDNN computes bf16 (AVX512-BF16/AMX or
-    AVX-NE-CONVERT; on AVX2-only CPUs it refuses to pack bf16, and bf16 decodes unpacked)."""
+    bf16 sampling copy, precision.py) where oneDNN has bf16 linear kernels (it needs AVX-512
+    BW/VL/DQ or AVX-NE-CONVERT, and is fast with AVX512-BF16 or AMX; AVX2-only CPUs have none,
+    and bf16 decodes unpacked there). Whether bf16 is used at all is precision.py's measurement."""
     try:
         p = next(model.parameters())
     except StopIteration:

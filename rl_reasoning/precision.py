@@ -11,7 +11,11 @@ What runs in the compute dtype (`model.compute_dtype`):
   of the policy, refreshed from the masters after every optimizer step (the masters never
   leave fp32). Under FSDP/DeepSpeed, where a copy of the sharded module cannot be made, the
   engine runs the gathered fp32 policy under autocast instead;
-- frozen models (the KL reference, the on-policy teacher, `eval`'s model): cast once.
+- frozen models that only sample or score (the on-policy teacher, `eval`'s model): cast once.
+  The KL reference stays fp32 and runs under the update's autocast, as the policy does, so the
+  KL is exactly 0 before the first step.
+An accelerate config with `mixed_precision: bf16` (our DeepSpeed configs) decides instead: the
+engine then owns the bf16 copy, and `model.compute_dtype: float32` beside it is an error.
 
 `auto` picks bf16 on CUDA when the GPU computes it (compute capability >= 8.0, i.e. Ampere and
 later; older GPUs keep fp32, since fp16 would need loss scaling we do not implement). On CPU it
@@ -21,8 +25,9 @@ second; cached per machine in the model cache) and picks bf16 only when it is cl
 CPUs emulate it and run it ~5x slower (measured, docs/performance.md), so the choice must be
 made on the machine.
 
-Departure from TRL: TRL's `bf16=True` (its default) autocasts the update the same way, but its
-sampler, vLLM, keeps its own dtype; vLLM keeps its own here too (`rollout.backend: vllm`).
+Departure from TRL: TRL's `bf16=True` (its default) autocasts the update the same way and
+samples with vLLM in the dtype vLLM is given; here vLLM (`rollout.backend: vllm`) is given the
+compute dtype too, and our own engine samples on `SamplingCopy`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -144,24 +150,30 @@ def cached_probe(hidden: int, intermediate: int, cache_dir: Path | None) -> dict
     cache = {}
     if path is not None and path.is_file():
         try:
-            cache = json.loads(path.read_text())
-            entry = cache.get(key) if isinstance(cache, dict) else None
-            if isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) for k in ("fp32_ms", "bf16_ms", "bf16_speedup")):
-                return {**{k: float(entry[k]) for k in ("fp32_ms", "bf16_ms", "bf16_speedup")}, "cached": True}
-        except (OSError, ValueError):
+            cache = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 / JSON, or nested past the parser's limit
             cache = {}
         if not isinstance(cache, dict):
             cache = {}
+        entry = cache.get(key)
+        if isinstance(entry, dict) and all(_positive_number(entry.get(k)) for k in ("fp32_ms", "bf16_ms", "bf16_speedup")):
+            return {**{k: float(entry[k]) for k in ("fp32_ms", "bf16_ms", "bf16_speedup")}, "cached": True}
     result = probe_cpu(hidden, intermediate)
     if path is not None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**cache, key: result}, indent=1))
+            tmp.write_text(json.dumps({**{k: v for k, v in cache.items() if isinstance(v, dict)}, key: result}, indent=1))
             tmp.replace(path)
-        except OSError:
-            pass  # a read-only cache: the probe simply runs again next time
+        except (OSError, TypeError, ValueError):
+            pass  # a read-only cache, or one holding what JSON cannot write back: the probe simply runs again next time
+        finally:
+            tmp.unlink(missing_ok=True)
     return {**result, "cached": False}
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def resolve_precision(setting: str, device: torch.device | str, model_config=None, cache_dir: Path | None = None) -> Precision:

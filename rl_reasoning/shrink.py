@@ -367,7 +367,7 @@ def heal(base, student, sequences: list[list[int]], pad_id: int, steps: int, lr:
 def run(args) -> dict:
     from .distill import _Stage
     from .models import load_model
-    from .precision import run_precision
+    from .precision import SamplingCopy, run_precision
     from .runtime import configure_cpu, default_device, quiet_library_progress_bars, seed_everything
 
     out = Path(args.out)
@@ -408,8 +408,9 @@ def run(args) -> dict:
     if not args.no_heal or args.drop_block is not None:
         with _Stage(stats, "sample"):
             problems = healing_prompts(args.prompts, args.seed, exclude)
-            with precision.autocast(device):
-                sequences, rows = sample_healing_text(base.model, tok, problems, args.max_new_tokens, SAMPLE_BATCH, args.seed)
+            sampler = SamplingCopy(base.model, precision.compute).model if precision.half else base.model  # decodes in bf16 throughout
+            sequences, rows = sample_healing_text(sampler, tok, problems, args.max_new_tokens, SAMPLE_BATCH, args.seed)
+            del sampler
         tokens = sum(map(len, sequences))
         print(f"sampled {len(sequences)} continuations from the base ({tokens} tokens of text with their prompts)", flush=True)
         (out / "heal_text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -36,6 +36,7 @@ from .config import Config
 from .distributed import Collective, flat_config, start_accelerator
 from .dynamic_sampling import DynamicSampling, Sampled
 from .engine import RolloutBatch, rollout_seed
+from .errors import UserError
 from .evaluation import EvalSettings, evaluate, problem_columns
 from .grpo import AdaptiveEntropy, distillation_advantages, group_advantages
 from .jsonl import read_records
@@ -43,7 +44,7 @@ from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
 from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools, reward_columns
-from .precision import SamplingCopy, cast_parameters, run_precision
+from .precision import Precision, SamplingCopy, run_precision
 from .prompts import encode_prompt, render_prompt
 from .reward_runner import CORRECT, RewardRunner, accuracy_runner, answer_fallback
 from .rollout import RolloutEngine
@@ -112,12 +113,12 @@ class GRPOTrainer:
         model = loaded.model  # fp32: the master weights
         self.num_parameters = sum(p.numel() for p in model.parameters())
         model.config.use_cache = False
-        self.precision = run_precision(cfg.model.compute_dtype, self.accelerator.device, model, cfg.model.cache_dir)
+        self.precision = self._choose_precision(model)
         self._print(self.precision.describe())
         moe = moe_spec(model, cfg.model.router_aux_loss_coef)
         self.ref_model = None
         if cfg.grpo.beta > 0 and cfg.lora.r == 0:  # with LoRA the reference is the policy with adapters off
-            self.ref_model = cast_parameters(copy.deepcopy(model), self.precision.compute).eval().requires_grad_(False)
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # fp32, run under the update's autocast as the policy is
         if cfg.lora.r > 0:
             model = apply_lora(model, cfg.lora)
         self.num_trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -130,6 +131,23 @@ class GRPOTrainer:
         g = cfg.grpo
         self.adaptive_entropy = AdaptiveEntropy(g.entropy_coef, g.entropy_target, g.entropy_coef_delta, g.entropy_coef_min,
                                                 g.entropy_coef_max) if g.use_adaptive_entropy else None
+
+    def _choose_precision(self, model) -> Precision:
+        """The run's compute dtype (precision.py): an accelerate config's mixed_precision decides when
+        it sets one (DeepSpeed then owns the bf16 copy); otherwise model.compute_dtype, with the
+        main process's choice shared so that every process computes alike."""
+        setting, mixed = self.cfg.model.compute_dtype, self.accelerator.mixed_precision
+        if mixed in ("bf16", "fp16"):
+            if setting == "float32":
+                raise UserError(f"model.compute_dtype: float32, but the accelerate config sets mixed_precision: {mixed}; "
+                                "remove one of them")
+            return Precision(torch.bfloat16 if mixed == "bf16" else torch.float16, f"accelerate config: mixed_precision {mixed}")
+        chosen = run_precision(setting, self.accelerator.device, model, self.cfg.model.cache_dir)
+        if self.collective.world > 1:
+            main = self.collective.gather_objects([chosen.name])[0]
+            if main != chosen.name:
+                chosen = Precision(getattr(torch, main), f"the main process's choice ({chosen.reason} here)", chosen.probe)
+        return chosen
 
     def _build_engine(self) -> None:
         """The generation engine (ours on the policy itself, or a colocated vLLM engine kept in

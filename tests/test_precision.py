@@ -340,3 +340,48 @@ def test_eval_and_shrink_compute_in_the_chosen_dtype(tiny_model_dir, arithmetic_
     heal = json.loads((out / "shrink.json").read_text())["heal"]
     assert heal["settings"]["compute_dtype"] == "bfloat16" and heal["kl_last"] < heal["kl_first"]
     assert all(t.dtype == torch.float32 for t in load_file(str(out / "model.safetensors")).values())  # fp32 weights saved
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, '{"k": {"fp32_ms": NaN, "bf16_ms": 1, "bf16_speedup": 1}}', "\xff\xfe",
+                                     '{"k": {"fp32_ms": true, "bf16_ms": -1, "bf16_speedup": 1e999}}', "[1, 2]"])
+def test_a_hostile_probe_cache_is_probed_again_and_rewritten(monkeypatch, tmp_path, content):
+    monkeypatch.setattr(precision_module, "machine_signature", lambda hidden, intermediate: "k")
+    monkeypatch.setattr(precision_module, "probe_cpu", lambda *a, **k: {"fp32_ms": 1.0, "bf16_ms": 4.0, "bf16_speedup": 0.25})
+    (tmp_path / "precision_probe.json").write_bytes(content.encode("utf-8", "surrogateescape") if content != "\xff\xfe" else b"\xff\xfe")
+    result = precision_module.cached_probe(64, 96, tmp_path)
+    assert result == {"fp32_ms": 1.0, "bf16_ms": 4.0, "bf16_speedup": 0.25, "cached": False}
+    assert json.loads((tmp_path / "precision_probe.json").read_text())["k"]["bf16_ms"] == 4.0
+    assert [p.name for p in tmp_path.iterdir()] == ["precision_probe.json"]  # no temporary file left behind
+
+
+def test_an_accelerate_mixed_precision_config_decides_and_a_contradiction_is_an_error(tiny_model_dir, arithmetic_jsonl, tmp_path,
+                                                                                     monkeypatch):
+    from rl_reasoning.errors import UserError
+
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process; this test's launch differs
+    try:
+        _run_under_bf16_launch(tiny_model_dir, arithmetic_jsonl, tmp_path, UserError)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _run_under_bf16_launch(tiny_model_dir, arithmetic_jsonl, tmp_path, UserError):
+    _, summary = train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=1, eval__at_start="false", eval__at_end="false")
+    assert summary["precision"]["compute_dtype"] == "bfloat16" and "mixed_precision bf16" in summary["precision"]["reason"]
+    with pytest.raises(UserError, match="model.compute_dtype: float32, but the accelerate config sets mixed_precision: bf16"):
+        train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run2", max_steps=1, model__compute_dtype="float32")
+
+
+def test_lora_in_bf16_compute_refreshes_only_the_adapters(tiny_model_dir, arithmetic_jsonl, tmp_path):
+    trainer, _ = train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=2, model__compute_dtype="bfloat16", lora__r=4,
+                       eval__at_start="false", eval__at_end="false")
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    assert trainer.sampling_copy.version == 1  # refreshed lazily: step 2 sampled after one optimizer step
+    copied = dict(trainer.sampling_copy.refreshed(policy, trainer.update.optimizer_steps).named_parameters())
+    for name, p in policy.named_parameters():
+        assert copied[name].dtype == torch.bfloat16
+        assert torch.equal(copied[name], p.detach().bfloat16()), name  # adapters refreshed, the frozen base as loaded
+    assert any("lora_" in n for n, p in policy.named_parameters() if p.requires_grad)
