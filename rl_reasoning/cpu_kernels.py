@@ -7,7 +7,8 @@ PyTorch's fp32 GEMM re-packs each weight on every call; for SmolLM2-135M's 49152
 that made one 16-row product ~40 ms on 2 AVX2 cores, against ~18 ms pre-packed (the layers
 gain ~25 %). For one rollout the weights are fixed, so we pack them once (~0.3-0.5 s for 135M
 parameters) and route every `nn.Linear` through `mkldnn._linear_pointwise` until the rollout
-ends. The bf16 sampling copy (precision.py) is packed in bf16 where oneDNN has bf16 kernels. Results equal the plain path up to float rounding (tested); training never sees packed
+ends. The bf16 sampling copy (precision.py) is packed in bf16 where oneDNN has bf16
+kernels. Results equal the plain path up to float rounding (tested); training never sees packed
 weights. Inductor's CPU "freezing" does the same packing, but needs a recompile per update.
 
 2. Grouped-query attention (SmolLM2: 9 query heads share 3 key/value heads). transformers'

@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 from rl_reasoning import precision as precision_module
 from rl_reasoning.config import RolloutConfig, load_config
-from rl_reasoning.engine import RolloutBatch
 from rl_reasoning.jsonl import read_records
 from rl_reasoning.logprobs import completion_logprobs
 from rl_reasoning.precision import Precision, SamplingCopy, cast_parameters, choose_on_cpu, resolve_precision
 from rl_reasoning.rollout import RolloutEngine
 from rl_reasoning.update import importance_correction_on
-from tests.test_crash_resume import ROOT, assert_same_run, command, spawn, steps_in  # noqa: F401 (spawn: a fixture)
+from tests.test_crash_resume import ROOT, assert_same_run, command, steps_in
+from tests.test_crash_resume import spawn as spawn  # noqa: F401  (a fixture the kill -9 test uses)
 from tests.test_trainer import train
 
 FP32 = Precision(torch.float32, "test")
@@ -356,9 +356,9 @@ def test_a_hostile_probe_cache_is_probed_again_and_rewritten(monkeypatch, tmp_pa
 
 def test_an_accelerate_mixed_precision_config_decides_and_a_contradiction_is_an_error(tiny_model_dir, arithmetic_jsonl, tmp_path,
                                                                                      monkeypatch):
-    from rl_reasoning.errors import UserError
-
     from accelerate.state import AcceleratorState
+
+    from rl_reasoning.errors import UserError
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process; this test's launch differs
