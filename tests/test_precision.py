@@ -282,24 +282,47 @@ def test_resume_in_bf16_compute_reproduces_an_uninterrupted_run(tiny_model_dir, 
     assert list(read_records(tmp_path / "straight" / "traces.jsonl")) == list(read_records(tmp_path / "split" / "traces.jsonl"))
 
 
-@pytest.mark.slow
-def test_kill_9_in_bf16_compute_then_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_path, spawn):
-    data = tmp_path / "problems.jsonl"
+@pytest.fixture(scope="module")
+def bf16_reference(tiny_model_dir, tmp_path_factory):
+    """(data file, recipe in bf16 compute, the folder of an uninterrupted run of it through the CLI)."""
+    root = tmp_path_factory.mktemp("bf16-crash")
+    data = root / "problems.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n" for a in range(10) for b in range(4)))
-    recipe = tmp_path / "r.yaml"
+    recipe = root / "r.yaml"
     recipe.write_text("model:\n  compute_dtype: bfloat16\n")
-    reference = tmp_path / "reference"
+    reference = root / "reference"
     proc = subprocess.run(command(tiny_model_dir, data, recipe, reference), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert json.loads((reference / "summary.json").read_text())["precision"]["compute_dtype"] == "bfloat16"
+    return data, recipe, reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "SIGINT"])
+def test_an_interrupted_bf16_compute_run_resumes_exactly(tiny_model_dir, bf16_reference, tmp_path, spawn, signum):
+    """kill -9 mid-step 3 (resume from the step-2 checkpoint), or Ctrl-C during step 3 (the step
+    finishes, a checkpoint is written, the printed command resumes): the same run either way."""
+    import os
+
+    from tests.test_crash_resume import run_printed_command, the_resume_line
+
+    data, recipe, reference = bf16_reference
     run = tmp_path / "run"
     child = spawn(command(tiny_model_dir, data, recipe, run), tmp_path, hold_step=3)
     child.wait_until_held()
-    child.proc.send_signal(signal.SIGKILL)
-    assert child.finish() == -signal.SIGKILL and steps_in(run) == [1, 2]
-    proc = subprocess.run(command(tiny_model_dir, data, recipe, run, resume="true"), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    if signum == signal.SIGKILL:
+        child.proc.send_signal(signum)
+        assert child.finish() == -signal.SIGKILL and steps_in(run) == [1, 2]
+        proc = subprocess.run(command(tiny_model_dir, data, recipe, run, resume="true"), cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    else:
+        os.killpg(child.proc.pid, signum)
+        child.wait_until(lambda: "SIGINT: stopping after step 3" in child.stderr, "the notice")
+        child.release()
+        assert child.finish() == 128 + signum and steps_in(run) == [1, 2, 3]
+        run_printed_command(the_resume_line(child.stderr, "interrupted by SIGINT: stopped after step 3 with checkpoint "))
     assert_same_run(run, reference)
-    assert json.loads((reference / "summary.json").read_text())["precision"]["compute_dtype"] == "bfloat16"
 
 
 # ----------------------------------------------------------------------------- the other commands that run the model
