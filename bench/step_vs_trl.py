@@ -124,6 +124,7 @@ def main() -> None:
         f"prompts_per_step={P}", f"max_steps={total_steps}", f"threads={threads}",
     ]
     ours, our_steps, lengths_of, dtype_of = {}, {}, {}, {}
+    measured_lengths: dict[str, list] = {}
     runs = len(trl_precisions)
     for backend in args.backends.split(","):
         for compute in args.compute_dtypes.split(","):
@@ -135,7 +136,7 @@ def main() -> None:
                                    quiet=True)
             batches = iter([items[i : i + P] for _ in range(runs) for i in range(0, len(items), P)])
             trainer_.sampler.next_batch = lambda n, b=batches: next(b)  # the same prompts, in TRL's order (again for each TRL run)
-            ours[name], our_steps[name], dtype_of[name] = trainer_, [], trainer_.precision.name
+            ours[name], our_steps[name], dtype_of[name], measured_lengths[name] = trainer_, [], trainer_.precision.name, []
             print(f"ours[{name}]: {trainer_.precision.describe()}", flush=True)
             record_lengths(trainer_.engine, lengths_of.setdefault(name, []))
 
@@ -186,6 +187,7 @@ def main() -> None:
                     trainer_.step += 1
                     if len(self.trl_steps) > W:
                         our_steps[name].append(m)
+                        measured_lengths[name].append(lengths_of[name][-1])  # this step's rollout
                     line += (f" | ours[{name}] {m['time/step']:.1f} s (gen {m['time/generation']:.1f}, "
                              f"old log-probs {m.get('time/old_logprobs', 0):.1f}, reward {m['time/reward']:.2f}, update {m['time/update']:.1f})")
                 print(line, flush=True)
@@ -202,7 +204,7 @@ def main() -> None:
     ]
     for name in ours:
         report(name, dtype_of[name], our_steps[name], trl_runs, prompt_tokens, n_params, peaks, bandwidth, threads, args,
-               lengths_of[name][W:])
+               measured_lengths[name])
     if len(ours) > 1:
         print("\n== ours against ours ==\n\n| ours | step (s) | generation + reward (s) | update (s) | generated tokens/s |\n|---|---|---|---|---|")
         for name, steps in our_steps.items():
