@@ -15,7 +15,8 @@ several TRL precisions, the TRL runs follow each other on the same prompts and o
 alternating (their prompts restart with each TRL run). The first `--warmup` steps of every run
 are not counted. Prints per-phase seconds (generation+reward, update), the ratio TRL/ours,
 generated tokens/s and model-FLOPs utilisation against the matmul peak measured here in the
-step's compute dtype.
+step's compute dtype. (The bf16 peak is a 1024² matmul; on CPUs that emulate bf16 it runs far
+slower than the model's shapes do, and bf16 MFU then reads above 100 %: seen on an AVX2 CPU.)
 
     python bench/step_vs_trl.py [--steps 3] [--warmup 1] [--prompts 2] [--generations 8] [--max-tokens 96]
                                 [--compute-dtypes auto] [--trl-precisions fp32,bf16] [--backends hf,vllm] [--vllm-recompute]
