@@ -282,15 +282,17 @@ class PolicyUpdate:
                     logp, c_mask, entropy = self._logprobs(self.model, rollout, mask, idx, grouped, bonus)  # (b, T') each
                 width = c_mask.shape[1]
                 adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]  # (b,) or (b, T')
-                old_logp = rollout.logprobs[idx, :width].to(logp.device)  # (b, T') the sampler's
+                old_logp = rollout.logprobs[idx, :width].to(logp.device)  # (b, T') ours: the sampler's; vLLM: recomputed
+                sampler_logp = old_logp if rollout.sampler_logprobs is None else rollout.sampler_logprobs[idx, :width].to(logp.device)
+                if own_sampler and iteration == 0:
+                    gap.add(logp, sampler_logp, c_mask)
+                    if correct_own:
+                        train_old[k] = logp.detach()
+                if correct_own:  # the update's own first-iteration log-probs are the old ones
+                    old_logp = train_old[k]
                 is_weights = None
-                if own_sampler:
-                    if iteration == 0:
-                        gap.add(logp, old_logp, c_mask)
-                        if correct_own:
-                            train_old[k] = logp.detach()
-                    if correct_own:  # the update's own old log-probs, and the sampler's as importance weights
-                        old_logp, is_weights = train_old[k], (train_old[k] - old_logp).exp().clamp(max=cfg.rollout.importance_cap)
+                if self.importance_correction and (correct_own or rollout.sampler_logprobs is not None):
+                    is_weights = (old_logp - sampler_logp).exp().clamp(max=cfg.rollout.importance_cap)  # (b, T') min(pi_train / pi_sampler, cap)
                 loss, stats = policy_loss(
                     logp,
                     old_logp,
@@ -301,7 +303,7 @@ class PolicyUpdate:
                     epsilon_high=cfg.grpo.epsilon_high,
                     beta=cfg.grpo.beta,
                     ref_logp=ref_logps.get(k),
-                    token_weights=self._token_weights(rollout, idx, width, keep if select else None, is_weights),
+                    token_weights=self._token_weights(idx, width, keep if select else None, is_weights),
                     importance_sampling_level=cfg.grpo.importance_sampling_level,
                     entropy=entropy,
                     entropy_coef=entropy_coef,
@@ -359,15 +361,11 @@ class PolicyUpdate:
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
 
-    def _token_weights(self, rollout: RolloutBatch, idx: torch.Tensor, width: int, keep: torch.Tensor | None,
-                       is_weights: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Weights of each token's policy-gradient term (b, T'): the importance correction
-        min(pi_train / pi_sampler, cap) when it is on (`is_weights` for our engine, computed by the
-        caller; vLLM's from its recomputed log-probs), times the entropy selection when it is on."""
+    def _token_weights(self, idx: torch.Tensor, width: int, keep: torch.Tensor | None,
+                       is_weights: torch.Tensor | None) -> torch.Tensor | None:
+        """Weights of each token's policy-gradient term (b, T'): the importance weights (b, T') when
+        the correction is on, times the entropy selection (N, T) when it is on."""
         weights = is_weights
-        if rollout.sampler_logprobs is not None and self.importance_correction:
-            delta = rollout.logprobs[idx, :width] - rollout.sampler_logprobs[idx, :width]  # (b, T')
-            weights = delta.exp().clamp(max=self.cfg.rollout.importance_cap)
         if keep is not None:
             weights = keep[idx, :width] if weights is None else weights * keep[idx, :width]
         return None if weights is None else weights.to(self.accelerator.device)
