@@ -95,13 +95,18 @@ def assert_same_run(run: Path, reference: Path, max_steps: int = 4) -> None:
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
     """(data file, recipe file, the folder of an uninterrupted run of RUN through the CLI)."""
-    root = tmp_path_factory.mktemp("crash")
+    return reference_run(tiny_model_dir, tmp_path_factory.mktemp("crash"), "{}\n")
+
+
+def reference_run(model_dir: Path, root: Path, recipe_text: str) -> tuple[Path, Path, Path]:
+    """Write the data file and a recipe holding `recipe_text` into `root`, and run RUN with them
+    through the CLI, uninterrupted; returns (data file, recipe file, run folder)."""
     data = root / "problems.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n" for a in range(10) for b in range(4)))
     recipe = root / "r.yaml"
-    recipe.write_text("{}\n")
+    recipe.write_text(recipe_text)
     reference = root / "reference"
-    proc = subprocess.run(command(tiny_model_dir, data, recipe, reference), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command(model_dir, data, recipe, reference), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return data, recipe, reference
 

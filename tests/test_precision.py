@@ -21,7 +21,7 @@ from rl_reasoning.logprobs import completion_logprobs
 from rl_reasoning.precision import Precision, SamplingCopy, cast_parameters, choose_on_cpu, resolve_precision
 from rl_reasoning.rollout import RolloutEngine
 from rl_reasoning.update import importance_correction_on
-from tests.test_crash_resume import ROOT, assert_same_run, command, steps_in
+from tests.test_crash_resume import ROOT, assert_same_run, command, reference_run, steps_in
 from tests.test_crash_resume import spawn as spawn  # noqa: F401  (a fixture the kill -9 test uses)
 from tests.test_trainer import train
 
@@ -285,14 +285,7 @@ def test_resume_in_bf16_compute_reproduces_an_uninterrupted_run(tiny_model_dir, 
 @pytest.fixture(scope="module")
 def bf16_reference(tiny_model_dir, tmp_path_factory):
     """(data file, recipe in bf16 compute, the folder of an uninterrupted run of it through the CLI)."""
-    root = tmp_path_factory.mktemp("bf16-crash")
-    data = root / "problems.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n" for a in range(10) for b in range(4)))
-    recipe = root / "r.yaml"
-    recipe.write_text("model:\n  compute_dtype: bfloat16\n")
-    reference = root / "reference"
-    proc = subprocess.run(command(tiny_model_dir, data, recipe, reference), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    data, recipe, reference = reference_run(tiny_model_dir, tmp_path_factory.mktemp("bf16-crash"), "model:\n  compute_dtype: bfloat16\n")
     assert json.loads((reference / "summary.json").read_text())["precision"]["compute_dtype"] == "bfloat16"
     return data, recipe, reference
 
