@@ -64,12 +64,11 @@ def test_cpu_choice_follows_the_measured_timings(monkeypatch, tmp_path):
     assert resolve_precision("float32", "cpu").compute == torch.float32 and len(calls) == 3
 
 
-def test_the_real_probe_is_quick_and_measures_both_dtypes():
-    import time
+def test_the_real_probe_measures_both_dtypes():
+    from tests.timing import hang_guard
 
-    start = time.perf_counter()
-    result = precision_module.probe_cpu(576, 1536)
-    assert time.perf_counter() - start < 2.0  # well under a second on 2 cores; slack for a loaded CI machine
+    with hang_guard(5.0, "the probe at SmolLM2's shapes (measured 0.2-0.3 s on 2 AVX2 cores)"):
+        result = precision_module.probe_cpu(576, 1536)
     assert result["fp32_ms"] > 0 and result["bf16_ms"] > 0
     assert result["bf16_speedup"] == pytest.approx(result["fp32_ms"] / result["bf16_ms"], rel=1e-2)
 
