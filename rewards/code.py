@@ -11,13 +11,18 @@ function plus an `entry_point` column (converted by `check_to_tests`).
 
 Score per completion (`mode`): "binary" (1 if every test passes, HumanEval's pass@1 rule) or
 "fraction" (share of tests passed); None when the sandbox itself failed (never 0 or 1).
-Metrics: verdict counts per kind, `no_program_frac`, `sandbox_error_frac`, isolation level.
+Metrics: verdict counts per kind, `no_program_frac`, `sandbox_error_frac`, isolation level,
+`runnable_frac` (a program that parses and defines the entry point), `cached_frac`.
+Identical (program, tests) pairs within one call run once (a group of G samples often repeats
+a short program); `workers` samples (default: one per usable CPU) run at once.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +36,25 @@ _SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
     "abs", "float", "int", "len", "list", "max", "min", "range", "round", "set", "sorted", "str", "sum", "tuple", "dict", "bool",
     "True", "False", "None", "frozenset",
 )}
+
+
+def default_workers() -> int:
+    """Samples run at once: one per CPU this process may use (each is a child process doing the work)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def runnable(program: str | None, entry_point: str | None = None) -> bool:
+    """The program parses (and defines `entry_point`, when given): judged on the text, nothing runs."""
+    if program is None:
+        return False
+    try:
+        tree = ast.parse(program)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return entry_point is None or any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point for n in ast.walk(tree))
 
 
 def extract_program(text: str, extract: str = "block") -> str | None:
@@ -113,8 +137,6 @@ def _tests_for(i: int, columns: dict) -> list[dict]:
     if columns.get("tests") is not None and columns["tests"][i] is not None:
         tests = columns["tests"][i]
         if isinstance(tests, str):
-            import json
-
             tests = json.loads(tests)
         return list(tests)
     if columns.get("test") is not None and columns.get("entry_point") is not None:
@@ -126,7 +148,7 @@ def code_reward(
     completions,
     mode: str = "binary",
     extract: str = "block",
-    workers: int = 2,
+    workers: int | None = None,
     test_seconds: float = 5.0,
     sample_seconds: float = 20.0,
     memory_mb: int = 1024,
@@ -147,12 +169,18 @@ def code_reward(
                 program = columns["prompt"][i] + program  # the model wrote only the body
         jobs.append((program, _tests_for(i, columns)))
 
+    # identical (program, tests) pairs run once: groups of G samples often repeat a short program
+    keys = [None if program is None else (program, json.dumps(tests, sort_keys=True, default=repr)) for program, tests in jobs]
+    unique = {key: job for key, job in zip(keys, jobs) if key is not None}
+
     def run(job):
         program, tests = job
-        return None if program is None else run_sample(program, tests, limits)
+        return run_sample(program, tests, limits)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(run, jobs))
+    workers = workers or default_workers()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique) or 1))) as pool:
+        ran = dict(zip(unique, pool.map(run, unique.values())))
+    results = [None if key is None else ran[key] for key in keys]
     scores, counts = [], dict.fromkeys(VERDICTS, 0)
     no_program = 0
     for result, (_, tests) in zip(results, jobs):
@@ -171,5 +199,9 @@ def code_reward(
     total_tests = max(sum(counts.values()), 1)
     metrics = {f"verdict_{k}_frac": v / total_tests for k, v in counts.items()}
     metrics["no_program_frac"] = no_program / max(n, 1)
+    programs = n - no_program
+    entries = columns.get("entry_point")
+    metrics["runnable_frac"] = sum(runnable(p, entries[i] if entries is not None else None) for i, (p, _) in enumerate(jobs)) / max(n, 1)
+    metrics["cached_frac"] = (programs - len(unique)) / programs if programs else 0.0  # programs judged by an identical one's run
     metrics["namespaces"] = float(isolation_level().startswith("namespaces"))
     return ScoredList(scores, metrics)

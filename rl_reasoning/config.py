@@ -18,7 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .traces.alarms import AlarmConfig
 from .yaml_io import decode_utf8, load_yaml
 
@@ -57,11 +57,12 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["reasoning_gym", "file", "jsonl", "hf", "humaneval"] = "reasoning_gym"
+    source: Literal["reasoning_gym", "file", "jsonl", "hf", "humaneval", "code_tasks"] = "reasoning_gym"
     task: str = "basic_arithmetic"
     """reasoning-gym dataset name (source=reasoning_gym)."""
     task_config: dict = field(default_factory=dict)
-    """Keyword arguments for the reasoning-gym dataset (e.g. min_digits, operators)."""
+    """Keyword arguments for the reasoning-gym dataset (e.g. min_digits, operators), or the
+    code_tasks knobs (families, min_ops, max_ops, shown_examples, hidden_tests, edge_cases, max_len, max_value)."""
     mixture: list[dict] = field(default_factory=list)
     """Weighted reasoning-gym mixture: [{task, weight, config}, ...] (replaces task/task_config)."""
     path: str | None = None
@@ -106,6 +107,7 @@ SOURCE_KEYS = {  # data keys each source reads, besides source, train_size, eval
     "jsonl": {"path"} | _COLUMN_KEYS,
     "hf": {"name", "config_name", "split"} | _COLUMN_KEYS,
     "humaneval": set(),
+    "code_tasks": {"task_config"},
 }
 
 
@@ -454,6 +456,13 @@ class Config:
             raise ConfigError(f"data.path: required when data.source is '{self.data.source}'")
         if self.data.source == "hf" and not self.data.name:
             raise ConfigError("data.name: required when data.source is 'hf'")
+        if self.data.source == "code_tasks":
+            from .tasks.code_tasks import CodeTaskConfig
+
+            try:
+                CodeTaskConfig.from_dict(self.data.task_config)
+            except UserError as e:
+                raise ConfigError(str(e)) from None
         for key in self.data.unused_keys():
             readers = sorted(s for s, keys in SOURCE_KEYS.items() if key in keys and s != "jsonl")
             why = "a mixture sets its own tasks and configs" if self.data.mixture and key in ("task", "task_config") else \

@@ -7,7 +7,7 @@
 The held-out problems are the ones the trainer holds out for the same data config (same
 seed), so a recipe's "before" and "after" are scored on the same problems. Without a recipe,
 the prompt asks for <think>/<answer> with a `<think>` prefill, and the accuracy reward is the
-task's verifier (reasoning_gym), `code` for HumanEval, or `math` for files. Sampling settings
+task's verifier (reasoning_gym), `code` for HumanEval and code_tasks, or `math` for files. Sampling settings
 come from the flags, else from the recipe's `eval` section (num_samples, k, temperature) and
 `rollout` section (top_p, stop), so `eval --recipe R` scores exactly as R's training run does.
 `--compare` prints both results and the paired difference with a 95 % bootstrap confidence
@@ -49,9 +49,9 @@ def build_config(args) -> Config:
         # a recipe's task-agnostic reasoning-gym verifier still applies to another reasoning-gym task
         keep_rewards = keep_rewards and cfg.data.source == "reasoning_gym" and cfg.accuracy_reward_name == "reasoning_gym"
     if not keep_rewards:
-        default = {"humaneval": "code", "reasoning_gym": "reasoning_gym"}.get(cfg.data.source, "math")
+        default = {"humaneval": "code", "code_tasks": "code", "reasoning_gym": "reasoning_gym"}.get(cfg.data.source, "math")
         cfg.rewards, cfg.accuracy_reward, cfg.reward_weights = [RewardSpec(default)], None, None
-        if cfg.data.source == "humaneval":
+        if cfg.data.source in ("humaneval", "code_tasks"):
             cfg.prompt.system_prompt, cfg.prompt.prefill, cfg.rollout.stop = None, "", []
     if args.problems is not None:
         cfg.data.eval_size = args.problems
@@ -77,8 +77,8 @@ def build_config(args) -> Config:
 def task_data(data: DataConfig, task: str) -> DataConfig:
     """The data section for `--task`: the recipe's own when it names the same reasoning-gym task,
     else a new one keeping the recipe's held-out size and seed (and its column mapping for files)."""
-    if task == "humaneval":
-        new = DataConfig(source="humaneval")
+    if task in ("humaneval", "code_tasks"):
+        new = DataConfig(source=task)
     elif task.endswith(FILE_SUFFIXES):
         new = DataConfig(source="file", path=task)
         if data.source in ("file", "jsonl", "hf"):
@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
                         description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     ev.add_argument("overrides", nargs="*", help="recipe overrides, key=value")
     ev.add_argument("--model", help="built-in name, checkpoint / HF dir, .gguf file or Hub id (default: the recipe's)")
-    ev.add_argument("--task", help="reasoning-gym task name, 'humaneval', or a data file")
+    ev.add_argument("--task", help="reasoning-gym task name, 'humaneval', 'code_tasks', or a data file")
     ev.add_argument("--recipe", help="take data, prompt and accuracy reward from this recipe")
     ev.add_argument("--n", type=int, help=f"samples per problem for pass@k / maj@k (default: the recipe's eval.num_samples, "
                     f"or {DEFAULT_SAMPLES} when --k is given)")

