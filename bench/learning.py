@@ -9,7 +9,8 @@
 3. Compares the base model and the last checkpoint with `rl-reasoning eval --compare` (paired
    bootstrap 95 % interval).
 4. Writes `learning.md` (a table per evaluation point: greedy accuracy, format rate, completion
-   length, words in the reasoning section, reflection rate), `learning.png` and `learning.json`.
+   length, words in the reasoning section, reflection rate; for code tasks the runnable-program
+   rate instead of the think/answer columns), `learning.png` and `learning.json`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-COLUMNS = (("accuracy", "accuracy", True), ("format_rate", "format", True), ("mean_length", "tokens", False),
+COLUMNS = (("accuracy", "accuracy", True), ("format_rate", "format", True), ("runnable_rate", "runnable", True), ("mean_length", "tokens", False),
            ("think_words", "reasoning words", False), ("reflection_rate", "reflection rate", True))
+CODE_HIDES = ("format_rate", "think_words", "reflection_rate")  # think/answer columns, meaningless for code
 
 
 def rl_reasoning(*args: str) -> None:
@@ -96,11 +98,18 @@ def _recipe_model(run_dir: Path) -> str:
     return yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
 
 
+def _columns(rows: list[dict]) -> list[tuple]:
+    """The table's columns: without a runnable rate (not code) no runnable column; with one, no think/answer columns."""
+    code = any(r.get("runnable_rate") is not None for r in rows)
+    return [c for c in COLUMNS if (c[0] not in CODE_HIDES if code else c[0] != "runnable_rate")]
+
+
 def _table(rows: list[dict]) -> str:
-    lines = ["| step | " + " | ".join(label for _, label, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    columns = _columns(rows)
+    lines = ["| step | " + " | ".join(label for _, label, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for r in rows:
         cells = []
-        for key, _, rate in COLUMNS:
+        for key, _, rate in columns:
             v = r[key]
             cells.append("–" if v is None else f"{v:.1%}" if rate else f"{v:.1f}")
         lines.append(f"| {r['step']} | " + " | ".join(cells) + " |")
@@ -116,14 +125,19 @@ def _plot(rows: list[dict], path: Path, recipe: str, minutes: float | None) -> N
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [100 * r["accuracy"] for r in rows], "o-", label="held-out greedy accuracy (%)")
-    ax.plot(steps, [100 * r["format_rate"] for r in rows], "s--", label="format rate (%)")
+    code = any(r.get("runnable_rate") is not None for r in rows)
+    if code:
+        ax.plot(steps, [100 * r["runnable_rate"] for r in rows], "s--", label="runnable program (%)")
+    else:
+        ax.plot(steps, [100 * r["format_rate"] for r in rows], "s--", label="format rate (%)")
     ax.set_xlabel("training step")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     words = ax.twinx()
-    words.plot(steps, [r["think_words"] or 0 for r in rows], "^:", color="gray", label="reasoning words")
-    words.set_ylabel("words in <think>")
-    words.set_ylim(bottom=0, top=max(10.0, 1.2 * max(r["think_words"] or 0 for r in rows)))
+    key, label = ("mean_length", "completion tokens") if code else ("think_words", "reasoning words")
+    words.plot(steps, [r[key] or 0 for r in rows], "^:", color="gray", label=label)
+    words.set_ylabel("tokens" if code else "words in <think>")
+    words.set_ylim(bottom=0, top=max(10.0, 1.2 * max(r[key] or 0 for r in rows)))
     handles = ax.get_legend_handles_labels()[0] + words.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
     title = Path(recipe).name + ("" if minutes is None else f" — {minutes:.0f} min of training")

@@ -12,7 +12,9 @@ function plus an `entry_point` column (converted by `check_to_tests`).
 Score per completion (`mode`): "binary" (1 if every test passes, HumanEval's pass@1 rule) or
 "fraction" (share of tests passed); None when the sandbox itself failed (never 0 or 1).
 Metrics: verdict counts per kind, `no_program_frac`, `sandbox_error_frac`, isolation level,
-`runnable_frac` (a program that parses and defines the entry point), `cached_frac`.
+`runnable_frac` (a program that parses and defines the entry point), `cached_frac`, and with
+a `shown_tests` column (the first that many tests are the prompt's examples) `examples_only_frac`:
+programs that pass every shown example but fail a hidden test.
 Identical (program, tests) pairs within one call run once (a group of G samples often repeats
 a short program); `workers` samples (default: one per usable CPU) run at once.
 """
@@ -182,12 +184,16 @@ def code_reward(
         ran = dict(zip(unique, pool.map(run, unique.values())))
     results = [None if key is None else ran[key] for key in keys]
     scores, counts = [], dict.fromkeys(VERDICTS, 0)
-    no_program = 0
-    for result, (_, tests) in zip(results, jobs):
+    no_program = examples_only = 0
+    shown = columns.get("shown_tests")
+    for i, (result, (_, tests)) in enumerate(zip(results, jobs)):
         if result is None:
             no_program += 1
             scores.append(0.0)
             continue
+        if shown is not None and shown[i] and not result.sandbox_error:
+            k = int(shown[i])
+            examples_only += result.verdicts[:k].count("pass") == k and result.passed < len(tests)
         for v in result.verdicts:
             counts[v] += 1
         if result.sandbox_error:
@@ -202,6 +208,8 @@ def code_reward(
     programs = n - no_program
     entries = columns.get("entry_point")
     metrics["runnable_frac"] = sum(runnable(p, entries[i] if entries is not None else None) for i, (p, _) in enumerate(jobs)) / max(n, 1)
+    if shown is not None:  # passes every example the prompt shows, fails a hidden test: overfitting (or special-casing) the examples
+        metrics["examples_only_frac"] = examples_only / max(n, 1)
     metrics["cached_frac"] = (programs - len(unique)) / programs if programs else 0.0  # programs judged by an identical one's run
     metrics["namespaces"] = float(isolation_level().startswith("namespaces"))
     return ScoredList(scores, metrics)

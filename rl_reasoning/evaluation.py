@@ -14,6 +14,9 @@ may give partial credit; only full credit counts).
 - maj@k: majority vote over the final answers extracted from the first k samples (answers
   normalised as the math reward does; samples without an answer do not vote). Ties go to the
   answer that appeared first. The vote is correct when a sample carrying the voted answer is.
+- Code problems (an `entry_point` column: HumanEval, code_tasks): `runnable_rate` (greedy) and
+  `sampled_runnable_rate`, the share of completions whose fenced program parses and defines the
+  asked function (the stub put in front when the model wrote only a body, as the code reward does).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from rewards.code import extract_program, runnable
 from rewards.extract import clean_answer, completion_text, final_answer_with_source
 from rewards.format import is_well_formatted, reasoning_section
 
@@ -146,6 +150,8 @@ def evaluate(
                 length=int(batch.sampled_mask[j].sum()),  # tokens the model wrote (tool results left out)
                 truncated=bool(batch.truncated[j]),
             )
+            if (ok := code_runnable(completions[j], chunk[j])) is not None:
+                records[lo + j]["runnable"] = ok
     count = max(len(records), 1)
     metrics = {
         "eval/accuracy": sum(r["correct"] for r in records) / count,
@@ -156,6 +162,8 @@ def evaluate(
         "eval/num_problems": len(records),
         "eval/greedy_seconds": time.perf_counter() - start,
     }
+    if (rate := _share([r.get("runnable") for r in records])) is not None:
+        metrics["eval/runnable_rate"] = rate
     metrics.update(episode_metrics(episodes, torch.tensor([r["correct"] for r in records], dtype=torch.bool), prefix="eval/"))
     if analyzer is not None and records:
         metrics.update(_reflection_metrics(records, analyzer))
@@ -166,11 +174,28 @@ def evaluate(
     return metrics, records
 
 
+def code_runnable(completion: str, problem: dict) -> bool | None:
+    """Does the completion hold a program that parses and defines the problem's function? None for non-code problems."""
+    entry = problem.get("entry_point")
+    if not entry:
+        return None
+    program = extract_program(completion)
+    if program is not None and problem.get("prompt") and f"def {entry}" not in program:
+        program = problem["prompt"] + program  # HumanEval: the model may write only the body
+    return runnable(program, entry)
+
+
+def _share(flags: list) -> float | None:
+    """Share of True among the flags that are not None (None when all are)."""
+    flags = [f for f in flags if f is not None]
+    return sum(flags) / len(flags) if flags else None
+
+
 def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings: EvalSettings, step: int, records: list[dict]) -> dict:
     """pass@k, maj@k and the sampled format/length/truncation rates; adds each problem's samples to its record."""
     n, fallback = settings.sampled.num_generations, answer_fallback(accuracy)
     generator = torch.Generator(device=engine.device).manual_seed(settings.seed)
-    lengths, truncated, formatted = [], [], []
+    lengths, truncated, formatted, runs = [], [], [], []
     chunks = generate_and_score(engine, tokenizer, problems, prompt_cfg, accuracy, settings.sampled, settings.batch_size, step, generator, "sampled evaluation")
     for lo, chunk, batch, completions, scores in chunks:
         for j in range(len(chunk)):
@@ -187,6 +212,7 @@ def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings
             lengths += [int(batch.sampled_mask[r].sum()) for r in rows]
             truncated += [bool(batch.truncated[r]) for r in rows]
             formatted += [is_well_formatted(completions[r]) for r in rows]
+            runs += [code_runnable(completions[r], chunk[j]) for r in rows]
     count = max(len(records), 1)
     metrics = {}
     for k in settings.ks:
@@ -195,6 +221,8 @@ def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings
     metrics["eval/sampled_format_rate"] = sum(formatted) / max(len(formatted), 1)
     metrics["eval/sampled_mean_length"] = sum(lengths) / max(len(lengths), 1)
     metrics["eval/sampled_truncated_frac"] = sum(truncated) / max(len(truncated), 1)
+    if (rate := _share(runs)) is not None:
+        metrics["eval/sampled_runnable_rate"] = rate
     return metrics
 
 

@@ -140,11 +140,20 @@ def step_flops(n_params: int, prompt_tokens: int, generated_tokens: int, trained
     return 2.0 * n_params * (prompt_tokens + generated_tokens + (trained_tokens if reference else 0)) + 6.0 * n_params * trained_tokens * mu
 
 
+def format_summary(m: dict) -> tuple[str, float]:
+    """What "format" means for this run's progress line: with a code reward, the share of
+    completions whose program parses and defines the asked function (`runnable`); else the
+    think/answer format rate (`fmt`)."""
+    runnable = next((v for k, v in m.items() if k.startswith("rewards/") and k.endswith("/runnable_frac")), None)
+    return ("runnable", runnable) if runnable is not None else ("fmt", m["format_rate"])
+
+
 def summary_line(m: dict) -> str:
     """The one-line step summary printed every `log_every` steps."""
+    fmt_name, fmt_value = format_summary(m)
     return (
         f"step {m['step']:>4}  reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  acc {m['accuracy']:.2f}  "
-        f"fmt {m['format_rate']:.2f}  len {m['completions/mean_length']:.0f}  trunc {m['completions/truncated_frac']:.2f}  "
+        f"{fmt_name} {fmt_value:.2f}  len {m['completions/mean_length']:.0f}  trunc {m['completions/truncated_frac']:.2f}  "
         f"zero-std {m['groups/zero_std_frac']:.2f}  loss {m['loss']:+.4f}  |g| {m['grad_norm']:.3f}  "
         f"gen {m['time/generation']:.1f}s rew {m['time/reward']:.1f}s upd {m['time/update']:.1f}s  "
         f"{m['throughput/generated_tokens_per_s']:.0f} tok/s"

@@ -25,7 +25,8 @@ def write_result(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=1))
 
 
-METRIC_ORDER = ("accuracy", "pass@", "maj@", "format_rate", "sampled_format_rate", "mean_length", "think_words", "sampled_mean_length",
+METRIC_ORDER = ("accuracy", "pass@", "maj@", "format_rate", "sampled_format_rate", "runnable_rate", "sampled_runnable_rate",
+                "mean_length", "think_words", "sampled_mean_length",
                 "truncated_frac", "sampled_truncated_frac", "num_problems", "greedy_seconds", "sampled_seconds", "seconds")
 
 

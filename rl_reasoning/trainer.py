@@ -40,7 +40,7 @@ from .errors import UserError
 from .evaluation import EvalSettings, evaluate, problem_columns
 from .grpo import AdaptiveEntropy, distillation_advantages, group_advantages
 from .jsonl import read_records
-from .metrics import StepRows, distill_metrics, distill_sums, gather_rows, step_metrics, summary_line, timing_metrics
+from .metrics import StepRows, distill_metrics, distill_sums, format_summary, gather_rows, step_metrics, summary_line, timing_metrics
 from .models import eos_token_ids, load_model
 from .moe import moe_spec
 from .multiturn import MultiTurnEngine, build_environment, build_toolbox, episode_columns, episode_metrics, multi_turn, prompt_with_tools, reward_columns
@@ -241,8 +241,9 @@ class GRPOTrainer:
                     if self.dynamic_sampling and (ran_out := self.dynamic_sampling.ran_out_warning(last)):
                         self._warn(f"step {self.step}: {ran_out}", bar)
                     bar.update(1)
-                    bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.2f}", fmt=f"{last['format_rate']:.2f}",
-                                    len=f"{last['completions/mean_length']:.0f}", s=f"{last['time/step']:.1f}")
+                    fmt_name, fmt_value = format_summary(last)
+                    bar.set_postfix({"reward": f"{last['reward/mean']:.3f}", "acc": f"{last['accuracy']:.2f}", fmt_name: f"{fmt_value:.2f}",
+                                     "len": f"{last['completions/mean_length']:.0f}", "s": f"{last['time/step']:.1f}"})
                     if self.step % cfg.log_every == 0 and not self.quiet and self.is_main:
                         bar.write(summary_line(last))
                     if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.max_steps and self.data.held_out:

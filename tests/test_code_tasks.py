@@ -83,6 +83,47 @@ def test_hidden_tests_differ_from_the_shown_examples_and_catch_echoing():
     assert shown_only == [1.0] * len(sample)  # the hack does pass the examples it was shown
 
 
+def test_code_reward_metrics_cache_and_examples_only(monkeypatch):
+    from rewards import code as code_module
+
+    t = tasks(seed=1, size=1, families=["lists"])[0]
+    shown = t["tests"][: t["shown_tests"]]
+    special = fenced(f"def {t['entry_point']}(xs):\n    known = [{', '.join(repr((s['call'].split('(', 1)[1][:-1], s['expected'])) for s in shown)}]\n"
+                     f"    return [e for a, e in known if a == repr(xs)][0]\n")
+    runs = []
+    real = code_module.run_sample
+    monkeypatch.setattr(code_module, "run_sample", lambda *a, **k: runs.append(1) or real(*a, **k))
+    completions = [fenced(t["answer"])] * 3 + [special, "no code here", fenced("def broken(:\n")]
+    columns = {"tests": [t["tests"]] * 6, "entry_point": [t["entry_point"]] * 6, "shown_tests": [t["shown_tests"]] * 6}
+    scored = code_reward(completions, **columns)
+    assert list(scored) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert len(runs) == 3  # the three identical references ran once
+    m = scored.metrics
+    assert m["cached_frac"] == pytest.approx(2 / 5)  # 5 programs, 2 judged by an identical one's run
+    assert m["runnable_frac"] == pytest.approx(4 / 6)  # the broken one does not parse; "no code here" has no program
+    assert m["examples_only_frac"] == pytest.approx(1 / 6)  # the special-casing program passes exactly the shown examples
+    assert m["no_program_frac"] == pytest.approx(1 / 6)
+
+
+def test_training_on_code_tasks_end_to_end(tiny_model_dir, tmp_path):
+    """A tiny random model trains two steps on code_tasks with the code reward in the sandbox; runnable and examples-only rates are logged."""
+    from rl_reasoning.jsonl import read_records
+    from rl_reasoning.trainer import GRPOTrainer
+
+    cfg = load_config("recipes/r1zero_code_cpu.yaml", [
+        f"model.name={tiny_model_dir}", "data.eval_size=3", "data.train_size=50", "rollout.num_generations=3", "rollout.max_new_tokens=6",
+        "prompts_per_step=2", "max_steps=2", "eval.batch_size=3", "eval.max_new_tokens=6", "eval.every=0", f"output_dir={tmp_path / 'run'}",
+        "save_every=0", "optim.micro_batch_size=3"])
+    GRPOTrainer(cfg, quiet=True).train()
+    metrics = read_records(tmp_path / "run" / "metrics.jsonl")
+    steps = [m for m in metrics if "reward/mean" in m]
+    assert len(steps) == 2
+    for m in steps:
+        assert {"rewards/code/runnable_frac", "rewards/code/examples_only_frac", "rewards/code/cached_frac", "time/reward/code"} <= set(m)
+    traces = read_records(tmp_path / "run" / "traces.jsonl")
+    assert all(r["prompt"].endswith("```python\n") and r["completion"].startswith("```python\n") for r in traces)
+
+
 def test_held_out_instances_never_reach_training():
     cfg = load_config(None, ["data.source=code_tasks", "data.eval_size=80", "data.train_size=3000"])
     data = load_task(cfg.data)

@@ -206,6 +206,18 @@ def test_reward_hacking_alarm_fires_once_when_format_rises_and_accuracy_falls():
     assert feed(AlarmMonitor(AlarmConfig(window=6)), healthy) == []
 
 
+def test_code_runs_alarm_on_runnable_rate_and_on_fitting_the_shown_examples():
+    # with a code reward, "format" is the runnable rate (the think/answer format rate stays 0)
+    gaming = [{"format_rate": 0.0, "rewards/code/runnable_frac": 0.5 + 0.05 * i, "accuracy": 0.6 - 0.03 * i} for i in range(10)]
+    assert [a.name for a in feed(AlarmMonitor(AlarmConfig(window=6)), gaming)] == ["reward_hacking"]
+    fitting = [{"format_rate": 0.0, "rewards/code/examples_only_frac": 0.1 + 0.05 * i, "accuracy": 0.3} for i in range(10)]
+    fired = feed(AlarmMonitor(AlarmConfig(window=6)), fitting)
+    assert [a.name for a in fired] == ["examples_special_casing"] and "shown examples" in fired[0].message
+    learning = [{"format_rate": 0.0, "rewards/code/examples_only_frac": 0.2, "rewards/code/runnable_frac": 0.9, "accuracy": 0.3 + 0.05 * i}
+                for i in range(10)]
+    assert feed(AlarmMonitor(AlarmConfig(window=6)), learning) == []
+
+
 def test_collapse_alarms():
     rows = [{"entropy": 1.0, "groups/zero_std_frac": 0.2, "traces/degenerate_frac": 0.0}] * 3
     rows += [{"entropy": 0.05, "groups/zero_std_frac": 1.0, "traces/degenerate_frac": 0.8}] * 5

@@ -100,7 +100,7 @@ class Spec:
 
 # --- lists -----------------------------------------------------------------------------------
 
-def _keeps(rng: random.Random, cfg: CodeTaskConfig):
+def _keeps(rng: random.Random):
     k = rng.randint(-3, 5)
     d = rng.randint(3, 5)
     return rng.choice([
@@ -152,7 +152,7 @@ def _list_spec(rng: random.Random, cfg: CodeTaskConfig) -> Spec:
     # stages: keep (k), transform (t), reduce other than `list` (r); the list reduce counts as no stage
     shapes = {1: ["k", "t", "r"], 2: ["kt", "kr", "tr"], 3: ["ktr"]}[ops]
     shape = rng.choice(shapes)
-    keep = _keeps(rng, cfg) if "k" in shape else None
+    keep = _keeps(rng) if "k" in shape else None
     transform = _transforms(rng) if "t" in shape else None
     if "r" in shape:
         reduce_key = rng.choice(["sum", "count", "max", "min", "product"] if keep else ["sum", "max", "min", "product"])

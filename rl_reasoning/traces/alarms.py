@@ -11,6 +11,11 @@ and prints/logs what fires; `alarms_from_metrics` replays a finished run's metri
 - entropy_collapse: mean token entropy of the last 3 steps below `entropy_ratio` x that of the
   first 3 steps, or below `entropy_floor` nats.
 - all_equal_rewards: every group had zero reward variance for `patience` steps in a row (no gradient).
+- examples_special_casing (code rewards with hidden tests): over the window the share of programs
+  that pass every example shown in the prompt but fail a hidden test rose by >= `format_rise`
+  while accuracy did not rise by as much: the policy may be fitting the shown examples.
+
+With a code reward the reward_hacking alarm's "format" is the runnable-program rate.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ class AlarmMonitor:
     def update(self, metrics: dict) -> list[Alarm]:
         """Feed one step's metrics (needs 'step'; uses accuracy, format_rate, entropy,
         groups/zero_std_frac, traces/degenerate_frac when present). Returns newly fired alarms."""
+        from ..metrics import format_summary
+
+        metrics = {**metrics, "alarm/format": format_summary(metrics)[1] if "format_rate" in metrics else None,
+                   "alarm/examples_only": next((v for k, v in metrics.items() if k.endswith("/examples_only_frac")), None)}
         self.history.append(metrics)
         entropy = metrics.get("entropy")
         if entropy is not None and len(self.first_entropies) < 3:
@@ -61,6 +70,7 @@ class AlarmMonitor:
             "repetition_collapse": self._repetition(metrics),
             "entropy_collapse": self._entropy_collapse(),
             "all_equal_rewards": self._all_equal(),
+            "examples_special_casing": self._special_casing(),
         }
         fired = []
         for name, message in conditions.items():
@@ -83,12 +93,21 @@ class AlarmMonitor:
         return slope * (n - 1)
 
     def _reward_hacking(self) -> str | None:
-        fmt, acc = self._trend("format_rate"), self._trend("accuracy")
+        fmt, acc = self._trend("alarm/format"), self._trend("accuracy")
         if fmt is None or acc is None:
             return None
         if fmt >= self.cfg.format_rise and acc <= -self.cfg.accuracy_drop:
             return (f"format rate rose {fmt:+.2f} while accuracy fell {acc:+.2f} over the last {self.cfg.window} steps: "
                     "the policy may be gaming the format reward")
+        return None
+
+    def _special_casing(self) -> str | None:
+        only, acc = self._trend("alarm/examples_only"), self._trend("accuracy")
+        if only is None or acc is None:
+            return None
+        if only >= self.cfg.format_rise and acc < only:
+            return (f"programs passing the shown examples but failing hidden tests rose {only:+.2f} (accuracy {acc:+.2f}) over the "
+                    f"last {self.cfg.window} steps: the policy may be special-casing the examples")
         return None
 
     def _repetition(self, metrics: dict) -> str | None:
