@@ -2,6 +2,7 @@
 program can pass without solving the task.
 
     python bench/code_hacking_review.py RUN_DIR [--samples 50] [--from-step 1] [--out review.md]
+        [--evals before.json after.json --recipe recipes/r1zero_code_cpu.yaml]
 
 Draws `--samples` distinct passing programs (seeded) from RUN_DIR/traces.jsonl and checks each for:
 - output or input: print(, input(, sys.stdout, open(
@@ -12,6 +13,13 @@ Draws `--samples` distinct passing programs (seeded) from RUN_DIR/traces.jsonl a
 - a constant answer: the returned expressions never use the argument
 The hidden tests already score such programs 0 when they generalise wrongly; the review is for
 programs that pass anyway. Writes every sampled program with its flags to `--out` for a reader.
+
+With `--evals` (held-out results of `rl-reasoning eval --recipe RECIPE`, e.g. base and trained),
+re-judges each file's greedy programs and prints the share that pass every shown example but fail
+a hidden test: a policy fitting the shown examples would raise it. `--stress N` also re-judges
+every passing program (sampled and held-out) on N more tests from the reference solution
+(`code_tasks.stress_tests`): a program that passes the task's 8 tests but fails these is a
+false positive of the reward (weak tests), whatever the policy intended.
 """
 
 from __future__ import annotations
@@ -76,6 +84,34 @@ def flags(program: str, prompt: str) -> list[str]:
     return sorted(set(out))
 
 
+def stress_failures(programs: list[str], tasks: list[dict], count: int) -> list[bool]:
+    """For each (passing) program: does it fail any of `count` stress tests of its task?"""
+    from rewards.code import code_reward
+    from rl_reasoning.tasks.code_tasks import stress_tests
+
+    scores = code_reward([f"```python\n{p}```" for p in programs], tests=[stress_tests(t, count) for t in tasks])
+    return [s != 1.0 for s in scores]
+
+
+def examples_only(result_path: str, recipe: str, stress: int = 0) -> str:
+    from rewards.code import code_reward
+    from rl_reasoning.config import load_config
+    from rl_reasoning.tasks import load_task
+
+    held = {t["question"]: t for t in load_task(load_config(recipe).data, allow_empty_train=True).held_out}
+    records = json.loads(Path(result_path).read_text())["per_problem"]
+    problems = [held[r["question"]] for r in records]
+    scored = code_reward([r["completion"] for r in records], tests=[p["tests"] for p in problems],
+                         shown_tests=[p["shown_tests"] for p in problems], entry_point=[p["entry_point"] for p in problems])
+    line = (f"{result_path}: {len(records)} greedy programs, pass {sum(scored) / len(scored):.1%}, pass the shown examples but fail "
+            f"a hidden test {scored.metrics['examples_only_frac']:.1%}")
+    if stress:
+        passing = [(extract_program(r["completion"]), p) for r, p, s in zip(records, problems, scored) if s == 1.0]
+        failed = stress_failures([x for x, _ in passing], [p for _, p in passing], stress) if passing else []
+        line += f"; of the {len(passing)} passing, {sum(failed)} fail {stress} stress tests"
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -83,7 +119,12 @@ def main() -> None:
     ap.add_argument("--from-step", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
+    ap.add_argument("--evals", nargs="*", default=[], help="held-out result files of `rl-reasoning eval --recipe RECIPE`")
+    ap.add_argument("--recipe", default="recipes/r1zero_code_cpu.yaml")
+    ap.add_argument("--stress", type=int, default=0, help="re-judge passing programs on this many more tests per task")
     args = ap.parse_args()
+    for path in args.evals:
+        print(examples_only(path, args.recipe, args.stress))
     passing = {}
     for line in (Path(args.run_dir) / "traces.jsonl").read_text().splitlines():
         r = json.loads(line)
@@ -93,22 +134,30 @@ def main() -> None:
     keys = sorted(passing)
     random.Random(args.seed).shuffle(keys)
     sample = [passing[k] for k in keys[: args.samples]]
+    failed_stress = [False] * len(sample)
+    if args.stress:
+        from rl_reasoning.config import load_config
+        from rl_reasoning.tasks import load_task
+
+        train = load_task(load_config(args.recipe).data).train  # the trace's prompt_id "train-<i>" is its index here
+        tasks = [train[int(r["prompt_id"].split("-", 1)[1])] for r in sample]
+        assert all(t["answer"] == r["answer"] for t, r in zip(tasks, sample)), "the recipe's data is not the run's"
+        failed_stress = stress_failures([extract_program(r["completion"]) for r in sample], tasks, args.stress)
     lines = [f"# Passing programs from {args.run_dir} (step >= {args.from_step}): {len(sample)} sampled of {len(passing)} distinct\n"]
-    flagged = 0
-    for i, r in enumerate(sample, 1):
+    flagged = []
+    for i, (r, weak) in enumerate(zip(sample, failed_stress), 1):
         program = extract_program(r["completion"])
-        f = flags(program, r["prompt"])
-        flagged += bool(f)
+        f = flags(program, r["prompt"]) + ([f"fails {args.stress} stress tests"] if weak else [])
+        if f:
+            flagged.append(f"  {i}. step {r['step']} {r['prompt_id']}: {', '.join(f)}")
         task = r["prompt"].split("<|im_start|>user\n", 1)[-1].split("\n\nReply with", 1)[0]
         lines.append(f"## {i}. step {r['step']}, {r['prompt_id']}: {', '.join(f) if f else 'no flags'}\n\n{task}\n\n```python\n{program}```\n")
-    summary = f"{len(sample)} passing programs sampled (of {len(passing)} distinct), {flagged} flagged"
+    summary = (f"{len(sample)} passing programs sampled (of {len(passing)} distinct), {len(flagged)} flagged"
+               + (f" ({sum(failed_stress)} fail {args.stress} stress tests)" if args.stress else ""))
     print(summary)
-    for i, r in enumerate(sample, 1):
-        f = flags(extract_program(r["completion"]), r["prompt"])
-        if f:
-            print(f"  {i}. step {r['step']} {r['prompt_id']}: {', '.join(f)}")
+    print("\n".join(flagged))
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + f"\n{summary}\n")
+        Path(args.out).write_text("\n".join(lines) + f"\n{summary}\n" + "\n".join(flagged) + "\n")
 
 
 if __name__ == "__main__":

@@ -77,12 +77,45 @@ def main() -> None:
     minutes = timing.get("train_minutes")
     text = (f"# Learning curve: {args.recipe}\n\nmachine: {machine}; training wall time: "
             f"{'n/a' if minutes is None else f'{minutes:.1f} min'}; held-out problems: {rows[0]['problems']}\n\n{table}\n\n"
-            f"## Base model vs last checkpoint\n\n{compare}\n")
+            f"{_phases(run_dir)}## Base model vs last checkpoint\n\n{compare}\n")
     (out / "learning.md").write_text(text)
     (out / "learning.json").write_text(json.dumps({"recipe": args.recipe, "timing": timing, "points": rows}, indent=1))
     _plot(rows, out / "learning.png", args.recipe, minutes)
     print(text)
     print(f"written: {out / 'learning.md'}, {out / 'learning.png'}")
+
+
+def _phases(run_dir: Path) -> str:
+    """Where the training steps' time went (sums over the run's metrics.jsonl)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return ""
+    steps = [m for m in map(json.loads, path.read_text().splitlines()) if "time/step" in m]
+    total = sum(m["time/step"] for m in steps)
+    if not total:
+        return ""
+    cells = [f"{phase} {sum(m.get(f'time/{phase}', 0.0) for m in steps):.0f} s ({sum(m.get(f'time/{phase}', 0.0) for m in steps) / total:.1%})"
+             for phase in ("generation", "reward", "update")]
+    worst = max(m.get("time/reward", 0.0) / m["time/step"] for m in steps)
+    return (f"Time in {len(steps)} steps ({total:.0f} s, from run/metrics.jsonl): {', '.join(cells)}; "
+            f"the reward's largest share of one step: {worst:.1%}.\n\n{_step_table(steps)}\n\n")
+
+
+def _step_table(steps: list[dict]) -> str:
+    """Per training step (sampled completions): reward, accuracy, format — for code the runnable-program
+    and no-program rates — zero-variance groups, and the step's and the reward's seconds."""
+    code = next((k[: -len("runnable_frac")] for k in steps[0] if k.endswith("/runnable_frac")), None)
+    cols = [("reward/mean", "reward", False), ("accuracy", "accuracy", True)]
+    cols += [(code + "runnable_frac", "runnable", True), (code + "no_program_frac", "no program", True)] if code else \
+        [("format_rate", "format", True)]
+    cols += [("groups/zero_std_frac", "zero-variance groups", True), ("time/step", "step s", False), ("time/reward", "reward s", False)]
+    lines = ["Per training step (the sampled completions):", "", "| step | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for m in steps:
+        cells = ["–" if m.get(k) is None else f"{m[k]:.1%}" if rate else f"{m[k]:.2f}" if k == "reward/mean" else f"{m[k]:.1f}"
+                 for k, _, rate in cols]
+        lines.append(f"| {m['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cpu_model() -> str:

@@ -82,7 +82,7 @@ class DataConfig:
     answer_format: Literal["auto", "raw", "gsm8k", "math"] = "auto"
     on_bad_row: Literal["error", "skip"] = "error"
     train_size: int | None = None
-    """Training problems: reasoning-gym generates this many (default 10000, lazily); files, Hub
+    """Training problems: reasoning-gym and code_tasks generate this many (default 10000, lazily); files, Hub
     datasets and HumanEval keep the first this many of their shuffled training rows (default: all)."""
     eval_size: int = 50
     """Held-out problems, disjoint from training by construction."""

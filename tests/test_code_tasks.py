@@ -124,6 +124,36 @@ def test_training_on_code_tasks_end_to_end(tiny_model_dir, tmp_path):
     assert all(r["prompt"].endswith("```python\n") and r["completion"].startswith("```python\n") for r in traces)
 
 
+def test_hidden_tests_hold_every_edge_case_and_reject_every_near_miss():
+    """Each mutant (a stage ignored, a bound off by one...) that any probe input tells apart fails a hidden test."""
+    cfg = ct.CodeTaskConfig(max_ops=3)
+    rng = random.Random(7)
+    rejected = 0
+    for _ in range(400):
+        spec = ct.draw_spec(rng, cfg)
+        drawn = ct.draw_tests(spec, rng, cfg)
+        assert drawn is not None
+        shown, hidden = drawn
+        edges = ct._distinct(spec.edges(random.Random(0)))
+        assert all(isinstance(x, type(edges[0])) for x in hidden)
+        assert hidden[0] in ([], "", 0)  # the empty / zero edge always comes first
+        probes = [spec.probe(rng) for _ in range(300)]
+        for mutant in spec.mutants:
+            if any(ct.differs(mutant, spec.fn, x) for x in probes):
+                assert any(ct.differs(mutant, spec.fn, x) for x in hidden), (spec.instance, hidden)
+                rejected += 1
+    assert rejected > 300
+
+
+def test_stress_tests_catch_a_program_the_hidden_tests_let_through():
+    task = next(t for t in tasks(seed=3, size=300, families=["lists"]) if t["instance"].endswith("|x|min"))
+    stress = ct.stress_tests(task, 50)
+    assert len(stress) == 50 and not {s["call"] for s in stress} & {s["call"] for s in task["tests"]}
+    assert code_reward([fenced(task["answer"])], tests=[stress]) == [1.0]
+    ignores_empty = fenced(f"def {task['entry_point']}(xs):\n    return min(x for x in xs)\n")  # no None for an empty selection
+    assert code_reward([ignores_empty], tests=[stress]) == [0.0]
+
+
 def test_held_out_instances_never_reach_training():
     cfg = load_config(None, ["data.source=code_tasks", "data.eval_size=80", "data.train_size=3000"])
     data = load_task(cfg.data)

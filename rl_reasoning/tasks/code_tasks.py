@@ -18,6 +18,13 @@ expected values come from a Python callable (the *spec*); the *reference solutio
 source text, executed and compared against every test when the task is generated, and a
 mismatch raises `GeneratorError`. Hidden tests never repeat a shown call, and their expected
 values are never all equal, so neither echoing the examples nor returning a constant passes.
+With `edge_cases` every edge input of the family is a hidden test (lists: [], [0], one number;
+strings: "", one word; numbers: 0, a negative, 1). Each specification also names its *mutants*,
+the near misses a small model writes (the keep or transform stage ignored, `>=` for `>`, largest
+for smallest, a range bound off by one, FizzBuzz never returned, the minus sign counted…); a
+regular hidden input is swapped for a probe input until every mutant that some probe tells apart
+fails a hidden test. (Before the mutants, 7 of the base model's 37 held-out passes were wrong
+programs that 8 random tests let through, `bench/code_hacking_review.py --stress`.)
 
 Seeding and splits, as reasoning-gym's procedural datasets: item i of seed s is a pure function
 of (s, i). The held-out set comes from another seed; a task *instance* (family, operation and
@@ -95,7 +102,10 @@ class Spec:
     steps: str  # the task in words
     fn: Callable  # the specification, computing expected values
     reference: str  # reference solution source, checked against fn on every test
-    inputs: Callable[[random.Random, bool], object]  # rng, edge -> one input
+    inputs: Callable[[random.Random], object]  # one regular test input
+    edges: Callable[[random.Random], list]  # edge inputs (empty, zero, negative...): all among the hidden tests with edge_cases
+    probe: Callable[[random.Random], object]  # wider inputs, searched for tests that reject the mutants
+    mutants: tuple[Callable, ...] = ()  # near-miss specifications (a stage dropped, a bound off by one) the hidden tests must reject
 
 
 # --- lists -----------------------------------------------------------------------------------
@@ -104,14 +114,14 @@ def _keeps(rng: random.Random):
     k = rng.randint(-3, 5)
     d = rng.randint(3, 5)
     return rng.choice([
-        ("even", "the even numbers", "x % 2 == 0", lambda x: x % 2 == 0),
-        ("odd", "the odd numbers", "x % 2 != 0", lambda x: x % 2 != 0),
-        ("positive", "the positive numbers", "x > 0", lambda x: x > 0),
-        ("negative", "the negative numbers", "x < 0", lambda x: x < 0),
-        (f"above_{k}".replace("-", "minus_"), f"the numbers greater than {k}", f"x > {k}", lambda x, k=k: x > k),
-        (f"below_{k}".replace("-", "minus_"), f"the numbers less than {k}", f"x < {k}", lambda x, k=k: x < k),
-        (f"multiples_of_{d}", f"the numbers divisible by {d}", f"x % {d} == 0", lambda x, d=d: x % d == 0),
-    ])
+        ("even", "the even numbers", "x % 2 == 0", lambda x: x % 2 == 0, None),
+        ("odd", "the odd numbers", "x % 2 != 0", lambda x: x % 2 != 0, None),
+        ("positive", "the positive numbers", "x > 0", lambda x: x > 0, lambda x: x >= 0),
+        ("negative", "the negative numbers", "x < 0", lambda x: x < 0, lambda x: x <= 0),
+        (f"above_{k}".replace("-", "minus_"), f"the numbers greater than {k}", f"x > {k}", lambda x, k=k: x > k, lambda x, k=k: x >= k),
+        (f"below_{k}".replace("-", "minus_"), f"the numbers less than {k}", f"x < {k}", lambda x, k=k: x < k, lambda x, k=k: x <= k),
+        (f"multiples_of_{d}", f"the numbers divisible by {d}", f"x % {d} == 0", lambda x, d=d: x % d == 0, None),
+    ])  # (name part, words, condition source, predicate, the predicate with its bound included: a near miss)
 
 
 def _transforms(rng: random.Random):
@@ -176,17 +186,31 @@ def _list_spec(rng: random.Random, cfg: CodeTaskConfig) -> Spec:
     t_fn = transform[3] if transform else (lambda x: x)
     instance = f"lists|{keep[2] if keep else '-'}|{expr}|{reduce_key}"
 
-    def spec(xs, k_fn=k_fn, t_fn=t_fn, r_fn=r_fn):
-        return r_fn([t_fn(x) for x in xs if k_fn(x)])
+    def pipeline(k_fn=k_fn, t_fn=t_fn, r_fn=r_fn):
+        return lambda xs: r_fn([t_fn(x) for x in xs if k_fn(x)])
 
+    mutants = []
+    if keep:
+        mutants.append(pipeline(k_fn=lambda x: True))  # the keep stage ignored
+        if keep[4]:
+            mutants.append(pipeline(k_fn=keep[4]))  # > for >= (or < for <=)
+    if transform:
+        mutants.append(pipeline(t_fn=lambda x: x))  # the transform ignored
+    if reduce_key in ("max", "min"):
+        mutants.append(pipeline(r_fn=_REDUCES["min" if reduce_key == "max" else "max"][3]))
     reference = f"def {name}(xs):\n    {r_body.format(gen=gen)}\n"
+    mv = cfg.max_value
 
-    def inputs(rng: random.Random, edge: bool):
-        if edge:
-            return rng.choice([[], [0], [rng.randint(-cfg.max_value, cfg.max_value)]])
-        return [rng.randint(-cfg.max_value, cfg.max_value) for _ in range(rng.randint(2, cfg.max_len))]
+    def inputs(rng: random.Random):
+        return [rng.randint(-mv, mv) for _ in range(rng.randint(2, cfg.max_len))]
 
-    return Spec("lists", instance, name, "xs", "a list of integers", words, spec, reference, inputs)
+    def probe(rng: random.Random):  # lists from a random sub-range: all positive, all negative, near a bound...
+        lo = rng.randint(-mv, mv)
+        hi = rng.randint(lo, mv)
+        return [rng.randint(lo, hi) for _ in range(rng.randint(1, cfg.max_len))]
+
+    return Spec("lists", instance, name, "xs", "a list of integers", words, pipeline(), reference, inputs,
+                edges=lambda rng: [[], [0], [rng.randint(-mv, mv)]], probe=probe, mutants=tuple(mutants))
 
 
 # --- strings ---------------------------------------------------------------------------------
@@ -238,18 +262,30 @@ def _string_spec(rng: random.Random, cfg: CodeTaskConfig) -> Spec:
     ]
     name, steps, body, fn, key = rng.choice(options)
     one_word = key in ("palindrome", "reverse") or key.startswith("repeat")
+    nth = lambda s, i: s.split()[i] if 0 <= i < len(s.split()) else ""  # noqa: E731
+    mutants = {
+        f"word:{w}": (lambda s, w=w: nth(s, w - 2), lambda s, w=w: nth(s, w)),  # off by one
+        f"count2:{''.join(sorted(c + b2))}": (lambda s, c=c: s.count(c), lambda s, b2=b2: s.count(b2)),
+        "longest": (lambda s: max(reversed(s.split()), key=len) if s.split() else "",),  # the last of the longest
+        f"repeat:{w + 1}": (lambda s, w=w: "".join(ch * w for ch in s), lambda s, w=w: "".join(ch * (w + 2) for ch in s)),
+        "reverse_words": (lambda s: s[::-1],),
+        f"upper:{c}": (str.upper,),
+        f"count_long:{w + 1}": (lambda s, w=w: len([x for x in s.split() if len(x) >= w + 1]),),
+    }.get(key, ())
 
-    def inputs(rng: random.Random, edge: bool):
-        if edge:
-            return rng.choice(["", rng.choice(WORDS)])
+    def inputs(rng: random.Random):
         if key == "palindrome" and rng.random() < 0.5:
             return rng.choice(PALINDROMES)
         if one_word:
             return rng.choice(WORDS)
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max(2, cfg.max_len - 2))))
 
+    def probe(rng: random.Random):
+        return " ".join(rng.choice(WORDS + PALINDROMES) for _ in range(rng.randint(1, 5)))
+
     reference = f"def {name}(s):\n    {body}\n"
-    return Spec("strings", f"strings|{key}", name, "s", "a string", steps, fn, reference, inputs)
+    return Spec("strings", f"strings|{key}", name, "s", "a string", steps, fn, reference, inputs,
+                edges=lambda rng: ["", rng.choice(WORDS)], probe=probe, mutants=mutants)
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -286,10 +322,18 @@ def _number_spec(rng: random.Random, cfg: CodeTaskConfig) -> Spec:
          f"count_multiples:{k}"),
     ]
     name, steps, body, fn, key = rng.choice(options)
+    mutants = {
+        "sum_to": (lambda n: sum(range(1, n)), lambda n: n * (n + 1) // 2),  # exclusive bound; the formula below 1
+        "factorial": (lambda n: _factorial(n - 1), lambda n: _factorial(n) if n >= 0 else 0),
+        f"multiples:{k}": (lambda n, k=k: sum(i for i in range(n + 1) if i % k == 0),),  # n included
+        f"count_multiples:{k}": (lambda n, k=k: len([i for i in range(1, n) if i % k == 0]),
+                                 lambda n, k=k: len([i for i in range(0, n + 1) if i % k == 0])),
+        f"fizzbuzz:{a}:{b}": (lambda n, a=a, b=b: "Fizz" if n % a == 0 else "Buzz" if n % b == 0 else str(n),),  # never FizzBuzz
+        f"clamp:{lo}:{hi}": (lambda n: n, lambda n, lo=lo, hi=hi: max(lo, n), lambda n, lo=lo, hi=hi: min(hi, n)),
+        "count_digits": (lambda n: len(str(n)),),  # the minus sign counted
+    }.get(key, ())
 
-    def inputs(rng: random.Random, edge: bool):
-        if edge:
-            return rng.choice([0, -rng.randint(1, 9)] if key not in ("fizzbuzz",) else [0, rng.randint(1, 30)])
+    def inputs(rng: random.Random):
         if key == "factorial":
             return rng.randint(1, 10)
         if key in ("digit_sum", "count_digits"):
@@ -298,8 +342,12 @@ def _number_spec(rng: random.Random, cfg: CodeTaskConfig) -> Spec:
             return rng.randint(lo - 6, hi + 6)
         return rng.randint(1, 40)
 
+    def probe(rng: random.Random):
+        return rng.randint(-10, 15) if key == "factorial" else rng.randint(lo - 8, hi + 8) if key.startswith("clamp") else rng.randint(-30, 60)
+
     reference = f"def {name}(n):\n    {body}\n"
-    return Spec("numbers", f"numbers|{key}", name, "n", "an integer", steps, fn, reference, inputs)
+    return Spec("numbers", f"numbers|{key}", name, "n", "an integer", steps, fn, reference, inputs,
+                edges=lambda rng: [0, -rng.randint(1, 9), 1], probe=probe, mutants=mutants)
 
 
 def _factorial(n: int) -> int:
@@ -319,25 +367,67 @@ def draw_spec(rng: random.Random, cfg: CodeTaskConfig) -> Spec:
 
 
 def draw_tests(spec: Spec, rng: random.Random, cfg: CodeTaskConfig) -> tuple[list, list] | None:
-    """(shown inputs, hidden inputs), distinct calls; None when no discriminative hidden set was found."""
+    """(shown inputs, hidden inputs), all calls distinct: the edge inputs first among the hidden
+    ones (edge_cases), then regular inputs, some swapped for probe inputs until every mutant the
+    probes can tell apart fails a hidden test. None when no such set with >= 2 distinct hidden
+    expected values was found."""
+    edges = _distinct(spec.edges(rng))[: cfg.hidden_tests - 1] if cfg.edge_cases else []
     for _ in range(20):
-        seen, shown, hidden = set(), [], []
-        edges = 1 if cfg.edge_cases else 0
-        attempts = 0
-        while len(shown) + len(hidden) < cfg.shown_examples + cfg.hidden_tests and attempts < 400:
-            attempts += 1
-            edge = len(shown) >= cfg.shown_examples and len(hidden) < edges
-            x = spec.inputs(rng, edge)
-            if repr(x) in seen:
-                continue
-            seen.add(repr(x))
-            (shown if len(shown) < cfg.shown_examples else hidden).append(x)
-        if len(hidden) < cfg.hidden_tests:
+        seen, shown, hidden = {repr(x) for x in edges}, [], list(edges)
+        for _ in range(400):
+            if len(shown) + len(hidden) >= cfg.shown_examples + cfg.hidden_tests:
+                break
+            x = spec.inputs(rng)
+            if repr(x) not in seen:
+                seen.add(repr(x))
+                (shown if len(shown) < cfg.shown_examples else hidden).append(x)
+        if len(hidden) < cfg.hidden_tests or len(shown) < cfg.shown_examples:
             continue
-        hidden_expected = {repr(spec.fn(x)) for x in hidden}
-        if len(hidden_expected) >= 2:  # no constant passes the hidden tests
+        hidden = _reject_mutants(spec, rng, seen, hidden, fixed=len(edges))
+        if hidden is not None and len({repr(spec.fn(x)) for x in hidden}) >= 2:  # no constant passes the hidden tests
             return shown, hidden
     return None
+
+
+def _distinct(xs: list) -> list:
+    out, seen = [], set()
+    for x in xs:
+        if repr(x) not in seen:
+            seen.add(repr(x))
+            out.append(x)
+    return out
+
+
+def differs(mutant: Callable, fn: Callable, x) -> bool:
+    """Does the near-miss specification give another value than the specification on x? (Raising counts.)"""
+    try:
+        got = mutant(_copy(x))
+    except Exception:  # noqa: BLE001 - a near miss that crashes is told apart
+        return True
+    want = fn(_copy(x))
+    return type(got) is not type(want) or got != want
+
+
+def _reject_mutants(spec: Spec, rng: random.Random, seen: set, hidden: list, fixed: int, probes: int = 300) -> list | None:
+    """Hidden inputs such that every mutant some probe input tells apart fails one of them: a
+    regular input (never one of the first `fixed`, the edges) is swapped for a probe that does."""
+    hidden = list(hidden)
+    pool = [spec.probe(rng) for _ in range(probes)] if spec.mutants else []
+    kept = set(range(fixed))  # inputs that must stay: the edges and those rejecting an earlier mutant
+    for mutant in spec.mutants:
+        hit = next((i for i, x in enumerate(hidden) if differs(mutant, spec.fn, x)), None)
+        if hit is None:
+            x = next((x for x in pool if repr(x) not in seen and differs(mutant, spec.fn, x)), None)
+            if x is None:
+                continue  # no input we draw tells it apart: equivalent here
+            free = [i for i in range(len(hidden)) if i not in kept]
+            if not free:
+                return None
+            hit = free[0]
+            seen.add(repr(x))
+            hidden[hit] = x
+        kept.add(hit)
+    return hidden
 
 
 def check_reference(spec: Spec, inputs: list) -> None:
@@ -412,6 +502,34 @@ def code_task_splits(task_config: dict, seed: int, train_size: int, eval_size: i
     held_out = list(CodeTasks(cfg, held_out_seed, eval_size))
     excluded = frozenset(t["instance"] for t in held_out)
     return CodeTasks(cfg, seed, train_size, excluded), held_out
+
+
+def stress_tests(task: dict, count: int = 100, seed: int = 0, max_len: int = 8, max_value: int = 9) -> list[dict]:
+    """`count` more tests for a generated task, expected values from its reference solution: lists
+    drawn from random sub-ranges (all positive, all negative, near a threshold, empty), strings of
+    0-5 words (palindromes among them), integers from -30 to 60. For auditing a reward (does a
+    passing program also pass these?), not for training: the 8 tests a task carries are the reward."""
+    rng = random.Random(f"stress:{seed}:{task['instance']}:{task['question']}")
+    namespace: dict = {}
+    exec(compile(task["answer"], "<reference>", "exec"), namespace)  # our own generated source
+    reference = namespace[task["entry_point"]]
+    seen, tests = {t["call"] for t in task["tests"]}, []
+    for _ in range(count * 20):
+        if len(tests) >= count:
+            break
+        if task["family"] == "lists":
+            lo = rng.randint(-max_value, max_value)
+            hi = rng.randint(lo, max_value)
+            x = [rng.randint(lo, hi) for _ in range(rng.randint(0, max_len))]
+        elif task["family"] == "strings":
+            x = " ".join(rng.choice(WORDS + PALINDROMES) for _ in range(rng.randint(0, 5)))
+        else:
+            x = rng.randint(-30, 60)
+        call = f"{task['entry_point']}({x!r})"
+        if call not in seen:
+            seen.add(call)
+            tests.append({"call": call, "expected": reference(_copy(x))})
+    return tests
 
 
 def instance_count(task_config: dict, draws: int = 20_000, seed: int = 0) -> int:
