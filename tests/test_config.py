@@ -75,7 +75,7 @@ def test_reward_entries_carry_parameters_and_weights(tmp_path):
         ("eval: {num_samples: 4, k: [8]}", "eval.k: each k must be between 1 and eval.num_samples"),
         ("data: {source: file, path: x.jsonl, split: test}", "data.split: has no effect with data.source 'file' (it is read only with data.source hf)"),
         ("data: {split: validation}", "data.split: has no effect with data.source 'reasoning_gym'"),
-        ("data: {source: humaneval, task_config: {max_digits: 2}}", "data.task_config: has no effect with data.source 'humaneval' (it is read only with data.source reasoning_gym)"),
+        ("data: {source: humaneval, task_config: {max_digits: 2}}", "data.task_config: has no effect with data.source 'humaneval' (it is read only with data.source code_tasks or reasoning_gym)"),
         ("data: {path: x.jsonl}", "data.path: has no effect with data.source 'reasoning_gym' (it is read only with data.source file)"),
         ("data: {source: hf, name: openai/gsm8k, path: x.jsonl}", "data.path: has no effect with data.source 'hf'"),
         ("data: {answer_format: gsm8k}", "data.answer_format: has no effect with data.source 'reasoning_gym' (it is read only with data.source file or hf)"),
