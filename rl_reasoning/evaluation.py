@@ -14,7 +14,8 @@ may give partial credit; only full credit counts).
 - maj@k: majority vote over the final answers extracted from the first k samples (answers
   normalised as the math reward does; samples without an answer do not vote). Ties go to the
   answer that appeared first. The vote is correct when a sample carrying the voted answer is.
-- Code problems (an `entry_point` column: HumanEval, code_tasks): `runnable_rate` (greedy) and
+- Code problems (an `entry_point` column: HumanEval, code_tasks) get no maj@k (a program has no
+  final answer to vote on), and get `runnable_rate` (greedy) and
   `sampled_runnable_rate`, the share of completions whose fenced program parses and defines the
   asked function (the stub put in front when the model wrote only a body, as the code reward does).
 """
@@ -207,8 +208,9 @@ def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings
             record["sample_answers"] = answers
             for k in settings.ks:
                 record[f"pass@{k}"] = pass_at_k(n, sum(correct), k)
-                voted = majority_vote(answers[:k])
-                record[f"maj@{k}"] = voted is not None and correct[voted]
+                if not chunk[j].get("entry_point"):  # a program has no final answer to vote on
+                    voted = majority_vote(answers[:k])
+                    record[f"maj@{k}"] = voted is not None and correct[voted]
             lengths += [int(batch.sampled_mask[r].sum()) for r in rows]
             truncated += [bool(batch.truncated[r]) for r in rows]
             formatted += [is_well_formatted(completions[r]) for r in rows]
@@ -217,7 +219,8 @@ def _sampled_metrics(engine, tokenizer, problems, prompt_cfg, accuracy, settings
     metrics = {}
     for k in settings.ks:
         metrics[f"eval/pass@{k}"] = sum(r[f"pass@{k}"] for r in records) / count
-        metrics[f"eval/maj@{k}"] = sum(r[f"maj@{k}"] for r in records) / count
+        if voters := [r[f"maj@{k}"] for r in records if f"maj@{k}" in r]:
+            metrics[f"eval/maj@{k}"] = sum(voters) / len(voters)
     metrics["eval/sampled_format_rate"] = sum(formatted) / max(len(formatted), 1)
     metrics["eval/sampled_mean_length"] = sum(lengths) / max(len(lengths), 1)
     metrics["eval/sampled_truncated_frac"] = sum(truncated) / max(len(truncated), 1)
