@@ -21,7 +21,7 @@ steps=$(ls "$out"/eval/step-*.json | sort)
     --evals $(echo "$steps" | head -1) $(echo "$steps" | tail -1) | tee "$out/hacking_summary.txt"
 for name in base last; do
   model=$([ $name = base ] && echo smollm2-135m-instruct || echo "$last")
-  /usr/bin/time -f "humaneval $name: %e s" $rl eval --task humaneval --model "$model" --max-new-tokens 192 --batch-size 64 \
+  /usr/bin/time -f "humaneval $name: %e s" $rl eval --task humaneval --problems 164 --model "$model" --max-new-tokens 192 --batch-size 64 \
       --out "$out/humaneval/$name.json"
 done
 $rl eval --compare "$out/humaneval/base.json" "$out/humaneval/last.json" | tee "$out/humaneval/compare.md"

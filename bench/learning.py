@@ -103,10 +103,12 @@ def _phases(run_dir: Path) -> str:
 
 def _step_table(steps: list[dict]) -> str:
     """Per training step (sampled completions): reward, accuracy, format — for code the runnable-program
-    and no-program rates — zero-variance groups, and the step's and the reward's seconds."""
+    and no-program rates and the share passing the shown examples but failing a hidden test — zero-variance
+    groups, and the step's and the reward's seconds."""
     code = next((k[: -len("runnable_frac")] for k in steps[0] if k.endswith("/runnable_frac")), None)
     cols = [("reward/mean", "reward", False), ("accuracy", "accuracy", True)]
-    cols += [(code + "runnable_frac", "runnable", True), (code + "no_program_frac", "no program", True)] if code else \
+    cols += [(code + "runnable_frac", "runnable", True), (code + "no_program_frac", "no program", True),
+             (code + "examples_only_frac", "examples only", True)] if code else \
         [("format_rate", "format", True)]
     cols += [("groups/zero_std_frac", "zero-variance groups", True), ("time/step", "step s", False), ("time/reward", "reward s", False)]
     lines = ["Per training step (the sampled completions):", "", "| step | " + " | ".join(c[1] for c in cols) + " |",

@@ -26,6 +26,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "Solve the problem. First reason briefly inside <think>...</think>, then write the final answer "
     "inside <answer>...</answer>."
 )
+HUMANEVAL_PROBLEMS = 164
 DEFAULT_SAMPLES = 8  # n when --k is given and neither --n nor the recipe sets it
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 COLUMN_KEYS = ("question_column", "answer_column", "tests_column", "answer_format", "on_bad_row")
@@ -89,6 +90,8 @@ def task_data(data: DataConfig, task: str) -> DataConfig:
     else:
         new = DataConfig(source="reasoning_gym", task=task)
     new.eval_size, new.seed = data.eval_size, data.seed
+    if task == "humaneval":
+        new.eval_size = HUMANEVAL_PROBLEMS  # a fixed benchmark: all of it unless --problems says otherwise
     return new
 
 
@@ -117,7 +120,7 @@ def add_parser(sub) -> None:
                     f"or {DEFAULT_SAMPLES} when --k is given)")
     ev.add_argument("--k", help="comma-separated k values, e.g. 1,4,8 (default: the recipe's eval.k; none = greedy only)")
     ev.add_argument("--temperature", type=float, help="sampling temperature (default: the recipe's eval.temperature, 0.6)")
-    ev.add_argument("--problems", type=int, help="held-out problems (default: the recipe's data.eval_size)")
+    ev.add_argument("--problems", type=int, help="held-out problems (default: the recipe's data.eval_size; all 164 for --task humaneval)")
     ev.add_argument("--max-new-tokens", type=int)
     ev.add_argument("--batch-size", type=int, help="completions generated together (default: the recipe's eval.batch_size)")
     ev.add_argument("--out", help="write the JSON result here")

@@ -18,6 +18,7 @@ from .distributed import Collective
 from .engine import RolloutBatch
 from .grpo import zero_variance_groups
 from .reward_runner import CORRECT
+from .traces.alarms import format_summary
 
 
 @dataclass
@@ -138,14 +139,6 @@ def step_flops(n_params: int, prompt_tokens: int, generated_tokens: int, trained
     """Model FLOPs of one step (Kaplan et al.'s 2N per forward token, 6N per trained token; attention
     ignored): prefill + decode, mu forward/backward passes, and a reference forward when beta > 0."""
     return 2.0 * n_params * (prompt_tokens + generated_tokens + (trained_tokens if reference else 0)) + 6.0 * n_params * trained_tokens * mu
-
-
-def format_summary(m: dict) -> tuple[str, float]:
-    """What "format" means for this run's progress line: with a code reward, the share of
-    completions whose program parses and defines the asked function (`runnable`); else the
-    think/answer format rate (`fmt`)."""
-    runnable = next((v for k, v in m.items() if k.startswith("rewards/") and k.endswith("/runnable_frac")), None)
-    return ("runnable", runnable) if runnable is not None else ("fmt", m["format_rate"])
 
 
 def summary_line(m: dict) -> str:

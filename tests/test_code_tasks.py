@@ -211,6 +211,12 @@ def test_eval_task_code_tasks_scores_with_the_code_reward():
     cfg = build_config(args)
     assert cfg.data.source == "code_tasks" and [r.name for r in cfg.rewards] == ["code"]
     assert cfg.prompt.prefill == "" and cfg.prompt.system_prompt is None
+    assert cfg.data.eval_size == 5
+    # HumanEval is a fixed benchmark: all 164 problems unless --problems says otherwise
+    args.task, args.problems = "humaneval", None
+    assert build_config(args).data.eval_size == 164
+    args.problems = 20
+    assert build_config(args).data.eval_size == 20
 
 
 def test_task_space_is_not_trivially_small():

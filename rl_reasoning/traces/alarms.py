@@ -26,6 +26,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
+def format_summary(m: dict) -> tuple[str, float]:
+    """What "format" means for this run's progress line: with a code reward, the share of
+    completions whose program parses and defines the asked function (`runnable`); else the
+    think/answer format rate (`fmt`)."""
+    runnable = next((v for k, v in m.items() if k.startswith("rewards/") and k.endswith("/runnable_frac")), None)
+    return ("runnable", runnable) if runnable is not None else ("fmt", m["format_rate"])
+
+
 @dataclass(frozen=True)
 class Alarm:
     step: int
@@ -55,8 +63,6 @@ class AlarmMonitor:
     def update(self, metrics: dict) -> list[Alarm]:
         """Feed one step's metrics (needs 'step'; uses accuracy, format_rate, entropy,
         groups/zero_std_frac, traces/degenerate_frac when present). Returns newly fired alarms."""
-        from ..metrics import format_summary
-
         metrics = {**metrics, "alarm/format": format_summary(metrics)[1] if "format_rate" in metrics else None,
                    "alarm/examples_only": next((v for k, v in metrics.items() if k.endswith("/examples_only_frac")), None)}
         self.history.append(metrics)
