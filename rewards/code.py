@@ -59,6 +59,13 @@ def runnable(program: str | None, entry_point: str | None = None) -> bool:
     return entry_point is None or any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point for n in ast.walk(tree))
 
 
+def with_stub(program: str | None, stub: str | None, entry_point: str) -> str | None:
+    """HumanEval-style data: the prompt's function stub put in front when the program does not define `entry_point` (the model wrote only the body)."""
+    if program is None or not stub or re.search(rf"def\s+{re.escape(entry_point)}\s*\(", program):
+        return program
+    return stub + program
+
+
 def extract_program(text: str, extract: str = "block") -> str | None:
     blocks = FENCE.findall(text)
     if blocks:
@@ -165,10 +172,8 @@ def code_reward(
     jobs = []
     for i, completion in enumerate(completions):
         program = extract_program(completion_text(completion), extract)
-        if program is not None and columns.get("prompt") is not None and columns.get("entry_point") is not None:
-            entry = columns["entry_point"][i]
-            if not re.search(rf"def\s+{re.escape(entry)}\s*\(", program):
-                program = columns["prompt"][i] + program  # the model wrote only the body
+        if columns.get("prompt") is not None and columns.get("entry_point") is not None:
+            program = with_stub(program, columns["prompt"][i], columns["entry_point"][i])
         jobs.append((program, _tests_for(i, columns)))
 
     # identical (program, tests) pairs run once: groups of G samples often repeat a short program

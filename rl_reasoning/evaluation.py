@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rewards.code import extract_program, runnable
+from rewards.code import extract_program, runnable, with_stub
 from rewards.extract import clean_answer, completion_text, final_answer_with_source
 from rewards.format import is_well_formatted, reasoning_section
 
@@ -180,10 +180,7 @@ def code_runnable(completion: str, problem: dict) -> bool | None:
     entry = problem.get("entry_point")
     if not entry:
         return None
-    program = extract_program(completion)
-    if program is not None and problem.get("prompt") and f"def {entry}" not in program:
-        program = problem["prompt"] + program  # HumanEval: the model may write only the body
-    return runnable(program, entry)
+    return runnable(with_stub(extract_program(completion), problem.get("prompt"), entry), entry)
 
 
 def _share(flags: list) -> float | None:
