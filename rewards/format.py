@@ -37,10 +37,15 @@ def tag_count_score(text: str) -> float:
     return sum(0.25 for tag in TAGS if text.count(tag) == 1)
 
 
-def format_reward(completions, mode: str = "strict", **_) -> list[float]:
-    """Examples: '<think>1+1=2</think><answer>2</answer>' -> 1.0; 'The answer is 2' -> 0.0 (strict) / 0.0 (tag_count)."""
+def format_reward(completions, mode: str = "strict", turn_texts=None, **_) -> list[float]:
+    """Examples: '<think>1+1=2</think><answer>2</answer>' -> 1.0; 'The answer is 2' -> 0.0 (strict) / 0.0 (tag_count).
+    In a multi-turn episode (`turn_texts`, from an environment) each turn is scored on its own
+    and the episode gets the mean, so a second turn is not penalised for repeating the tags."""
     if mode not in ("strict", "soft", "tag_count"):
         raise ValueError(f"format reward: mode must be 'strict', 'soft' or 'tag_count', got {mode!r}")
+    if turn_texts is not None:
+        return [sum(format_reward([t], mode)[0] for t in turns) / len(turns) if turns else format_reward([c], mode)[0]
+                for c, turns in zip(completions, turn_texts)]
     texts = [completion_text(c) for c in completions]
     if mode == "strict":
         return [1.0 if is_well_formatted(t) else 0.0 for t in texts]

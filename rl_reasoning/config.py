@@ -172,7 +172,15 @@ class RolloutConfig:
     max_turns: int = 2
     """Turns per episode with an environment, the first included."""
     retry_feedback: str = "That answer is wrong. Check your work and answer again."
-    """What the `retry` environment says after a wrong answer (a new user turn with the chat template)."""
+    """What the `retry` environment says after a wrong answer (a new user turn with the chat template);
+    `{question}` is replaced by the problem's question."""
+    retry_cost: float = 0.0
+    """`retry`: the share of the reward an episode loses for each retry it needed. An episode right on
+    turn k earns (1 - retry_cost)^(k-1); one that ends wrong earns 0. Above 0, answering right at once
+    beats being fixed, so a model cannot gain by answering the first turn carelessly."""
+    tools_from_turn: int = 1
+    """The first environment turn in which tool calls run. 2 = the tools become available only after
+    the environment's first feedback (say so in the feedback; `</tool>` does not stop earlier turns)."""
     importance_correction: bool | Literal["auto"] = "auto"
     """Truncated importance sampling (Yao et al. 2025; TRL's vllm_importance_sampling_correction, token
     mode): weight each token's policy-gradient term by min(pi_train / pi_sampler, importance_cap),
@@ -498,11 +506,22 @@ class Config:
         for key in ("max_tool_calls", "tool_timeout", "max_tool_output_chars", "describe_tools"):
             if not r.tools and getattr(r, key) != getattr(default, key):
                 raise ConfigError(f"rollout.{key}: has no effect without rollout.tools; remove it or list the tools")
-        for key in ("max_turns", "retry_feedback"):
+        for key in ("max_turns", "retry_feedback", "tools_from_turn"):
             if r.environment is None and getattr(r, key) != getattr(default, key):
                 raise ConfigError(f"rollout.{key}: has no effect without rollout.environment; remove it or set an environment")
-        if r.environment != "retry" and r.retry_feedback != default.retry_feedback:
-            raise ConfigError("rollout.retry_feedback: is read only by the 'retry' environment")
+        for key in ("retry_feedback", "retry_cost"):
+            if r.environment != "retry" and getattr(r, key) != getattr(default, key):
+                raise ConfigError(f"rollout.{key}: is read only by the 'retry' environment")
+        if not 0.0 <= r.retry_cost <= 1.0:
+            raise ConfigError(f"rollout.retry_cost: must be in [0, 1], got {r.retry_cost}")
+        if r.tools_from_turn != default.tools_from_turn:
+            if not r.tools:
+                raise ConfigError("rollout.tools_from_turn: has no effect without rollout.tools; remove it or list the tools")
+            if not 1 <= r.tools_from_turn <= r.max_turns:
+                raise ConfigError(f"rollout.tools_from_turn: must be between 1 and rollout.max_turns ({r.max_turns}), got {r.tools_from_turn}")
+            if r.describe_tools:
+                raise ConfigError("rollout.describe_tools: with rollout.tools_from_turn > 1 the system prompt would offer tools the "
+                                  "first turn cannot use; set describe_tools: false and introduce them in the feedback")
         if (r.tools or r.environment) and r.backend == "vllm":
             raise ConfigError("rollout.backend: the vLLM backend does not support tools or environments yet; use rollout.backend=hf")
         if r.tools and r.describe_tools and self.prompt.template != "chat":

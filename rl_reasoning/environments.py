@@ -14,7 +14,9 @@ turns in all.
 
 Built in: `retry` ("check and retry"): a wrong final answer is answered with
 `rollout.retry_feedback` and the model gets another turn; a right one ends the episode. Its
-reward is 1.0 when the episode ends right. Whether an answer is right is decided by the recipe's
+reward is (1 - `rollout.retry_cost`)^(retries) when the episode ends right, else 0: with a cost,
+an answer right at once beats a fixed one (SCoRe, Kumar et al. 2024, shapes the second turn's
+reward for the same reason: without it, multi-turn RL may trade first-turn accuracy for fixes). Whether an answer is right is decided by the recipe's
 accuracy reward on that turn alone, so it agrees with training and evaluation. The rollout
 records each turn's verdict, which gives the "second turn fixes a wrong first answer" rate.
 Departure from TRL: TRL's environments expose their methods as tools; here tools (tools.py) and
@@ -40,10 +42,11 @@ class Environment(Protocol):
 
 
 class RetryEnvironment:
-    """A wrong final answer gets `feedback` and another turn; a right one ends the episode."""
+    """A wrong final answer gets `feedback` and another turn; a right one ends the episode.
+    `{question}` in the feedback is replaced by the problem's question (the environment restates it)."""
 
-    def __init__(self, judge: Callable[[str, dict], bool], feedback: str):
-        self.judge, self.feedback = judge, feedback
+    def __init__(self, judge: Callable[[str, dict], bool], feedback: str, cost: float = 0.0):
+        self.judge, self.feedback, self.cost = judge, feedback, cost
         self.columns: dict = {}
         self.verdicts: list[bool] = []
 
@@ -53,22 +56,25 @@ class RetryEnvironment:
     def step(self, turn_text: str) -> str | None:
         right = self.judge(turn_text, self.columns)
         self.verdicts.append(right)
-        return None if right else self.feedback
+        return None if right else self.feedback.replace("{question}", str(self.columns.get("question", "")))
 
     def get_reward(self) -> float | None:
-        return float(self.verdicts[-1]) if self.verdicts else None
+        if not self.verdicts:
+            return None
+        return float(self.verdicts[-1]) * (1.0 - self.cost) ** (len(self.verdicts) - 1)
 
 
 BUILTIN_ENVIRONMENTS = ("retry",)
 
 
-def environment_factory(target: str, judge: Callable[[str, dict], bool] | None = None, feedback: str = "") -> Callable[[], Environment]:
+def environment_factory(target: str, judge: Callable[[str, dict], bool] | None = None, feedback: str = "",
+                        cost: float = 0.0) -> Callable[[], Environment]:
     """A factory of fresh environments for `rollout.environment` (built-in name or dotted path);
     a ConfigError naming the key when the target does not exist or lacks the methods."""
     if target == "retry":
         if judge is None:
             raise ConfigError("rollout.environment: 'retry' needs the recipe's accuracy reward to judge answers")
-        return lambda: RetryEnvironment(judge, feedback)
+        return lambda: RetryEnvironment(judge, feedback, cost)
     factory = load_dotted(target, "rollout.environment", "environment",
                           f"built-in: {', '.join(BUILTIN_ENVIRONMENTS)} (or a dotted path such as my_envs:MyEnv)")
     if inspect.isclass(factory):

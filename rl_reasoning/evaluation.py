@@ -141,7 +141,7 @@ def evaluate(
             if batch.episodes is not None:
                 e = batch.episodes[j]
                 episodes.append(e)
-                records[lo + j].update(tool_calls=e["tool_calls"], turns=e["turns"], verdicts=e["verdicts"])
+                records[lo + j].update(tool_calls=e["tool_calls"], turns=e["turns"], verdicts=e["verdicts"], turn_texts=e["turn_texts"], feedback=e["feedback"])
             records[lo + j].update(
                 completion=completions[j],
                 score=None if torch.isnan(scores[j]) else float(scores[j]),

@@ -50,6 +50,8 @@ class _Episode:
     observed: list[int] = field(default_factory=list)  # 1 = observation token (tool result, feedback)
     text: str = ""  # sampled segments (each cut at its stop string) and observations
     turn_start: int = 0  # where the current turn starts in `text`
+    turn_spans: list[tuple[int, int]] = field(default_factory=list)  # (start, end) in `text` of each finished turn
+    feedback: list[str] = field(default_factory=list)  # what the environment answered after each finished turn
     sampled: int = 0
     calls: list[ToolCall] = field(default_factory=list)
     turns: int = 1
@@ -69,7 +71,13 @@ class _Episode:
         if not observed:
             self.sampled += len(ids)
 
-    def record(self) -> dict:
+    def turn_texts(self, prefill: str) -> list[str]:
+        """What the model wrote in each turn (its prefill first; tool results inside a turn kept),
+        without the environment's feedback."""
+        spans = self.turn_spans + [(self.turn_start, len(self.text))]
+        return [prefill + self.text[a:b] for a, b in spans]
+
+    def record(self, prefill: str = "") -> dict:
         reward = None
         if self.env is not None and self.env_error is None:
             try:
@@ -78,7 +86,8 @@ class _Episode:
             except Exception as e:  # noqa: BLE001 - a broken environment is recorded, not fatal
                 self.env_error, reward = f"get_reward: {type(e).__name__}: {e}", None
         return {"tool_calls": [c.to_dict() for c in self.calls], "turns": self.turns, "verdicts": list(self.verdicts),
-                "env_reward": reward, "env_error": self.env_error}
+                "env_reward": reward, "env_error": self.env_error, "turn_texts": self.turn_texts(prefill),
+                "feedback": list(self.feedback)}
 
 
 def feedback_scaffold(tokenizer, template: str, prefill: str) -> tuple[str, str, str]:
@@ -108,12 +117,12 @@ class MultiTurnEngine:
 
     def __init__(self, engine: GenerationEngine, tokenizer, eos_token_ids: list[int], toolbox: Toolbox | None = None,
                  max_tool_calls: int = 0, environment: Callable[[], Environment] | None = None, max_turns: int = 1,
-                 template: str = "chat", prefill: str = ""):
+                 template: str = "chat", prefill: str = "", tools_from_turn: int = 1):
         self.engine, self.tokenizer = engine, tokenizer
         self.eos = set(eos_token_ids)
         self.toolbox, self.max_tool_calls = toolbox, max_tool_calls if toolbox is not None else 0
         self.environment, self.max_turns = environment, max_turns if environment is not None else 1
-        self.prefill = prefill
+        self.prefill, self.tools_from_turn = prefill, tools_from_turn
         self.close, self.before, self.after = feedback_scaffold(tokenizer, template, prefill) if environment is not None else ("", "", "")
 
     @property
@@ -142,9 +151,10 @@ class MultiTurnEngine:
                     ep.env.reset(**{k: v for k, v in problems[i // G].items() if k != "id"})
                 except Exception as e:  # noqa: BLE001 - the episode runs without feedback; the error is recorded
                     ep.env_error = f"reset: {type(e).__name__}: {e}"
-        first = self.engine.generate(prompts, self._round_params(params, params.max_new_tokens, tools_left=self.max_tool_calls > 0), generator, shard)
+        tools_now = self.max_tool_calls > 0 and self.tools_from_turn <= 1
+        first = self.engine.generate(prompts, self._round_params(params, params.max_new_tokens, tools_left=tools_now), generator, shard)
         active = list(range(N))
-        self._absorb(episodes, active, first, params, self._round_params(params, 0, self.max_tool_calls > 0).stop)
+        self._absorb(episodes, active, first, params, self._round_params(params, 0, tools_now).stop)
         while True:
             observations = self._observe(episodes, active, params)  # row -> observation ids
             if not observations:
@@ -153,7 +163,7 @@ class MultiTurnEngine:
             for i in active:
                 episodes[i].append(observations[i], observed=True)
             for tools_left in (True, False):
-                rows = [i for i in active if (len(episodes[i].calls) < self.max_tool_calls) == tools_left]
+                rows = [i for i in active if self._tools_left(episodes[i]) == tools_left]
                 if not rows:
                     continue
                 room = max(params.max_new_tokens - episodes[i].sampled for i in rows)
@@ -161,6 +171,10 @@ class MultiTurnEngine:
                 batch = self.engine.generate([episodes[i].prompt + episodes[i].ids for i in rows], round_params, generator)
                 self._absorb(episodes, rows, batch, params, round_params.stop)
         return self._assemble(episodes, first)
+
+    def _tools_left(self, ep: _Episode) -> bool:
+        """Whether `</tool>` stops this episode's next segment: calls left, in a turn that may use tools."""
+        return len(ep.calls) < self.max_tool_calls and ep.turns >= self.tools_from_turn
 
     def _round_params(self, params: RolloutConfig, max_new_tokens: int, tools_left: bool) -> RolloutConfig:
         stop = list(params.stop) + ([CALL_CLOSE] if tools_left and CALL_CLOSE not in params.stop else [])
@@ -193,7 +207,7 @@ class MultiTurnEngine:
             if ep.truncated:
                 continue
             no_room = ep.sampled >= params.max_new_tokens
-            if ep.last_text.endswith(CALL_CLOSE) and len(ep.calls) < self.max_tool_calls:
+            if ep.last_text.endswith(CALL_CLOSE) and self._tools_left(ep):
                 ep.truncated = no_room  # a call it has no budget left to read
                 if not no_room:
                     calls[i] = self._call_body(ep)
@@ -219,6 +233,8 @@ class MultiTurnEngine:
                 ended = self.tokenizer.decode([ep.last_token])
                 close = close[len(ended):] if ended and close.startswith(ended) else close
             scaffold = close + self.before
+            ep.turn_spans.append((ep.turn_start, len(ep.text)))
+            ep.feedback.append(answer)
             ids = self.tokenizer(scaffold, add_special_tokens=False).input_ids
             ids += self.tokenizer(answer, add_special_tokens=False, split_special_tokens=True).input_ids
             ids += self.tokenizer(self.after, add_special_tokens=False).input_ids
@@ -274,7 +290,7 @@ class MultiTurnEngine:
             texts=[ep.text for ep in episodes],
             group_size=first.group_size,
             tool_mask=tool_mask,
-            episodes=[ep.record() for ep in episodes],
+            episodes=[ep.record(self.prefill) for ep in episodes],
         )
 
 
@@ -299,7 +315,7 @@ def build_environment(cfg, accuracy) -> Callable[[], Environment] | None:
         scored = accuracy([turn_text], {k: [v] for k, v in columns.items()}, [""], 0, where="the retry environment")
         return bool(scored.total[0] >= CORRECT)
 
-    return environment_factory(cfg.rollout.environment, judge, cfg.rollout.retry_feedback)
+    return environment_factory(cfg.rollout.environment, judge, cfg.rollout.retry_feedback, cfg.rollout.retry_cost)
 
 
 def prompt_with_tools(prompt, toolbox: Toolbox | None, describe: bool):
@@ -319,10 +335,10 @@ def multi_turn(cfg, engine: GenerationEngine, tokenizer, eos_token_ids: list[int
         return engine
     r = cfg.rollout
     return MultiTurnEngine(engine, tokenizer, eos_token_ids, toolbox, r.max_tool_calls, environment, r.max_turns,
-                           cfg.prompt.template, cfg.prompt.prefill)
+                           cfg.prompt.template, cfg.prompt.prefill, r.tools_from_turn if environment is not None else 1)
 
 
-COLUMNS = ("tool_calls", "turns", "env_reward")  # what rewards may read from a multi-turn rollout
+COLUMNS = ("tool_calls", "turns", "env_reward", "turn_texts")  # what rewards may read from a multi-turn rollout
 
 
 def reward_columns(data, multi_turn: bool) -> list[str]:
@@ -339,7 +355,8 @@ def reward_columns(data, multi_turn: bool) -> list[str]:
 
 def episode_columns(rollout: RolloutBatch) -> dict[str, list]:
     """The multi-turn columns rewards see, one value per completion ({} for a single-turn rollout):
-    `tool_calls` (list of {name, arguments, output, error, seconds}), `turns`, `env_reward`."""
+    `tool_calls` (list of {name, arguments, output, error, seconds}), `turns`, `env_reward`, and
+    `turn_texts` (what the model wrote in each turn, prefill first, the environment's feedback left out)."""
     if rollout.episodes is None:
         return {}
     return {key: [e[key] for e in rollout.episodes] for key in COLUMNS}
@@ -348,7 +365,8 @@ def episode_columns(rollout: RolloutBatch) -> dict[str, list]:
 def episode_metrics(episodes: list[dict] | None, correct: torch.Tensor, prefix: str = "") -> dict:
     """Tool and environment metrics of a batch: calls per completion, error rate, share of completions
     that call a tool, accuracy with and without a call, turns per episode and how often a second
-    turn fixes a wrong first answer (among episodes whose first turn was judged wrong)."""
+    turn fixes a wrong first answer (among *all* episodes whose first turn was judged wrong, retried or
+    not) and the accuracy of the last turn judged."""
     if not episodes:
         return {}
     n = len(episodes)
@@ -371,6 +389,7 @@ def episode_metrics(episodes: list[dict] | None, correct: torch.Tensor, prefix: 
         retried = [v for v in judged if not v[0] and len(v) > 1]
         wrong_first = sum(1 for v in judged if not v[0])
         m[f"{prefix}env/retried_frac"] = len(retried) / wrong_first if wrong_first else 0.0
-        if retried:
-            m[f"{prefix}env/second_turn_fix_rate"] = sum(v[1] for v in retried) / len(retried)
+        m[f"{prefix}env/final_turn_accuracy"] = sum(v[-1] for v in judged) / len(judged)
+        if wrong_first:  # a wrong first answer that got no second turn (its budget ran out) counts as not fixed
+            m[f"{prefix}env/second_turn_fix_rate"] = sum(v[1] for v in retried) / wrong_first
     return m

@@ -155,7 +155,7 @@ def trace_records(step: int, problems: list[dict], prompt_texts: list[str], rows
         }
         if rows.episodes is not None:
             e = rows.episodes[i]
-            record.update(tool_calls=e["tool_calls"], turns=e["turns"], verdicts=e["verdicts"])
+            record.update(tool_calls=e["tool_calls"], turns=e["turns"], verdicts=e["verdicts"], turn_texts=e["turn_texts"], feedback=e["feedback"])
         if analyses:
             a = analyses[i]
             record.update(reflections=[r.label for r in a.reflections], revision=a.revision.kind if a.revision else None,
