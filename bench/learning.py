@@ -8,9 +8,13 @@
    recipe's held-out problems: the same problems, prompt and scorer at every point.
 3. Compares the base model and the last checkpoint with `rl-reasoning eval --compare` (paired
    bootstrap 95 % interval).
-4. Writes `learning.md` (a table per evaluation point: greedy accuracy, format rate, completion
+4. With an environment (`rollout.environment`), compares the last checkpoint's first-turn answers
+   with its final answers, paired over problems (the first turn's verdicts are the environment's,
+   recorded per problem by the same evaluation).
+5. Writes `learning.md` (a table per evaluation point: greedy accuracy, format rate, completion
    length, words in the reasoning section, reflection rate; for code tasks the runnable-program
-   rate instead of the think/answer columns), `learning.png` and `learning.json`.
+   rate instead of the think/answer columns; with an environment the first-turn accuracy and the
+   second-turn fix rate), `learning.png` and `learning.json`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import time
 from pathlib import Path
 
 COLUMNS = (("accuracy", "accuracy", True), ("format_rate", "format", True), ("runnable_rate", "runnable", True), ("mean_length", "tokens", False),
-           ("think_words", "reasoning words", False), ("reflection_rate", "reflection rate", True))
+           ("think_words", "reasoning words", False), ("reflection_rate", "reflection rate", True),
+           ("env/first_turn_accuracy", "first turn", True), ("env/second_turn_fix_rate", "second turn fixes", True),
+           ("tools/use_frac", "tool use", True))
+OPTIONAL = ("runnable_rate", "env/first_turn_accuracy", "env/second_turn_fix_rate", "tools/use_frac")  # shown when measured
 CODE_HIDES = ("format_rate", "think_words", "reflection_rate")  # think/answer columns, meaningless for code
 
 
@@ -72,17 +79,34 @@ def main() -> None:
         rows.append({"step": step, **{k: metrics.get(k) for k, _, _ in COLUMNS}, "problems": metrics.get("num_problems")})
     compare = subprocess.run([sys.executable, "-m", "rl_reasoning", "eval", "--compare", str(eval_dir / "step-000000.json"),
                               str(eval_dir / f"step-{points[-1][0]:06d}.json")], check=True, capture_output=True, text=True).stdout
+    turns = _first_turn_vs_final(eval_dir / f"step-{points[-1][0]:06d}.json")
     machine = f"{_cpu_model()}, {os.cpu_count()} cores, torch threads = cores"
     table = _table(rows)
     minutes = timing.get("train_minutes")
     text = (f"# Learning curve: {args.recipe}\n\nmachine: {machine}; training wall time: "
             f"{'n/a' if minutes is None else f'{minutes:.1f} min'}; held-out problems: {rows[0]['problems']}\n\n{table}\n\n"
-            f"{_phases(run_dir)}## Base model vs last checkpoint\n\n{compare}\n")
+            f"{_phases(run_dir)}## Base model vs last checkpoint\n\n{compare}\n{turns}")
     (out / "learning.md").write_text(text)
     (out / "learning.json").write_text(json.dumps({"recipe": args.recipe, "timing": timing, "points": rows}, indent=1))
     _plot(rows, out / "learning.png", args.recipe, minutes)
     print(text)
     print(f"written: {out / 'learning.md'}, {out / 'learning.png'}")
+
+
+def _first_turn_vs_final(path: Path) -> str:
+    """With an environment: the checkpoint's first answers against its final ones, paired (`eval
+    --compare` on a copy of the result whose per-problem `correct` is the first turn's verdict)."""
+    result = json.loads(path.read_text())
+    if "env/first_turn_accuracy" not in result["metrics"]:
+        return ""
+    first = dict(result, model=result["model"] + " (first turn)",
+                 metrics={"accuracy": result["metrics"]["env/first_turn_accuracy"]},
+                 per_problem=[dict(r, correct=bool(r.get("verdicts") and r["verdicts"][0])) for r in result["per_problem"]])
+    first_path = path.with_name(path.stem + "-first_turn.json")
+    first_path.write_text(json.dumps(first))
+    out = subprocess.run([sys.executable, "-m", "rl_reasoning", "eval", "--compare", str(first_path), str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return f"\n## Last checkpoint: first turn (A) vs final answer after the environment's feedback (B)\n\n{out}\n"
 
 
 def _phases(run_dir: Path) -> str:
@@ -110,6 +134,8 @@ def _step_table(steps: list[dict]) -> str:
     cols += [(code + "runnable_frac", "runnable", True), (code + "no_program_frac", "no program", True),
              (code + "examples_only_frac", "examples only", True)] if code else \
         [("format_rate", "format", True)]
+    cols += [(k, label, True) for k, label in (("env/first_turn_accuracy", "first turn"), ("env/second_turn_fix_rate", "second turn fixes"),
+                                                ("tools/use_frac", "tool use")) if any(k in m for m in steps)]
     cols += [("groups/zero_std_frac", "zero-variance groups", True), ("time/step", "step s", False), ("time/reward", "reward s", False)]
     lines = ["Per training step (the sampled completions):", "", "| step | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -134,9 +160,9 @@ def _recipe_model(run_dir: Path) -> str:
 
 
 def _columns(rows: list[dict]) -> list[tuple]:
-    """The table's columns: without a runnable rate (not code) no runnable column; with one, no think/answer columns."""
+    """The table's columns: the optional ones only when measured; for code, no think/answer columns."""
     code = any(r.get("runnable_rate") is not None for r in rows)
-    return [c for c in COLUMNS if (c[0] not in CODE_HIDES if code else c[0] != "runnable_rate")]
+    return [c for c in COLUMNS if not (code and c[0] in CODE_HIDES) and (c[0] not in OPTIONAL or any(r.get(c[0]) is not None for r in rows))]
 
 
 def _table(rows: list[dict]) -> str:
@@ -165,6 +191,9 @@ def _plot(rows: list[dict], path: Path, recipe: str, minutes: float | None) -> N
         ax.plot(steps, [100 * r["runnable_rate"] for r in rows], "s--", label="runnable program (%)")
     else:
         ax.plot(steps, [100 * r["format_rate"] for r in rows], "s--", label="format rate (%)")
+    for key, style, label in (("env/first_turn_accuracy", "d-", "first-turn accuracy (%)"), ("env/second_turn_fix_rate", "v-", "second turn fixes (%)")):
+        if any(r.get(key) is not None for r in rows):
+            ax.plot(steps, [100 * (r[key] or 0) for r in rows], style, label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)

@@ -270,7 +270,7 @@ def _reflection_metrics(records: list[dict], analyzer) -> dict:
     """Self-correction rates of the greedy completions (see rl_reasoning.traces); adds `reflections` to each record."""
     analyses = []
     for r in records:
-        a = analyzer(r["completion"], str(r["answer"]), r["correct"], r["length"])
+        a = analyzer(r["completion"], str(r["answer"]), r["correct"], r["length"], r.get("turn_texts"), r.get("verdicts"))
         r["reflections"] = [span.label for span in a.reflections]
         r["revision"] = a.revision.kind if a.revision else None
         analyses.append(a)

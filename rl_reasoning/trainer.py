@@ -391,7 +391,9 @@ class GRPOTrainer:
         if not self.cfg.traces.analyze:
             return []
         G = rows.group_size
-        return [self.analyzer(text, str(problems[i // G]["answer"]), bool(correct[i]), int(rows.lengths[i]))
+        episodes = rows.episodes or [{}] * len(rows.completions)
+        return [self.analyzer(text, str(problems[i // G]["answer"]), bool(correct[i]), int(rows.lengths[i]),
+                              episodes[i].get("turn_texts"), episodes[i].get("verdicts"))
                 for i, text in enumerate(rows.completions)]
 
     # ------------------------------------------------------------------ generation engines

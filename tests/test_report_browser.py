@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rl_reasoning import cli
-from tests.trace_fixture import write_fixture_run
+from tests.trace_fixture import write_fixture_run, write_retry_fixture_run
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +84,50 @@ def test_report_screenshot(report, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[0] == 2000 and pixels.shape[1] == 1280
     assert float(np.std(pixels[..., :3])) > 0.05, "the screenshot is blank"
+
+
+# Injected into a copy of a multi-turn run's report: count the episode cards a reader sees with
+# each filter (clicking its radio button as a reader would; the filter itself is CSS, no script),
+# and whether the fix-rate plot decoded.
+EPISODE_PROBE = """<script>
+window.addEventListener('load', () => {
+  const visible = () => [...document.querySelectorAll('.card.episode')].filter(c => getComputedStyle(c).display !== 'none');
+  const count = (outcome) => visible().filter(c => c.classList.contains('out-' + outcome)).length;
+  const d = document.body.dataset;
+  d.allShown = visible().length;
+  d.allFixed = count('fixed');
+  document.getElementById('show-fixed').click();
+  d.fixedShown = visible().length;
+  d.fixedFixed = count('fixed');
+  document.getElementById('show-not_fixed').click();
+  d.notFixedShown = visible().length;
+  d.notFixedNotFixed = count('not_fixed');
+  document.getElementById('show-all').click();
+  d.againShown = visible().length;
+  const plot = [...document.querySelectorAll('img.plot')].find(i => i.alt === 'Fix rate beside accuracy');
+  d.fixPlot = plot && plot.complete && plot.naturalWidth > 100 && plot.naturalHeight > 100 ? 1 : 0;
+  d.feedbackBoxes = document.querySelectorAll('.card.episode .feedback').length;
+});
+</script>"""
+
+
+def test_episode_cards_and_their_filter_render_in_chromium(tmp_path):
+    run = write_retry_fixture_run(tmp_path / "run")
+    out = tmp_path / "report.html"
+    assert cli.main(["report", str(run), "-o", str(out)]) == 0
+    page = out.read_text()
+    assert "<script" not in page, "the filter must work without script"
+    probe = tmp_path / "probe.html"
+    probe.write_text(without_csp(page).replace("</body>", EPISODE_PROBE + "</body>"))
+    result = run_chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    assert "<body" in result.stdout, result.stderr[-2000:]
+    data = dict(re.findall(r'data-([a-z-]+)="(\d+)"', re.search(r"<body[^>]*>", result.stdout).group(0)))
+    assert (data["all-shown"], data["all-fixed"]) == ("12", "4")  # 4 fixed, 3 not fixed, 4 right at once, 1 not judged
+    assert (data["fixed-shown"], data["fixed-fixed"]) == ("4", "4"), "'wrong → fixed' must hide every other card"
+    assert (data["not-fixed-shown"], data["not-fixed-not-fixed"]) == ("3", "3")
+    assert data["again-shown"] == "12"
+    assert data["fix-plot"] == "1", "the fix-rate plot must decode to an image"
+    assert data["feedback-boxes"] == "6"  # 4 fixed + 2 wrong twice; the old-style record's feedback recovered from its completion
 
 
 # --------------------------------------------------------------------------- a hostile run folder

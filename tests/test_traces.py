@@ -11,8 +11,9 @@ import pytest
 from rl_reasoning import cli, traces
 from rl_reasoning.traces import AlarmConfig, AlarmMonitor, Analyzer, step_statistics
 from rl_reasoning.traces.detectors import find_verifications, is_degenerate, stated_answers
+from rl_reasoning.traces.episodes import OUTCOMES, episode, is_multi_turn, outcome_of, split_completion
 from rl_reasoning.traces.report import build_report
-from tests.trace_fixture import AHA, write_fixture_run
+from tests.trace_fixture import AHA, retry_record, write_fixture_run, write_retry_fixture_run
 
 
 def labels(text, **kw):
@@ -365,6 +366,195 @@ def test_report_recomputes_trace_metrics_for_runs_without_them(run, monkeypatch)
     assert rates["revision rate"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 3 / 8, 6: 0}
     assert rates["wrong→right"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1 / 8, 6: 0}
     assert rates["verification rate"] == {1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 1 / 8}
+
+
+# --------------------------------------------------------------------------- multi-turn ("retry") episodes
+
+FEEDBACK_3_5 = "That answer is wrong. Try again.\nWhat is 3 + 5?"
+
+
+@pytest.fixture()
+def retry_run(tmp_path):
+    return write_retry_fixture_run(tmp_path / "retry")
+
+
+def test_episode_view_of_a_record_with_turn_texts_and_feedback():
+    ep = episode(retry_record("What is 3 + 5?", "8", [False, True], 2))
+    assert ep.outcome == "fixed" and ep.separated and ep.verdicts == (False, True)
+    assert [t.verdict for t in ep.turns] == [False, True]
+    assert ep.turns[0].text == "<think>turn 1: What is 3 + 5?</think> <answer>9</answer>"
+    assert ep.turns[1].text == "<think>turn 2: What is 3 + 5?</think> <answer>8</answer>"
+    assert (ep.turns[0].feedback, ep.turns[1].feedback) == (FEEDBACK_3_5, None)
+
+
+def test_old_records_get_their_turns_and_feedback_from_the_completion():
+    new = retry_record("What is 3 + 5?", "8", [False, True], 2)
+    old = retry_record("What is 3 + 5?", "8", [False, True], 2, old=True)
+    assert "turn_texts" not in old and "feedback" not in old
+    assert episode(old) == episode(new)
+    without_feedback = {k: v for k, v in new.items() if k != "feedback"}  # turn_texts but no feedback (runs of early December)
+    assert episode(without_feedback) == episode(new)
+    # the model's own end-of-turn token closed turn 1 (decoded without special tokens): no <|im_end|> before the user turn
+    closed = new["completion"].replace("<|im_end|>\n<|im_start|>user", "\n<|im_start|>user")
+    assert split_completion(closed) == (new["turn_texts"], new["feedback"])
+    assert split_completion("no scaffold here") == (["no scaffold here"], [])
+
+
+REAL_FEEDBACK = ("That answer is wrong. Use the calculator now: write <tool>expression</tool> with the problem's numbers and its result "
+                 "appears as <result>...</result>. Example: Calculate 47 - 85. <think>I use the calculator. <tool>47 - 85</tool>"
+                 "<result>-38</result></think> <answer>-38</answer>\nCalculate {}.")
+
+
+@pytest.mark.parametrize("completion, turn_texts, question", [
+    # copied from a retry_2digit run (SmolLM2's chat template): turn 1 closed by the model's end-of-turn token ...
+    ("<think>9</think>\n<|im_start|>user\n{feedback}<|im_end|>\n<|im_start|>assistant\n<think>2</think>",
+     ["<think>9</think>", "<think>2</think>"], "6 - 1"),
+    # ... and by the stop string </answer>, after which the scaffold writes <|im_end|> itself
+    ("<think>30 - 64 = 12\n<answer>12</answer><|im_end|>\n<|im_start|>user\n{feedback}<|im_end|>\n<|im_start|>assistant\n"
+     "<think>30 - 64 = 12\n<answer>12</answer>", ["<think>30 - 64 = 12\n<answer>12</answer>"] * 2, "30 - 64"),
+])
+def test_the_split_of_a_real_completion_gives_the_recorded_turn_texts(completion, turn_texts, question):
+    feedback = REAL_FEEDBACK.format(question)
+    assert split_completion(completion.format(feedback=feedback)) == (turn_texts, [feedback])
+
+
+@pytest.mark.parametrize("verdicts, outcome", [
+    ([True], "right_first"), ([False, True], "fixed"), ([False, False, True], "fixed"), ([False, False], "not_fixed"),
+    ([False], "not_fixed"), ([], "unjudged"), ([True, False], "right_first"),
+])
+def test_outcome_from_the_verdicts(verdicts, outcome):
+    assert outcome_of({"verdicts": verdicts}) == outcome
+
+
+@pytest.mark.parametrize("bad", [
+    {"verdicts": "yes"}, {"verdicts": [1, 0]}, {"verdicts": [None, True]}, {"verdicts": {"0": True}},
+    {"turn_texts": "abc"}, {"turn_texts": [1, None]}, {"turn_texts": []}, {"turn_texts": ["\ud800"]}, {"turn_texts": [["a"]]},
+    {"feedback": {"a": 1}}, {"feedback": [3]}, {"feedback": "x"}, {"turns": "2"}, {"turns": [2]}, {"turns": 10**30},
+    {"turn_texts": ["a", "b", "c"], "verdicts": [False]}, {"turn_texts": ["a"], "verdicts": [False, True], "feedback": ["x", "y", "z"]},
+    {"completion": None}, {"completion": 5}, {"completion": "a<|im_start|>user\n" * 1000},
+])
+def test_malformed_episode_fields_never_raise(bad):
+    record = {"step": 1, "completion": "<think>x</think> <answer>1</answer>", "verdicts": [False, True], "turns": 2, **bad}
+    ep = episode(record)
+    assert ep.outcome in OUTCOMES and ep.turns
+    assert all(isinstance(t.text, str) and t.verdict in (True, False, None) and (t.feedback is None or isinstance(t.feedback, str))
+               for t in ep.turns)
+    assert ep.turns[-1].feedback is None  # no feedback after the last turn
+    from rl_reasoning.traces.cli import Highlighter, episode_lines
+
+    assert episode_lines(record, Highlighter(color=False))[-1].startswith("outcome: ")
+
+
+def test_malformed_fields_fall_back_to_what_the_record_shows():
+    completion = "<think>x</think> <answer>1</answer>"
+    ep = episode({"completion": completion, "turn_texts": [1, 2], "verdicts": [False, True], "turns": 2})
+    assert [t.text for t in ep.turns] == [completion] and not ep.separated  # cannot be split: the whole completion
+    assert ep.turns[0].verdict is None and ep.outcome == "fixed"  # two verdicts for one block: not pinned on it
+    ep = episode({"completion": completion, "turn_texts": ["a", "b", "c"], "verdicts": [False, True], "feedback": ["f1"]})
+    assert [(t.verdict, t.feedback) for t in ep.turns] == [(False, "f1"), (True, None), (None, None)]
+    ep = episode({"completion": completion, "verdicts": [True], "turns": 1})  # single turn: the completion is the turn
+    assert ep.separated and ep.turns[0].verdict is True and ep.outcome == "right_first"
+    assert not is_multi_turn({"completion": completion, "verdicts": [], "turns": 1, "tool_calls": []})  # a tools-only record
+    assert is_multi_turn({"verdicts": [True]}) and is_multi_turn({"verdicts": [], "turns": 2})
+
+
+def test_show_prints_an_episode_turn_by_turn(retry_run, capsys):
+    assert cli.main(["traces", "show", str(retry_run), "--step", "1", "--prompt", "q-add", "--width", "60", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "turn 1 ✗" in out and "turn 2 ✓" in out and "turn 2 ✗" in out
+    assert "feedback: That answer is wrong. Try again. What is 3 + 5?" in out
+    assert "outcome: wrong → fixed (verdicts ✗ → ✓)" in out and "outcome: wrong → not fixed" in out and "outcome: right at once" in out
+
+
+def test_show_outcome_lists_the_episodes_of_one_outcome(retry_run, capsys):
+    assert cli.main(["traces", "show", str(retry_run), "--outcome", "fixed", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    episodes = out.split("\n\n")[:-1]
+    assert len(episodes) == 4 and out.endswith("4 episode(s) wrong → fixed shown\n")
+    for text in episodes:
+        lines = text.strip().splitlines()
+        assert lines[1] == "turn 1 ✗" and lines[3].startswith("feedback: That answer is wrong.") and lines[4] == "turn 2 ✓"
+        assert lines[-1] == "outcome: wrong → fixed (verdicts ✗ → ✓)"
+    assert "step 2  prompt q-sub  #3" in out  # the old-style record (no turn_texts, no feedback) is split from its completion
+    assert cli.main(["traces", "show", str(retry_run), "--outcome", "not-fixed", "--step", "1", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "2 episode(s) wrong → not fixed shown" in out and "wrong → fixed" not in out
+    assert cli.main(["traces", "show", str(retry_run), "--step", "1", "--prompt", "q-add", "--outcome", "right_first", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "#2 ✓" in out and "#0" not in out and "#1" not in out and "#3" not in out
+    assert cli.main(["traces", "grep", str(retry_run), "answer", "--outcome", "unjudged"]) == 0
+    assert "step 2 prompt q-sub #2" in (out := capsys.readouterr().out) and "1 matching completion(s)" in out
+
+
+@pytest.mark.parametrize("command", [["show", "--outcome", "fixd"], ["show", "--step", "1", "--prompt", "q-add", "--outcome", ""],
+                                     ["grep", "x", "--outcome", "FIXED"]])
+def test_a_bad_outcome_is_a_one_line_error(retry_run, capsys, command):
+    assert cli.main(["traces", command[0], str(retry_run), *command[1:]]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "--outcome: expected one of right_first, fixed, not_fixed, unjudged" in captured.err
+
+
+def test_show_makes_episode_text_terminal_safe(retry_run, capsys):
+    record = {"step": 4, "prompt_id": "evil", "group_index": 0, "answer": "1", "completion": "x", "turns": 2, "verdicts": [False, True],
+              "turn_texts": ["a\x1b[2Jb", "c\u202ed"], "feedback": ["\x1b]0;title\x07"]}
+    with (retry_run / "traces.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    assert cli.main(["traces", "show", str(retry_run), "--outcome", "fixed", "--step", "4", "--color", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "a␛[2Jb" in out and "c\\u202ed" in out and "feedback: ␛]0;title\\x07" in out
+    assert "\x1b[2J" not in out and "\x07" not in out and "\u202e" not in out
+
+
+def test_report_shows_episodes_and_the_fix_rate_plot(retry_run, monkeypatch):
+    import matplotlib.figure
+
+    plotted = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        for ax in fig.axes:
+            plotted[ax.get_title()] = [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    page = build_report(retry_run)
+    lines = {label: dict(zip(x, y)) for label, x, y in plotted["Fix rate beside accuracy"]}
+    # step 1: verdicts ✗✓, ✗✗, ✓, ✗ -> first turn 1/4, final turn 2/4, fixed 1 of 3 wrong first answers
+    assert lines["first-turn accuracy"] == {1: 0.25, 2: 1 / 3, 3: 0.5}
+    assert lines["final-turn accuracy"] == {1: 0.5, 2: 1.0, 3: 0.75}
+    assert lines["fix rate (fixed / wrong first)"] == {1: 1 / 3, 2: 1.0, 3: 0.5}
+    held = [dict(zip(x, y)) for _, x, y in plotted["Fix rate beside accuracy"] if x == [0, 3]]
+    assert {0: 0.0, 3: 1.0} in held and {0: 0.5, 3: 0.5} in held  # held-out fix rate and first-turn accuracy
+    assert "<h2 id=episodes>Multi-turn episodes</h2>" in page
+    counts = {o: page.count(f"class='card episode out-{o} ") for o in OUTCOMES}
+    assert counts == {"right_first": 4, "fixed": 4, "not_fixed": 3, "unjudged": 1}
+    assert page.index("out-fixed ") < page.index("out-not_fixed ") < page.index("out-right_first ")  # "wrong → fixed" first
+    old = page[page.index("step 2 · prompt q-sub · #3") :].split("class='card", 1)[0]  # the old-style record
+    assert "turn 1 ✗ wrong" in old and "That answer is wrong. Try again.\nWhat is 9 - 4?" in old and "turn 2 ✓ right" in old
+    assert "<script" not in page and "id=show-fixed" in page and "#show-fixed:checked~.episode-cards" in page
+
+
+def test_report_has_no_episode_section_or_fix_plot_for_a_single_turn_run(run):
+    page = build_report(run)
+    assert "id=episodes" not in page and "Fix rate beside accuracy" not in page and "class='card episode" not in page
+
+
+def test_report_episode_cards_are_capped_spread_and_escaped(tmp_path):
+    from rl_reasoning.traces.report import MAX_EPISODES_PER_OUTCOME
+
+    run = tmp_path / "many"
+    run.mkdir()
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    with (run / "traces.jsonl").open("w") as f:
+        for step in range(1, 41):
+            record = retry_record("What is 3 + 5?", "8", [False, True], 2)
+            record.update(turn_texts=[hostile, "8"], feedback=[hostile])
+            f.write(json.dumps({"step": step, "prompt_id": "p", "group_index": 0, "answer": "8", **record}) + "\n")
+    page = build_report(run)
+    assert page.count("class='card episode out-fixed") == MAX_EPISODES_PER_OUTCOME < 40
+    assert "step 1 · prompt p" in page and "step 40 · prompt p" in page  # spread over the run: first and last step
+    assert "<script>alert" not in page and "<img src=x" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 # --------------------------------------------------------------------------- a real (tiny) training run

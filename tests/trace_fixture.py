@@ -83,3 +83,75 @@ def write_fixture_run(run: Path) -> Path:
     (run / "config.yaml").write_text("max_steps: 6\nprompts_per_step: 2\n")
     (run / "summary.json").write_text(json.dumps({"model_parameters": 1000}))
     return run
+
+
+# --------------------------------------------------------------------------- a multi-turn ("retry") run
+
+FEEDBACK = "That answer is wrong. Try again.\n{question}"
+RETRY_PLAN = {1: "q-add", 2: "q-sub", 3: "q-add"}
+OPEN_USER, OPEN_ASSISTANT = "<|im_end|>\n<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _retry_group(step: int) -> list[tuple[list[bool], int]]:
+    """(verdicts, answers written) per completion: which turns were right, and how many turns there were."""
+    if step == 1:
+        return [([False, True], 2), ([False, False], 2), ([True], 1), ([False], 1)]  # fixed, not fixed, right at once, no retry
+    if step == 2:
+        return [([False, True], 2), ([True], 1), ([], 1), ([False, True], 2)]  # the 3rd is truncated: nothing judged
+    return [([False, True], 2), ([True], 1), ([True], 1), ([False, False], 2)]
+
+
+def retry_metrics(verdicts: list[list[bool]], prefix: str = "") -> dict:
+    """env/* as multiturn.episode_metrics defines them."""
+    judged = [v for v in verdicts if v]
+    wrong_first = [v for v in judged if not v[0]]
+    m = {f"{prefix}env/first_turn_accuracy": sum(v[0] for v in judged) / len(judged),
+         f"{prefix}env/final_turn_accuracy": sum(v[-1] for v in judged) / len(judged),
+         f"{prefix}env/retried_frac": sum(len(v) > 1 for v in wrong_first) / len(wrong_first) if wrong_first else 0.0}
+    if wrong_first:
+        m[f"{prefix}env/second_turn_fix_rate"] = sum(len(v) > 1 and v[1] for v in wrong_first) / len(wrong_first)
+    return m
+
+
+def retry_record(question: str, gold: str, verdicts: list[bool], turns: int, old: bool = False) -> dict:
+    """The episode fields of one completion: each turn answers right or wrong as its verdict says;
+    `old` leaves out turn_texts and feedback (runs written before they were recorded)."""
+    texts = [f"<think>turn {k + 1}: {question}</think> <answer>{gold if (verdicts[k] if k < len(verdicts) else False) else int(gold) + k + 1}</answer>"
+             for k in range(turns)]
+    feedback = [FEEDBACK.format(question=question)] * (turns - 1)
+    completion = texts[0] + "".join(OPEN_USER + f + OPEN_ASSISTANT + t for f, t in zip(feedback, texts[1:]))
+    record = {"completion": completion, "turns": turns, "verdicts": verdicts, "tool_calls": [],
+              "correct": bool(verdicts and verdicts[-1]), "truncated": not verdicts}
+    return record if old else {**record, "turn_texts": texts, "feedback": feedback}
+
+
+def write_retry_fixture_run(run: Path) -> Path:
+    """3 steps x 1 prompt x G=4 episodes of `rollout.environment: retry` with max_turns 2; step 2's
+    last completion is an old-style record (no turn_texts, no feedback). Held-out evaluations at 0 and 3."""
+    run.mkdir(parents=True, exist_ok=True)
+    traces, metrics = [], []
+    for step, pid in RETRY_PLAN.items():
+        question, gold = QUESTIONS[pid]
+        group = _retry_group(step)
+        for g, (verdicts, turns) in enumerate(group):
+            record = retry_record(question, gold, verdicts, turns, old=step == 2 and g == 3)
+            reward = 1.0 if record["correct"] else 0.0
+            traces.append({"step": step, "prompt_id": pid, "group_index": g, "prompt": f"<|im_start|>user\n{question}<|im_end|>\n",
+                           "answer": gold, "rewards": {"env_reward": reward}, "reward": reward, "advantage": 0.0,
+                           "length": 20 * turns, **record})
+        correct = [bool(v and v[-1]) for v, _ in group]
+        metrics.append({"step": step, "reward/mean": sum(correct) / 4, "reward/std": 0.5, "accuracy": sum(correct) / 4, "format_rate": 1.0,
+                        "completions/mean_length": 30.0, "entropy": 1.0, "time/step": 2.0, "tokens/generated": 120,
+                        "env/turns": sum(t for _, t in group) / 4, **retry_metrics([v for v, _ in group])})
+    evals, eval_traces = [], []
+    for step, verdicts in ((0, [[False, False], [True]]), (3, [[False, True], [True]])):
+        for problem, (pid, v) in enumerate(zip(("q-add", "q-sub"), verdicts)):
+            question, gold = QUESTIONS[pid]
+            eval_traces.append({"step": step, "problem": problem, "question": question, "answer": gold, "length": 10,
+                                **retry_record(question, gold, v, len(v))})
+        evals.append({"step": step, "eval/accuracy": sum(v[-1] for v in verdicts) / 2, "eval/format_rate": 1.0, "eval/seconds": 1.0,
+                      **retry_metrics(verdicts, "eval/")})
+    for name, records in (("traces.jsonl", traces), ("metrics.jsonl", metrics), ("eval.jsonl", evals), ("eval_traces.jsonl", eval_traces)):
+        (run / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "config.yaml").write_text("rollout:\n  environment: retry\n  max_turns: 2\n")
+    return run

@@ -3,13 +3,18 @@
 `analyze` runs every detector on one completion; `step_statistics` turns a step's analyses into
 the `traces/*` metrics the trainer logs (and `rl-reasoning traces summary` recomputes from the
 trace file, so old runs and runs with other marker lists can be re-analysed).
+
+A multi-turn episode (an environment answered the model between turns) is analysed turn by
+turn: the environment's feedback is not the model's text, and an answer changed *after*
+feedback is the environment's fix (`env/second_turn_fix_rate`), not a revision inside one turn.
+Spans are shifted back into the whole completion's text, so highlighting works on it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from .detectors import (
     REVISION_CLASSES,
@@ -57,7 +62,30 @@ class Analyzer:
     def __post_init__(self):
         self._compiled = compile_markers(self.markers, self.extra_markers)
 
-    def __call__(self, text: str, gold: str | None = None, correct: bool | None = None, tokens: int | None = None) -> TraceAnalysis:
+    def __call__(self, text: str, gold: str | None = None, correct: bool | None = None, tokens: int | None = None,
+                 turn_texts: Sequence[str] | None = None, verdicts: Sequence[bool] | None = None) -> TraceAnalysis:
+        """One completion's analysis; with `turn_texts` (an episode of several turns) each turn is
+        analysed on its own, judged by its verdict, and the results merged."""
+        offsets = turn_offsets(text, turn_texts) if turn_texts is not None and len(turn_texts) > 1 else None
+        if offsets is None:
+            return self._one(text, gold, correct, tokens)
+        verdicts = list(verdicts or [])
+        parts = []
+        for k, (turn, start) in enumerate(zip(turn_texts, offsets)):
+            verdict = verdicts[k] if k < len(verdicts) else (correct if k == len(turn_texts) - 1 else None)
+            parts.append(_shifted(self._one(turn, gold, verdict, None), start))
+        revisions = [a.revision for a in parts if a.revision is not None]
+        return TraceAnalysis(
+            reflections=[r for a in parts for r in a.reflections],
+            revision=revisions[-1] if revisions else None,
+            verifications=[v for a in parts for v in a.verifications],
+            claims=[c for a in parts for c in a.claims],
+            degenerate=any(a.degenerate for a in parts),
+            tokens=tokens if tokens is not None else sum(a.tokens for a in parts),
+            correct=correct,
+        )
+
+    def _one(self, text: str, gold: str | None, correct: bool | None, tokens: int | None) -> TraceAnalysis:
         reflections = find_reflections(text, self._compiled)
         claims = stated_answers(text, reflections)
         revision = find_revision(text, gold, correct, self.is_correct, reflections, claims)
@@ -73,6 +101,32 @@ class Analyzer:
             tokens=tokens if tokens is not None else approximate_tokens(text),
             correct=correct,
         )
+
+
+def turn_offsets(text: str, turn_texts: Sequence[str]) -> list[int] | None:
+    """Where each turn's text starts in the whole completion (turns in order); None when one is not found."""
+    offsets, pos = [], 0
+    for turn in turn_texts:
+        if not isinstance(turn, str):
+            return None
+        at = text.find(turn, pos)
+        if at < 0:
+            return None
+        offsets.append(at)
+        pos = at + len(turn)
+    return offsets
+
+
+def _shifted(a: TraceAnalysis, by: int) -> TraceAnalysis:
+    """`a` with every span moved `by` characters (a turn's analysis placed in the whole completion)."""
+    def move(x):
+        return replace(x, start=x.start + by, end=x.end + by)
+
+    revision = None
+    if a.revision is not None:
+        revision = replace(a.revision, before=move(a.revision.before), after=move(a.revision.after), point=move(a.revision.point))
+    return replace(a, reflections=[move(r) for r in a.reflections], verifications=[move(v) for v in a.verifications],
+                   claims=[move(c) for c in a.claims], revision=revision)
 
 
 def approximate_tokens(text: str) -> int:

@@ -3,6 +3,8 @@
 Every command streams the trace file (one step or one bucket in memory), so it works on runs
 of 100k+ completions. Analyses are recomputed from the text, so old runs and other marker lists
 (`--marker`) work too. Highlighting uses ANSI colours on a terminal and ⟦brackets⟧ otherwise.
+Multi-turn ("retry") records are shown turn by turn, with the environment's feedback between
+the turns and the outcome (`episodes.py`); `--outcome` keeps the episodes of one outcome.
 
 Model text is untrusted: every text field of a record is passed through `terminal_safe` before
 anything is printed (escape sequences, other control characters and bidi overrides are shown
@@ -27,6 +29,7 @@ from ..untrusted import terminal_safe
 from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis, step_statistics
 from .detectors import mark_revision
+from .episodes import OUTCOME_LABELS, OUTCOMES, episode, is_multi_turn, outcome_of
 from .schema import metrics_problem, tool_calls_of
 from .store import iter_steps, load, prompt_key
 
@@ -44,7 +47,10 @@ def analyzer_from_args(args) -> Analyzer:
 
 
 def analyze_record(analyzer: Analyzer, record: dict) -> TraceAnalysis:
-    return analyzer(record.get("completion") or "", _gold(record), record.get("correct"), record.get("length"))
+    turns, verdicts = record.get("turn_texts"), record.get("verdicts")
+    return analyzer(record.get("completion") or "", _gold(record), record.get("correct"), record.get("length"),
+                    turns if isinstance(turns, list) else None,
+                    verdicts if isinstance(verdicts, list) and all(isinstance(v, bool) for v in verdicts) else None)
 
 
 def _gold(record: dict) -> str | None:
@@ -84,6 +90,16 @@ class Highlighter:
 def highlight_revision(text: str, analysis: TraceAnalysis, hl: Highlighter) -> str:
     """The completion with the abandoned answer, the revision point and the final answer marked."""
     return mark_revision(text, analysis.revision, lambda span, kind: hl.mark(span, kind))
+
+
+def _parse_outcome(value: str | None) -> str | None:
+    """An `--outcome` value checked (not-fixed spelt with a hyphen is accepted too); None when not given."""
+    if value is None:
+        return None
+    outcome = value.strip().replace("-", "_")
+    if outcome not in OUTCOMES:
+        raise UserError(f"--outcome: expected one of {', '.join(OUTCOMES)}, got {value!r}")
+    return outcome
 
 
 def _parse_steps(value: str | None) -> tuple[int | None, int | None] | None:
@@ -180,12 +196,40 @@ def _panel(record: dict, analysis: TraceAnalysis, index: int, hl: Highlighter, w
         head += f" rev:{analysis.revision.kind}"
     if isinstance(record.get("turns"), int) and record["turns"] > 1:
         head += f" turns {record['turns']}"
-    body = highlight_revision((record.get("completion") or ""), analysis, hl) if analysis.revision else (record.get("completion") or "")
+    if is_multi_turn(record):
+        paragraphs = episode_lines(record, hl)
+    else:
+        body = highlight_revision((record.get("completion") or ""), analysis, hl) if analysis.revision else (record.get("completion") or "")
+        paragraphs = body.splitlines() or [""]
     lines = textwrap.wrap(head, width) + ["-" * width]
-    for paragraph in body.splitlines() or [""]:
+    for paragraph in paragraphs:
         lines += textwrap.wrap(paragraph, width, replace_whitespace=False, drop_whitespace=True) if not hl.color else _wrap_ansi(paragraph, width)
     for line in tool_call_lines(record):
         lines += textwrap.wrap(line, width) or [""]
+    return lines
+
+
+def _verdict_mark(verdict: bool | None, hl: Highlighter) -> str:
+    if verdict is None:
+        return "– (not judged)"
+    symbol = "✓" if verdict else "✗"
+    return f"\x1b[{'1;32' if verdict else '1;31'}m{symbol}\x1b[0m" if hl.color else symbol
+
+
+def episode_lines(record: dict, hl: Highlighter) -> list[str]:
+    """A multi-turn record turn by turn, terminal-safe: "turn 1 ✗", its text, "feedback: ...",
+    "turn 2 ✓", its text, ..., then the outcome ("outcome: wrong → fixed")."""
+    ep = episode(record)
+    lines = [] if ep.separated else ["(turns not recorded separately: the whole completion)"]
+    for k, turn in enumerate(ep.turns, 1):
+        lines.append(f"turn {k} {_verdict_mark(turn.verdict, hl)}" if ep.separated else "completion")
+        lines += terminal_safe(turn.text).splitlines() or [""]
+        if turn.feedback is not None:
+            lines.append("feedback: " + terminal_safe(" ".join(turn.feedback.split())))
+        elif k < len(ep.turns):
+            lines.append("feedback: (not recorded)")
+    verdicts = " → ".join("✓" if v else "✗" for v in ep.verdicts) or "none"
+    lines.append(f"outcome: {OUTCOME_LABELS[ep.outcome]} (verdicts {verdicts})")
     return lines
 
 
@@ -223,23 +267,14 @@ def _visible_len(s: str) -> int:
 def cmd_show(args) -> int:
     hl = Highlighter(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
     analyzer = analyzer_from_args(args)
+    outcome = _parse_outcome(args.outcome)
     steps = (args.step, args.step) if args.step is not None else None
     if args.aha:
-        shown = 0
-        for record in printable(load(args.run, args.split, steps=steps, prompt_id=args.prompt)):
-            a = analyze_record(analyzer, record)
-            if a.aha:
-                shown += 1
-                print(f"step {record.get('step')}  prompt {prompt_key(record)}  gold {record.get('answer')!r}  "
-                      f"'{a.revision.before.value}' → '{a.revision.after.value}' at “{a.revision.point.label}”")
-                print(highlight_revision((record.get("completion") or ""), a, hl))
-                print()
-                if shown >= args.limit:
-                    break
-        print(f"{shown} wrong→right revision(s) shown" + (f" (limit {args.limit})" if shown >= args.limit else ""))
-        return 0
+        return _show_aha(args, analyzer, hl, steps, outcome)
+    if outcome is not None and args.prompt is None:
+        return _show_episodes(args, hl, steps, outcome)
     if args.step is None:
-        raise UserError("show: pass --step S (and --prompt P), or --aha")
+        raise UserError("show: pass --step S (and --prompt P), --aha, or --outcome O")
     records = list(printable(load(args.run, args.split, steps=steps)))
     if not records:
         raise UserError(f"{args.run}: no {args.split} traces at step {args.step}")
@@ -257,11 +292,51 @@ def cmd_show(args) -> int:
     print(f"step {args.step}  prompt {args.prompt}  gold answer: {first.get('answer')!r}")
     print(_one_line(first.get("question") or _question_of(first.get("prompt", "")), 400))
     print()
+    if outcome is not None:
+        group = [r for r in group if outcome_of(r) == outcome]
+        if not group:
+            print(f"no completion of this group has the outcome {outcome} ({OUTCOME_LABELS[outcome]})")
+            return 0
     term = shutil.get_terminal_size((160, 40)).columns
     width = args.width or max(40, min(72, (term - 5 * 2) // 3))
     columns = max(1, min(len(group), (term + 5) // (width + 5)))
     panels = [_panel(r, analyze_record(analyzer, r), i, hl, width) for i, r in enumerate(group)]
     print(_side_by_side(panels, width, columns))
+    return 0
+
+
+def _show_aha(args, analyzer: Analyzer, hl: Highlighter, steps, outcome: str | None) -> int:
+    """Completions that revise a wrong answer into the right one (of one outcome, when given)."""
+    shown = 0
+    for record in printable(load(args.run, args.split, steps=steps, prompt_id=args.prompt)):
+        if outcome is not None and outcome_of(record) != outcome:
+            continue
+        a = analyze_record(analyzer, record)
+        if a.aha:
+            shown += 1
+            print(f"step {record.get('step')}  prompt {prompt_key(record)}  gold {record.get('answer')!r}  "
+                  f"'{a.revision.before.value}' → '{a.revision.after.value}' at “{a.revision.point.label}”")
+            print(highlight_revision((record.get("completion") or ""), a, hl))
+            print()
+            if shown >= args.limit:
+                break
+    print(f"{shown} wrong→right revision(s) shown" + (f" (limit {args.limit})" if shown >= args.limit else ""))
+    return 0
+
+
+def _show_episodes(args, hl: Highlighter, steps, outcome: str) -> int:
+    """Multi-turn episodes of one outcome, one after another, turn by turn (at most --limit)."""
+    shown = 0
+    for record in printable(load(args.run, args.split, steps=steps)):
+        if outcome_of(record) != outcome:
+            continue
+        shown += 1
+        print(f"step {record.get('step')}  prompt {prompt_key(record)}  #{record.get('group_index', 0)}  gold {record.get('answer')!r}")
+        print("\n".join(episode_lines(record, hl)) if is_multi_turn(record) else (record.get("completion") or ""))
+        print()
+        if shown >= args.limit:
+            break
+    print(f"{shown} episode(s) {OUTCOME_LABELS[outcome]} shown" + (f" (limit {args.limit})" if shown >= args.limit else ""))
     return 0
 
 
@@ -287,7 +362,10 @@ def cmd_grep(args) -> int:
     hl = Highlighter(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
     correct = True if args.correct else False if args.incorrect else None
     found = 0
+    outcome = _parse_outcome(args.outcome)
     for record in printable(load(args.run, args.split, steps=_parse_steps(args.steps), correct=correct)):
+        if outcome is not None and outcome_of(record) != outcome:
+            continue
         reward = record.get("reward")
         if args.min_reward is not None and (reward is None or reward < args.min_reward):
             continue
@@ -369,11 +447,14 @@ def add_parser(sub) -> None:
     p.add_argument("--bucket", type=int, default=0, help="steps per row (default: about 20 rows)")
     p.set_defaults(func=cmd_summary)
 
-    p = tsub.add_parser("show", help="the G completions of one prompt side by side; --aha for wrong→right revisions")
+    p = tsub.add_parser("show", help="the G completions of one prompt side by side; --aha for wrong→right revisions; "
+                       "--outcome for multi-turn episodes turn by turn")
     _common(p)
     p.add_argument("--step", type=int)
     p.add_argument("--prompt", help="prompt id (training) or problem index (eval)")
     p.add_argument("--aha", action="store_true", help="show completions that revise a wrong answer into a right one")
+    p.add_argument("--outcome", help="only multi-turn episodes with this outcome: right_first, fixed (wrong → right), not_fixed, "
+                   "unjudged; without --prompt they are listed turn by turn")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--width", type=int, default=0, help="column width (default: fit the terminal)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
@@ -388,6 +469,7 @@ def add_parser(sub) -> None:
     g.add_argument("--incorrect", action="store_true")
     p.add_argument("--min-reward", type=float)
     p.add_argument("--max-reward", type=float)
+    p.add_argument("--outcome", help="only multi-turn episodes with this outcome: right_first, fixed, not_fixed, unjudged")
     p.add_argument("-i", "--ignore-case", action="store_true")
     p.add_argument("--context", type=int, default=60, help="characters shown around the match")
     p.add_argument("--limit", type=int, default=50)

@@ -4,6 +4,9 @@ Plots (matplotlib PNGs embedded as data URIs, so the file opens with no network)
 seen at several steps with their G completions, the held-out problems across evaluations, a
 table of "aha" completions (wrong -> right revisions) with the self-correction highlighted,
 alarms, the run's config and its compute (tokens, model FLOPs, wall time). Traces are streamed.
+Multi-turn ("retry") runs also get a plot of the fix rate beside first- and final-turn accuracy
+and their episodes as cards (each turn, its verdict, the feedback between), filtered by outcome
+with radio buttons and CSS alone, since the page runs no script.
 
 The run folder is untrusted input (model text, and files anyone may have edited): records that
 do not match the schema (`traces.schema`) are skipped and counted; every field is HTML-escaped;
@@ -19,7 +22,7 @@ import html
 import io
 import math
 import shlex
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from ..errors import UserError
@@ -29,6 +32,7 @@ from .alarms import alarms_from_metrics
 from .analysis import Analyzer, TraceAnalysis
 from .cli import analyze_record, summary_rows
 from .detectors import mark_revision
+from .episodes import OUTCOME_LABELS, episode, has_verdicts, is_multi_turn, outcome_of
 from .schema import clean_summary, metrics_problem, tool_calls_of
 from .store import iter_steps, load, prompt_key
 
@@ -40,6 +44,9 @@ MAX_STEPS_PER_PROMPT = 6
 MAX_CARDS_PER_GROUP = 16
 MAX_EVAL_PROBLEMS = 6
 MAX_EVAL_STEPS = 8
+MAX_EPISODES_PER_OUTCOME = 12  # multi-turn episode cards of each outcome, spread over the run
+MAX_TURNS_PER_CARD = 4
+EPISODE_ORDER = ("fixed", "not_fixed", "right_first", "unjudged")  # the cards' order: the episodes a reader looks for first
 MAX_COMPLETION_CHARS, MAX_COMPLETION_LINES = 3000, 60  # per completion shown; the rest is one command away
 MAX_FIELD_CHARS, MAX_FIELD_LINES = 400, 8  # question, gold answer, prompt id
 MAX_CONFIG_CHARS, MAX_CONFIG_LINES = 20_000, 500
@@ -60,6 +67,10 @@ th{background:#f6f6f6}
 .card header{font-weight:600;margin-bottom:4px;color:#333}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 mark.wrong{background:#ffd2cc}mark.right{background:#c9f2d0}mark.point{background:#ffe066;font-weight:700}
+.episode-cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:8px;margin-top:8px}
+.turn{margin:4px 0}.turn b{display:block;margin-bottom:2px}.feedback{margin:4px 0 4px 16px;padding:4px;background:#f3f3f8;border-radius:4px}
+.episode-filter label{margin-right:14px;cursor:pointer}
+""" + "".join(f"#show-{o}:checked~.episode-cards .episode:not(.out-{o}){{display:none}}" for o in EPISODE_ORDER) + """
 .alarm{color:#a33}.muted{color:#888}details{margin:8px 0}.cut{color:#777;font-style:italic}
 """
 
@@ -87,6 +98,7 @@ def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
         _alarms(metrics),
         "<h2 id=aha>“Aha” moments: wrong → right revisions</h2>",
         _aha_table(run, analyzer),
+        *_section("<h2 id=episodes>Multi-turn episodes</h2>", _episodes(run)),
         "<h2 id=prompts>Prompts across steps (G completions each)</h2>",
         _prompts_across_steps(run, analyzer),
         "<h2 id=heldout>Held-out problems across evaluations</h2>",
@@ -98,6 +110,11 @@ def build_report(run: str | Path, analyzer: Analyzer | None = None) -> str:
     body = "\n".join(parts)
     return (f"<!doctype html><html><head><meta charset=utf-8><meta http-equiv=Content-Security-Policy content=\"{CSP}\">"
             f"<title>{html.escape(run.name)} · rl-reasoning report</title><style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def _section(heading: str, body: str | None) -> list[str]:
+    """[heading, body], or [] when the run has nothing for the section (body None)."""
+    return [] if body is None else [heading, body]
 
 
 def _e(value) -> str:
@@ -115,6 +132,11 @@ def _trace_series(run: Path, metrics: list[dict], analyzer: Analyzer) -> dict[in
     if not (run / "traces.jsonl").exists():
         return {}
     return {r["first_step"]: r for r in summary_rows(run, "train", 1, analyzer)}
+
+
+# Multi-turn ("retry") runs: (metrics key, label, marker); held-out values are under eval/<key>.
+ENV_SERIES = (("env/first_turn_accuracy", "first-turn accuracy", "o"), ("env/final_turn_accuracy", "final-turn accuracy", "s"),
+              ("env/second_turn_fix_rate", "fix rate (fixed / wrong first)", "^"))
 
 
 def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> str:
@@ -160,6 +182,18 @@ def _plots(metrics: list[dict], evals: list[dict], series: dict[int, dict]) -> s
                 ax.plot([e["step"] for e in evals], col("eval/format_rate", evals), marker="D", ms=5, ls="--", label="held-out format")
             ax.set_ylim(-0.02, 1.02)
         figure("Accuracy and format", accuracy)
+
+        if any(key in m for m in metrics for key, _, _ in ENV_SERIES):
+            def fix_rate(ax):
+                held = [e for e in evals if any(f"eval/{key}" in e for key, _, _ in ENV_SERIES)]
+                for i, (key, label, marker) in enumerate(ENV_SERIES):
+                    ax.plot(steps, col(key), marker=marker, ms=3, color=f"C{i}", label=label)
+                    if held:
+                        ax.plot([e["step"] for e in held], col(f"eval/{key}", held), marker="D", ms=5, ls="--", color=f"C{i}")
+                if held:
+                    ax.plot([], [], marker="D", ms=5, ls="--", color="#555", label="held-out (same colours)")
+                ax.set_ylim(-0.02, 1.02)
+            figure("Fix rate beside accuracy", fix_rate)
 
         def length(ax):
             ax.plot(steps, col("completions/mean_length"), marker="o", ms=3, label="mean length (tokens)")
@@ -331,6 +365,56 @@ def _prompts_across_steps(run: Path, analyzer: Analyzer) -> str:
             out += [_card(r, analyze_record(analyzer, r), _full_text_hint(run, r)) for r in group[:MAX_CARDS_PER_GROUP]]
             out.append("</div>")
     return "\n".join(out)
+
+
+def _episodes(run: Path) -> str | None:
+    """Multi-turn episodes as cards ("wrong → fixed" first) with a filter by outcome that needs no
+    script (radio buttons and CSS); None when no training record of the run has more than one turn or a verdict."""
+    if not (run / "traces.jsonl").exists():
+        return None
+    counts, multi_turn = Counter(), False
+    for record in load(run):
+        if has_verdicts(record):
+            counts[outcome_of(record)] += 1
+            multi_turn = multi_turn or is_multi_turn(record)
+    if not multi_turn:
+        return None
+    wanted = {o: _spread(list(range(n)), MAX_EPISODES_PER_OUTCOME) for o, n in counts.items()}
+    picked, seen = defaultdict(list), Counter()
+    for record in load(run):
+        if has_verdicts(record):
+            outcome = outcome_of(record)
+            if seen[outcome] in wanted[outcome]:
+                picked[outcome].append(record)
+            seen[outcome] += 1
+    shown = [o for o in EPISODE_ORDER if o in counts or o == "fixed"]  # "wrong → fixed (0)" is news too
+    intro = (f"<p>{sum(counts.values())} multi-turn episodes in the training traces: "
+             + ", ".join(f"{counts[o]} {OUTCOME_LABELS[o]}" for o in shown)
+             + f". Up to {MAX_EPISODES_PER_OUTCOME} of each are shown, spread over the run; all of one kind: "
+             "<code>rl-reasoning traces show RUN --outcome fixed</code>.</p>")
+    radios = ["<input type=radio name=episode-filter id=show-all checked><label for=show-all>all shown</label>"]
+    radios += [f"<input type=radio name=episode-filter id=show-{o}><label for=show-{o}>{html.escape(OUTCOME_LABELS[o])} "
+               f"({len(picked[o])})</label>" for o in shown]
+    cards = [_episode_card(run, r) for o in shown for r in picked[o]]
+    return f"{intro}<div class=episode-filter>{''.join(radios)}<div class=episode-cards>{''.join(cards)}</div></div>"
+
+
+def _episode_card(run: Path, record: dict) -> str:
+    """One episode: each turn's text and verdict, the feedback between turns, its tool calls."""
+    ep = episode(record)
+    hint = _full_text_hint(run, record)
+    head = f"step {record['step']} · prompt {shorten(str(prompt_key(record)), 80, 1)[0]} · #{record.get('group_index', 0)} · {OUTCOME_LABELS[ep.outcome]}"
+    parts = [] if ep.separated else ["<p class=muted>turns not recorded separately: the whole completion</p>"]
+    for k, turn in enumerate(ep.turns[:MAX_TURNS_PER_CARD], 1):
+        verdict = {True: "✓ right", False: "✗ wrong", None: "– not judged"}[turn.verdict]
+        title = f"turn {k} {verdict}" if ep.separated else "completion"
+        parts.append(f"<div class=turn><b>{title}</b><pre>{highlighted_html(turn.text, None, hint)}</pre></div>")
+        if turn.feedback is not None:
+            parts.append(f"<div class=feedback><b>feedback</b><pre>{_e(turn.feedback)}</pre></div>")
+    if len(ep.turns) > MAX_TURNS_PER_CARD:
+        parts.append(f"<p class=cut>{len(ep.turns) - MAX_TURNS_PER_CARD} more turn(s): {html.escape(hint)}</p>")
+    border = "" if not ep.verdicts else "ok" if ep.verdicts[-1] else "bad"
+    return f"<div class='card episode out-{ep.outcome} {border}'><header>{html.escape(head)}</header>{''.join(parts)}{tool_calls_html(record)}</div>"
 
 
 def _spread(items: list[int], k: int) -> set[int]:
