@@ -81,7 +81,7 @@ def test_reflections_per_1k_tokens():
 def test_stated_answers_are_claims_not_intermediate_steps():
     assert [c.value for c in stated_answers("3 + 5 = 8, 8 * 2 = 16. <answer>16</answer>")] == ["16"]
     assert [c.value for c in stated_answers("So the answer is 12. Wait, the answer is 13.")] == ["12", "13"]
-    assert [c.value for c in stated_answers("3 + 5 = 9. Wait, 3 + 5 = 8. \\boxed{8}")] == ["9", "8"]
+    assert [c.value for c in stated_answers("3 + 5 = 9. Wait, 3 + 5 = 8. \\boxed{8}")] == ["9", "8", "8"]  # the restated "3 + 5 = 8" is a claim too
     assert [c.value for c in stated_answers("The sum is 3 + 4 = 7")] == []  # "sum is 3" is the start of an expression
     assert [c.value for c in stated_answers("3 boxes with 4 pens, so 3 boxes × 4 = 12 pens. <answer>12</answer>")] == ["12"]
     assert [c.value for c in stated_answers("the answer is 3x + 4. hence 2x = 10")] == []

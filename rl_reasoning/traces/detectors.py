@@ -12,7 +12,6 @@ overlaps merged), because bare "but"/"however"/"check" fire on ordinary arithmet
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 import zlib
@@ -27,12 +26,25 @@ from rewards.extract import extract_answer_with_source, normalize_answer
 _SENTENCE_START = r"(?:^|(?<=[.!?:;>\n])|(?<=[.!?:;>\n] ))"
 DEFAULT_MARKERS: dict[str, str] = {
     # "Wait," / "But wait." / "wait a moment" at a sentence start -- not "the wait time", "Customers wait."
-    "wait": _SENTENCE_START + r"wait\b(?=\s*[,!\u2026\u2014-]|\s+(?:a\s+(?:moment|minute|second|sec)\b|no\b|that\b|i\b|actually\b|let\b))"
+    "wait": _SENTENCE_START + r"wait\b(?=\s*[,.!\u2026\u2014-]|\s+(?:a\s+(?:moment|minute|second|sec)\b|no\b|that\b|i\b|actually\b|let\b))"
     r"|\b(?:but|oh|hmm|no|ok|okay)[,!]?\s+wait\b(?=\s*[,.!\u2026\u2014-])",
-    "let me check": r"\blet(?:\s+me|'s|\s+us)\s+(?:re-?check|check|verify|double[- ]check|re-?verify|re-?calculate|re-?compute|re-?evaluate|re-?examine|reconsider|re-?think|think\s+again|try\s+again|go\s+back|look\s+again|see\s+again)\b",
+    "let me check": r"\blet(?:\s+me|'s|\s+us)\s+(?:re-?check|check|verify|double[- ]check|re-?verify|re-?calculate|re-?compute|re-?evaluate|re-?examine|reconsider|re-?think|think\s+again|try\s+again|go\s+back|look\s+again|see\s+again"
+                    r"|re-?count|re-?do|re-?add|make\s+sure|confirm)\b",
+    # a check announced as such: "Sanity check:", "To confirm, ...", "Plugging it back in" -- not "a check for $20"
+    "check": r"\b(?:sanity|quick)\s+check\b|\bcross[- ]check\w*|\bcheck(?:ing)?(?:\s+my\s+work)?\s*:|\bchecking\s+my\s+work\b|\bas\s+a\s+check\b"
+             r"|\bto\s+(?:confirm|verify|be\s+(?:sure|safe)|double[- ]check)\b|\bplugg?(?:ing|ed)?\s+(?:it\s+|this\s+|that\s+)?back\b|\bworking\s+backwards?\b",
+    "hold on": r"\bhold\s+on\b(?!\s+to\b)|\boops\b|\bscratch\s+that\b|\bon\s+reflection\b",
+    # doubt about its own work: "I'm not sure", "this might be off", "that doesn't look right", "is that right?"
+    "doubt": r"\b(?:i'?m|i\s+am)\s+not\s+(?:\w+\s+)?sure\b|\bnot\s+(?:\w+\s+)?sure\s+(?:about|if|whether|i)\b"
+             r"|\b(?:this|that|it|mine)\s+(?:might|may|could)\s+be\s+(?:off|wrong|incorrect)\b|\bi\s+(?:might|may)\s+have\s+made\s+a\s+mistake\b"
+             r"|\bi\s+think\s+(?:i\s+)?(?:got|made|have)\s+(?:that|this|it|a\s+mistake)\b|\b(?:that|this|it)\s+(?:doesn't|does\s+not|didn't)\s+(?:look|seem|feel|sound)\s+right\b"
+             r"|\bis\s+(?:that|this|it)\s+(?:right|correct)\s*\?|\bi\s+should\s+(?:be\s+careful|verify|check|double[- ]check|make\s+sure)\b"
+             r"|\bi\s+(?:forgot|miscounted|misread|miscalculated|mixed\s+up)\b|\b(?:that'?s|that\s+is|this\s+is|it'?s)\s+off\b",
     "double-check": r"\b(?:double[- ]check(?:ing|ed)?|re-?check(?:ing|ed)?|re-?verif(?:y|ying|ied))\b",
     "actually": _SENTENCE_START + r"actually\b|\bactually\s*,",  # not "He actually has 3 apples"
-    "mistake": r"\b(?:i|we)\s+(?:made|make|have\s+made)\s+(?:a|an|one)\s+(?:mistake|error|miscalculation)\b|\bmy\s+(?:mistake|error|bad)\b|\b(?:that|this|it)(?:\s+is|'s|\s+was)\s+(?:wrong|incorrect|not\s+(?:right|correct))\b",
+    "mistake": r"\b(?:i|we)\s+(?:made|make|have\s+made)\s+(?:a|an|one)\s+(?:mistake|error|miscalculation)\b|\bmy\s+(?:mistake|error|bad)\b|\b(?:that|this|it)(?:\s+is|'s|\s+was)\s+(?:wrong|incorrect|not\s+(?:right|correct))\b"
+               r"|\b(?:the|my)\s+(?:answer|result)\s+(?:is|was)\s+(?:wrong|incorrect|not\s+(?:right|correct))\b|\bwhich\s+is\s+not\s+correct\b|"
+               + _SENTENCE_START + r"(?:well,?\s+)?no[,.!]\s+(?=i\b|that\b|it\b|wait\b|the\s+answer\b)",
     "hmm": _SENTENCE_START + r"hm+\b|\bhm{2,}\b",  # not "5 hm long"
     "on second thought": r"\bon\s+(?:second|further)\s+thought\b",
 }
@@ -91,15 +103,17 @@ def reflections_per_1k_tokens(count: int, tokens: int) -> float:
 
 # --------------------------------------------------------------------------- stated answers
 
-_NUM = r"(?>-?\d[\d,]*+(?:\.\d++)?+(?:/\d++)?+)"
-_CLAUSE_END = r"(?=\s*+(?:[.,;!?)]|</|\*|$))"  # "so 12." / "is 8</answer>" -- not "so 3 boxes", "is 3x + 4"
+_NUM = r"(?>-?\d++(?:,\d++)*+(?:\.\d++)?+(?:/\d++)?+)"  # "1,000" and "56, because": a comma belongs to a number only between digits
+_CLAUSE_END = r"(?=\s*+(?:[.,;!?)]|</|\*|$)|\s++[a-z]++(?:\s++[a-z]++)?\s*+(?:[.!]|$))"  # "so 12." / "is 8</answer>" / "So 64 passengers." -- not "so 3 boxes are", "is 3x + 4"
 _CLAIM_PHRASES = re.compile(
     r"\b(?:(?:the\s++)?(?:final\s++|correct\s++|right\s++)?(?:answer|result|total|sum|difference|product)\s*+(?:is|=|:|would\s+be|will\s+be|should\s+be|must\s+be)"
-    r"|(?:so|therefore|thus|hence)(?:\s*+,)?(?:\s++(?:it\s+is|it's|we\s+get|the\s+answer\s+is|that's|that\s+is))?)\s*+(?:\*++\s*+)?(?P<value>" + _NUM + r")" + _CLAUSE_END,
+    r"|(?:so|therefore|thus|hence)(?:\s*+,)?(?:\s++(?:it\s+is|it's|we\s+get|the\s+answer\s+is|that's|that\s+is))?"
+    r"|i\s+think\s+(?:it'?s|it\s+is)|(?:it\s+)?must\s+be)\s*+(?:\*++\s*+)?(?P<value>" + _NUM + r")" + _CLAUSE_END,
     re.IGNORECASE,
 )
 _ANSWER_TAG = re.compile(r"<answer>(?P<value>(?:(?!<answer>).)*?)</answer>", re.DOTALL)  # linear on unclosed tags
 _EQUATION_RESULT = re.compile(r"=\s*+(?P<value>" + _NUM + r")")
+_EQUATION = re.compile(r"(?P<lhs>(?<![\d.])-?\d++(?:\s*+[-+*/×x]\s*+-?\d++)++)\s*+=\s*+(?P<value>" + _NUM + r")")
 _LOOKAHEAD_FOR_MARKER = 60  # an equation result followed this closely by a reflection marker is a claim
 
 
@@ -108,7 +122,7 @@ class Claim:
     value: str  # normalised
     start: int
     end: int
-    kind: str  # 'phrase' | 'answer_tag' | 'boxed' | 'equation_before_reflection'
+    kind: str  # 'phrase' | 'answer_tag' | 'boxed' | 'equation_before_reflection' | 'restated_equation'
 
 
 def stated_answers(text: str, reflections: list[Span] | None = None) -> list[Claim]:
@@ -129,11 +143,7 @@ def stated_answers(text: str, reflections: list[Span] | None = None) -> list[Cla
         if not any(m.start() <= b.start < m.end() for b in boxed):  # <answer>\boxed{8}</answer> is one claim
             claims.append(Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "answer_tag"))
     claims += boxed
-    starts = [r.start for r in reflections]
-    for m in _EQUATION_RESULT.finditer(text):
-        k = bisect.bisect_left(starts, m.end())
-        if k < len(starts) and starts[k] - m.end() <= _LOOKAHEAD_FOR_MARKER:
-            claims.append(Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "equation_before_reflection"))
+    claims += _equation_claims(text, reflections)
     claims.sort(key=lambda c: c.start)
     out: list[Claim] = []
     for c in claims:  # a value inside an <answer> tag may also match a phrase; keep the first
@@ -141,6 +151,39 @@ def stated_answers(text: str, reflections: list[Span] | None = None) -> list[Cla
             continue
         out.append(c)
     return [c for c in out if c.value]
+
+
+def _equation_claims(text: str, reflections: list[Span]) -> list[Claim]:
+    """Equation results that are claims: the last one before a reflection marker that follows it
+    closely ("3 + 5 = 9. Wait, ..."), unless the next step reuses it ("= 43, 43 + 31 = 74. Hmm" is a
+    chain); and an expression stated twice with different results ("8 - 3 = 5 ... 8 - 3 = 4")."""
+    claims = []
+    results = list(_EQUATION_RESULT.finditer(text))
+    for r in reflections:
+        before = [m for m in results if m.end() <= r.start and r.start - m.end() <= _LOOKAHEAD_FOR_MARKER]
+        if before and not _CLAIM_PHRASES.search(text, before[-1].end(), r.start):  # "= 8. So 83. Hmm": the phrase is the claim
+            m = before[-1]
+            reused = re.match(r"\s*+[,.;]?\s*+(?:and\s+|then\s+)?" + re.escape(m["value"]) + r"\s*+[-+*/×x]", text[m.end() : m.end() + 40])
+            if not reused:
+                claims.append(Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "equation_before_reflection"))
+    equations = list(_EQUATION.finditer(text))
+    if equations:  # the first equation is an answer that a later recomputation of the same problem replaces,
+        # when nothing builds on its result ("29 + 33 + 14 = 66. 29 + 33 = 62, and 62 + 14 = 76."; not "4 + 8 = 12, 12 + 3 = 15")
+        m = equations[0]
+        value = m["value"].rstrip(",")
+        lead = re.match(r"-?\d+", m["lhs"])[0]
+        ends_sentence = re.match(r"\s*+(?:[a-z]++\s*+)?(?:[.\n]|$)", text[m.start("value") + len(value) :])
+        recomputed = any(lead in re.findall(r"\d+", later["lhs"]) for later in equations[1:])
+        if ends_sentence and recomputed and value not in re.findall(r"(?<![\d.])-?\d++(?:\.\d++)?", text[m.end() :]):
+            claims.append(Claim(canonical_answer(value), m.start("value"), m.start("value") + len(value), "first_equation"))
+    by_lhs: dict[str, list[re.Match]] = {}
+    for m in _EQUATION.finditer(text):
+        by_lhs.setdefault(re.sub(r"\s+", "", m["lhs"]), []).append(m)
+    for same in by_lhs.values():
+        if len({canonical_answer(m["value"].rstrip(",")) for m in same}) > 1:
+            claims += [Claim(canonical_answer(m["value"].rstrip(",")), m.start("value"), m.start("value") + len(m["value"].rstrip(",")), "restated_equation")
+                       for m in same]
+    return claims
 
 
 def _closing_brace(text: str, i: int) -> int | None:
@@ -274,15 +317,19 @@ def mark_revision(text: str, revision: Revision | None, mark: Callable[[str, str
 # --------------------------------------------------------------------------- verification
 
 _CHECK_CUE = re.compile(
-    r"\b(?:let(?:\s+me|'s|\s+us)\s+(?:double[- ]check|re-?check|check|verify|confirm)|double[- ]check(?:ing)?|re-?check(?:ing)?|to\s+verify|to\s+check|verif(?:y|ying|ication)|plug(?:ging)?\s+(?:it\s+)?back|substitut(?:e|ing)\s+back)\b"
+    r"\b(?:let(?:\s+me|'s|\s+us)\s+(?:double[- ]check|re-?check|check|verify|confirm|make\s+sure|re-?add|re-?count)|double[- ]check(?:ing)?|re-?check(?:ing)?|to\s+verify|to\s+check"
+    r"|to\s+(?:confirm|be\s+(?:sure|safe))|verif(?:y|ying|ication)|plugg?(?:ing|ed)?\s+(?:it\s+|this\s+|that\s+)?back|substitut(?:e|ing)\s+back|(?:sanity|quick)\s+check"
+    r"|cross[- ]check\w*|as\s+a\s+check|working\s+backwards?|checking\s+my\s+work|is\s+(?:that|this|it)\s+right)\b"
     r"|\bcheck(?:ing)?\s*:",
     re.IGNORECASE,
 )
 _CONFIRMATION = re.compile(
-    r"\b(?:correct|that'?s\s+right|that\s+is\s+right|is\s+right|yes|confirmed|confirms|checks\s+out|matches|consistent|indeed|holds)\b|✓|✔",
+    r"\b(?:correct|that'?s\s+right|that\s+is\s+right|is\s+right|yes|confirmed|confirms|checks\s+out|matches|consistent|indeed|holds|agrees|good"
+    r"|same\s+(?:result|answer|value)|the\s+same|sure\s+enough)\b|✓|✔",
     re.IGNORECASE,
 )
-_DENIAL = re.compile(r"\b(?:not|isn't|incorrect|wrong|doesn't\s+match|mistake|error)\b|≠", re.IGNORECASE)
+_DENIAL = re.compile(r"\b(?:not|isn't|incorrect|wrong|doesn't|does\s+not|mistake|error|too\s+(?:big|small|large|high|low|much|many|few))\b|≠", re.IGNORECASE)
+_RECHECK_WINDOW = 50  # a confirmation this close after a recomputation is a check even without a cue word
 _VERIFY_WINDOW = 160
 
 
@@ -296,10 +343,31 @@ def find_verifications(text: str) -> list[Span]:
         denial = _DENIAL.search(window)
         if re.match(r"\s*(?:if|whether)\b", window, re.IGNORECASE):  # "let me check if this is correct": a question
             window = window[window.find(".") + 1 :] if "." in window else ""
-        confirm = _CONFIRMATION.search(window) or _EQUATION_RESULT.search(window)
+        confirm = _CONFIRMATION.search(window) or _recomputation(text, cue.end(), window)
         if confirm and denial is None:
             out.append(Span(cue.start(), cue.end() + confirm.end(), "verification"))
-    return out
+    covered = [(v.start, v.end) for v in out]
+    for m in _EQUATION.finditer(text):  # no cue: a recomputation that a confirmation follows ("48 + 19 = 57 ✓", "..., which matches")
+        if any(a <= m.start() < b for a, b in covered) or not _recomputation(text, m.start(), text[m.start() : m.end()]):
+            continue
+        after = text[m.end() : m.end() + _RECHECK_WINDOW]
+        confirm = _CONFIRMATION.search(after)
+        if confirm and _DENIAL.search(after[: confirm.start()]) is None:
+            out.append(Span(m.start(), m.end() + confirm.end(), "verification"))
+    return sorted(out, key=lambda v: v.start)
+
+
+def _recomputation(text: str, at: int, window: str) -> re.Match | None:
+    """The first equation in `window` (text from `at` on) that recomputes an earlier result: a new
+    expression whose result is a number the text stated before `at` (the same value again, or an
+    inverse operation giving back an operand)."""
+    earlier = text[:at]
+    numbers = {canonical_answer(n.rstrip(",")) for n in re.findall(_NUM, earlier)}
+    expressions = {re.sub(r"\s+", "", m["lhs"]) for m in _EQUATION.finditer(earlier)}
+    for m in _EQUATION.finditer(window):
+        if canonical_answer(m["value"].rstrip(",")) in numbers and re.sub(r"\s+", "", m["lhs"]) not in expressions:
+            return m
+    return None
 
 
 # --------------------------------------------------------------------------- degenerate text
