@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rl_reasoning.traces import analyze
 from rl_reasoning.traces.validation import LABELS, confusions, load_labelled
+from tests.timing import assert_scales_linearly
 
 SET = Path(__file__).parent / "data" / "detector_labels.jsonl"
 
@@ -76,3 +78,10 @@ def test_a_malformed_labelled_line_is_an_error(tmp_path):
     bad.write_text('{"id": "x", "text": "hi", "reflection": "yes", "revision": false, "verification": false}\n')
     with pytest.raises(ValueError, match="set.jsonl:1: needs a text and true/false"):
         load_labelled(bad)
+
+
+@pytest.mark.parametrize("unit", ["1 + 1 = 2. ", "1 + 1 = 2 ✓ ", "Check: 1 + 1 = 2. ", "3 + 5 = 8. Hmm, ", "7 - 3 = 4. Wait, "])
+def test_detectors_stay_linear_on_texts_of_many_checks_and_equations(unit):
+    """Each equation and check looks up what the text stated before it; a scan of the prefix per
+    equation took 18-23 s on 2,000 of these units before that was made a lookup."""
+    assert_scales_linearly(analyze, lambda n: unit * n, n=100)

@@ -12,6 +12,7 @@ overlaps merged), because bare "but"/"however"/"check" fire on ordinary arithmet
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import zlib
@@ -159,10 +160,11 @@ def _equation_claims(text: str, reflections: list[Span]) -> list[Claim]:
     chain); and an expression stated twice with different results ("8 - 3 = 5 ... 8 - 3 = 4")."""
     claims = []
     results = list(_EQUATION_RESULT.finditer(text))
+    ends = [m.end() for m in results]
     for r in reflections:
-        before = [m for m in results if m.end() <= r.start and r.start - m.end() <= _LOOKAHEAD_FOR_MARKER]
-        if before and not _CLAIM_PHRASES.search(text, before[-1].end(), r.start):  # "= 8. So 83. Hmm": the phrase is the claim
-            m = before[-1]
+        k = bisect.bisect_right(ends, r.start) - 1  # the last equation result before the marker
+        if k >= 0 and r.start - ends[k] <= _LOOKAHEAD_FOR_MARKER and not _CLAIM_PHRASES.search(text, ends[k], r.start):  # "= 8. So 83. Hmm": the phrase is the claim
+            m = results[k]
             reused = re.match(r"\s*+[,.;]?\s*+(?:and\s+|then\s+)?" + re.escape(m["value"]) + r"\s*+[-+*/×x]", text[m.end() : m.end() + 40])
             if not reused:
                 claims.append(Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "equation_before_reflection"))
@@ -170,19 +172,18 @@ def _equation_claims(text: str, reflections: list[Span]) -> list[Claim]:
     if equations:  # the first equation is an answer that a later recomputation of the same problem replaces,
         # when nothing builds on its result ("29 + 33 + 14 = 66. 29 + 33 = 62, and 62 + 14 = 76."; not "4 + 8 = 12, 12 + 3 = 15")
         m = equations[0]
-        value = m["value"].rstrip(",")
+        value = m["value"]
         lead = re.match(r"-?\d+", m["lhs"])[0]
         ends_sentence = re.match(r"\s*+(?:[a-z]++\s*+)?(?:[.\n]|$)", text[m.start("value") + len(value) :])
         recomputed = any(lead in re.findall(r"\d+", later["lhs"]) for later in equations[1:])
         if ends_sentence and recomputed and value not in re.findall(r"(?<![\d.])-?\d++(?:\.\d++)?", text[m.end() :]):
-            claims.append(Claim(canonical_answer(value), m.start("value"), m.start("value") + len(value), "first_equation"))
+            claims.append(Claim(canonical_answer(value), m.start("value"), m.end("value"), "first_equation"))
     by_lhs: dict[str, list[re.Match]] = {}
     for m in _EQUATION.finditer(text):
         by_lhs.setdefault(re.sub(r"\s+", "", m["lhs"]), []).append(m)
     for same in by_lhs.values():
-        if len({canonical_answer(m["value"].rstrip(",")) for m in same}) > 1:
-            claims += [Claim(canonical_answer(m["value"].rstrip(",")), m.start("value"), m.start("value") + len(m["value"].rstrip(",")), "restated_equation")
-                       for m in same]
+        if len({canonical_answer(m["value"]) for m in same}) > 1:
+            claims += [Claim(canonical_answer(m["value"]), m.start("value"), m.end("value"), "restated_equation") for m in same]
     return claims
 
 
@@ -338,17 +339,23 @@ def find_verifications(text: str) -> list[Span]:
     window by a confirmation ("correct", "yes", "checks out", "✓") or by a recomputed equation, with no
     denial ("wrong", "not correct", "mistake") in that window. A check that finds an error is a revision."""
     out = []
+    stated = _Stated(text)
     for cue in _CHECK_CUE.finditer(text):
         window = text[cue.end() : cue.end() + _VERIFY_WINDOW]
         denial = _DENIAL.search(window)
         if re.match(r"\s*(?:if|whether)\b", window, re.IGNORECASE):  # "let me check if this is correct": a question
             window = window[window.find(".") + 1 :] if "." in window else ""
-        confirm = _CONFIRMATION.search(window) or _recomputation(text, cue.end(), window)
+        confirm = _CONFIRMATION.search(window) or _recomputation(stated, cue.end(), window)
         if confirm and denial is None:
             out.append(Span(cue.start(), cue.end() + confirm.end(), "verification"))
-    covered = [(v.start, v.end) for v in out]
+    covered_end = 0  # the cue-found checks, in order, never overlap a cue-free one
+    spans = iter(out)
+    span = next(spans, None)
     for m in _EQUATION.finditer(text):  # no cue: a recomputation that a confirmation follows ("48 + 19 = 57 ✓", "..., which matches")
-        if any(a <= m.start() < b for a, b in covered) or not _recomputation(text, m.start(), text[m.start() : m.end()]):
+        while span is not None and span.start <= m.start():
+            covered_end = max(covered_end, span.end)
+            span = next(spans, None)
+        if m.start() < covered_end or not _recomputation(stated, m.start(), text[m.start() : m.end()]):
             continue
         after = text[m.end() : m.end() + _RECHECK_WINDOW]
         confirm = _CONFIRMATION.search(after)
@@ -357,15 +364,31 @@ def find_verifications(text: str) -> list[Span]:
     return sorted(out, key=lambda v: v.start)
 
 
-def _recomputation(text: str, at: int, window: str) -> re.Match | None:
+class _Stated:
+    """Where a text first states each number and each equation's expression, so "stated before
+    position p" is one lookup (linear in the text overall, however many checks it holds)."""
+
+    def __init__(self, text: str):
+        self.number_at: dict[str, int] = {}
+        for m in re.finditer(_NUM, text):
+            self.number_at.setdefault(canonical_answer(m.group(0)), m.end())
+        self.expression_at: dict[str, int] = {}
+        for m in _EQUATION.finditer(text):
+            self.expression_at.setdefault(re.sub(r"\s+", "", m["lhs"]), m.end("lhs"))
+
+    def number_before(self, value: str, at: int) -> bool:
+        return self.number_at.get(value, at + 1) <= at
+
+    def expression_before(self, lhs: str, at: int) -> bool:
+        return self.expression_at.get(lhs, at + 1) <= at
+
+
+def _recomputation(stated: _Stated, at: int, window: str) -> re.Match | None:
     """The first equation in `window` (text from `at` on) that recomputes an earlier result: a new
     expression whose result is a number the text stated before `at` (the same value again, or an
     inverse operation giving back an operand)."""
-    earlier = text[:at]
-    numbers = {canonical_answer(n.rstrip(",")) for n in re.findall(_NUM, earlier)}
-    expressions = {re.sub(r"\s+", "", m["lhs"]) for m in _EQUATION.finditer(earlier)}
     for m in _EQUATION.finditer(window):
-        if canonical_answer(m["value"].rstrip(",")) in numbers and re.sub(r"\s+", "", m["lhs"]) not in expressions:
+        if stated.number_before(canonical_answer(m["value"]), at) and not stated.expression_before(re.sub(r"\s+", "", m["lhs"]), at):
             return m
     return None
 
