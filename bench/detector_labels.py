@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--misses", action="store_true", help="list every disagreement (id, label, reader, detector)")
     args = ap.parse_args()
     items = load_labelled(SET)
-    sources = Counter(i["source"].split(":")[0] + ":" + i["source"].split(":")[1] if ":" in i["source"] else i["source"] for i in items)
+    sources = Counter(":".join(i["source"].split(":")[:2]) for i in items)  # "run:retry_2digit:turn1" counts as "run:retry_2digit"
     parts = [("whole set", items), ("dev (read while fixing the detectors)", [i for i in items if i.get("split") == "dev"]),
              ("test (not read before this measurement)", [i for i in items if i.get("split") == "test"]),
              ("real completions only (hand-written left out)", [i for i in items if not i.get("handwritten")])]

@@ -16,9 +16,9 @@ Built in: `retry` ("check and retry"): a wrong final answer is answered with
 `rollout.retry_feedback` and the model gets another turn; a right one ends the episode. Its
 reward is (1 - `rollout.retry_cost`)^(retries) when the episode ends right, else 0: with a cost,
 an answer right at once beats a fixed one (SCoRe, Kumar et al. 2024, shapes the second turn's
-reward for the same reason: without it, multi-turn RL may trade first-turn accuracy for fixes). Whether an answer is right is decided by the recipe's
-accuracy reward on that turn alone, so it agrees with training and evaluation. The rollout
-records each turn's verdict, which gives the "second turn fixes a wrong first answer" rate.
+reward for the same reason: without it, multi-turn RL may trade first-turn accuracy for fixes).
+Whether an answer is right is decided by the recipe's accuracy reward on that turn alone, so it
+agrees with training and evaluation. The rollout records each turn's verdict, which gives the "second turn fixes a wrong first answer" rate.
 Departure from TRL: TRL's environments expose their methods as tools; here tools (tools.py) and
 environments are separate and can be combined.
 """

@@ -335,7 +335,7 @@ def multi_turn(cfg, engine: GenerationEngine, tokenizer, eos_token_ids: list[int
         return engine
     r = cfg.rollout
     return MultiTurnEngine(engine, tokenizer, eos_token_ids, toolbox, r.max_tool_calls, environment, r.max_turns,
-                           cfg.prompt.template, cfg.prompt.prefill, r.tools_from_turn if environment is not None else 1)
+                           cfg.prompt.template, cfg.prompt.prefill, r.tools_from_turn)  # > 1 is refused without an environment
 
 
 COLUMNS = ("tool_calls", "turns", "env_reward", "turn_texts")  # what rewards may read from a multi-turn rollout

@@ -179,7 +179,7 @@ def _equation_claims(text: str, reflections: list[Span]) -> list[Claim]:
         if ends_sentence and recomputed and value not in re.findall(r"(?<![\d.])-?\d++(?:\.\d++)?", text[m.end() :]):
             claims.append(Claim(canonical_answer(value), m.start("value"), m.end("value"), "first_equation"))
     by_lhs: dict[str, list[re.Match]] = {}
-    for m in _EQUATION.finditer(text):
+    for m in equations:
         by_lhs.setdefault(re.sub(r"\s+", "", m["lhs"]), []).append(m)
     for same in by_lhs.values():
         if len({canonical_answer(m["value"]) for m in same}) > 1:

@@ -59,6 +59,7 @@ def detect(item: dict, analyzer: Analyzer | None = None) -> dict[str, bool]:
 
 def confusions(items: Iterable[dict], analyzer: Analyzer | None = None) -> tuple[dict[str, Confusion], list[dict]]:
     """Per label, the confusion against the reader's labels; and the disagreements (id, label, reader, detector)."""
+    analyzer = analyzer or Analyzer()  # one marker compilation for the whole set
     counts = {label: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for label in LABELS}
     misses = []
     for item in items:
