@@ -181,6 +181,20 @@ class RolloutConfig:
     tools_from_turn: int = 1
     """The first environment turn in which tool calls run. 2 = the tools become available only after
     the environment's first feedback (say so in the feedback; `</tool>` does not stop earlier turns)."""
+    static_decode: bool | Literal["auto"] = "auto"
+    """hf backend: decode over fixed-shape device buffers (rl_reasoning/static_decode.py: a static
+    KV cache, no host read inside a step, a poll every `poll_every` steps) instead of the dynamic
+    loop that compacts finished rows. Same samples either way. auto = on with CUDA (it is what CUDA
+    graphs replay), off on CPU, where compaction is faster (docs/performance.md)."""
+    cuda_graphs: bool | Literal["auto"] = "auto"
+    """Static decode on CUDA: capture the decode step once as a CUDA graph and replay it (a failed
+    capture falls back to eager with one warning). auto = on with CUDA; true on a CPU is an error."""
+    poll_every: int = 8
+    """Static decode: steps between the host's checks for finished rows and stop strings (a row may
+    run up to poll_every - 1 steps past its end before it is cut; the cut is exact)."""
+    prompt_bucket: int = 64
+    """Static decode: prompts are left-padded to a multiple of this many tokens, so one decoder
+    (and its captured graph) serves batches of similar prompt lengths."""
     importance_correction: bool | Literal["auto"] = "auto"
     """Truncated importance sampling (Yao et al. 2025; TRL's vllm_importance_sampling_correction, token
     mode): weight each token's policy-gradient term by min(pi_train / pi_sampler, importance_cap),
@@ -407,6 +421,8 @@ class Config:
             ("rollout.max_tool_output_chars", self.rollout.max_tool_output_chars >= 1, "must be >= 1"),
             ("rollout.environment", self.rollout.environment is None or bool(self.rollout.environment.strip()), "must not be empty (null = off)"),
             ("rollout.max_turns", self.rollout.max_turns >= 1, "must be >= 1"),
+            ("rollout.poll_every", self.rollout.poll_every >= 1, "must be >= 1"),
+            ("rollout.prompt_bucket", self.rollout.prompt_bucket >= 1, "must be >= 1"),
             ("eval.max_new_tokens", self.eval.max_new_tokens is None or self.eval.max_new_tokens >= 1, "must be >= 1"),
             ("threads", self.threads is None or self.threads >= 1, "must be >= 1"),
             ("rollout.vllm.sync_every", self.rollout.vllm.sync_every >= 1, "must be >= 1"),
@@ -499,6 +515,20 @@ class Config:
                 raise ConfigError(f"grpo.{key}: has no effect without grpo.dynamic_sampling: true; remove it or turn dynamic sampling on")
         self._validate_distill()
         self._validate_multi_turn()
+        self._validate_decode()
+
+    def _validate_decode(self) -> None:
+        """The static-decode keys act only on our engine, and the graph / poll / bucket keys only with static decode."""
+        r, default = self.rollout, RolloutConfig()
+        keys = ("static_decode", "cuda_graphs", "poll_every", "prompt_bucket")
+        if r.backend == "vllm":
+            for key in keys:
+                if getattr(r, key) != getattr(default, key):
+                    raise ConfigError(f"rollout.{key}: has no effect with rollout.backend=vllm (vLLM decodes itself); remove it")
+        if r.static_decode is False:
+            for key in keys[1:]:
+                if getattr(r, key) != getattr(default, key):
+                    raise ConfigError(f"rollout.{key}: has no effect with rollout.static_decode: false; remove it")
 
     def _validate_multi_turn(self) -> None:
         """Tool and environment keys need tools or an environment; the vLLM backend has neither yet."""

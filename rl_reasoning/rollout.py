@@ -24,6 +24,7 @@ from .config import RolloutConfig
 from .cpu_kernels import gqa_attention, packed_linear_weights
 from .engine import RolloutBatch, cut_at_stop, left_pad, positions_from_mask
 from .kv_cache import PreallocatedCache
+from .static_decode import SDPA_IMPLEMENTATIONS, CudaGraphBackend, StaticDecoder, prompt_width, weights_key
 
 
 def sample_tokens(
@@ -64,12 +65,14 @@ class RolloutEngine:
     compact_fraction = 0.25  # compact the batch once this share of its rows has finished
     preallocated_cache = True  # in-place KV appends (kv_cache.py); False = transformers' DynamicCache
     cpu_gqa_attention = True  # shared KV heads inside SDPA on CPU (cpu_kernels.py)
+    max_decoders = 4  # static decode: decoders (buffers, and a CUDA graph each) kept for reuse
 
     def __init__(self, model, tokenizer, eos_token_ids: list[int], pad_token_id: int):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
+        self._decoders: dict[tuple, StaticDecoder] = {}  # static decode: one per shape and weights, least recently used first
 
     @property
     def device(self) -> torch.device:
@@ -89,11 +92,49 @@ class RolloutEngine:
         offset, total = shard or (0, N)
         if offset < 0 or offset + N > total:
             raise ValueError(f"shard {shard} does not hold {N} rows")
+        static = self.static_decode_on(params)
         with (
             packed_linear_weights(self.model, batch_hint=N, enabled=params.packed_weights),
             gqa_attention(self.model, enabled=self.cpu_gqa_attention),
         ):
+            if static:
+                return self._generate_static(prompts, params, generator, offset, total)
             return self._generate(prompts, params, generator, offset, total)
+
+    def static_decode_on(self, params: RolloutConfig) -> bool:
+        """`rollout.static_decode` resolved for this model: auto = on with CUDA and SDPA attention."""
+        sdpa = getattr(self.model.config, "_attn_implementation", None) in SDPA_IMPLEMENTATIONS
+        cuda = self.device.type == "cuda"
+        if params.cuda_graphs is True and not cuda:
+            raise ValueError(f"rollout.cuda_graphs: true needs a CUDA device; the model is on {self.device.type}")
+        if params.static_decode == "auto":
+            return cuda and sdpa
+        if params.static_decode and not sdpa:
+            raise ValueError("rollout.static_decode: needs SDPA attention (a boolean 4-D mask); the model uses "
+                             f"{self.model.config._attn_implementation!r}")
+        return bool(params.static_decode)
+
+    def _generate_static(self, prompts, params, generator, offset: int, total: int) -> RolloutBatch:
+        """The fixed-buffer decode (static_decode.py), with a decoder kept per shape and weights."""
+        N = len(prompts) * params.num_generations
+        width = prompt_width(max(len(p) for p in prompts), params.prompt_bucket)
+        graphed = self.device.type == "cuda" and params.cuda_graphs is not False
+        key = (N, width, params.max_new_tokens, params.temperature, params.top_p, graphed, weights_key(self.model))
+        decoder = self._decoders.pop(key, None)
+        if decoder is None:
+            backend = CudaGraphBackend(self.device) if graphed else None
+            decoder = StaticDecoder(self.model, self.tokenizer, self.eos_token_ids, self.pad_token_id, N, width,
+                                    params, graphed, backend)
+        self._decoders[key] = decoder  # most recently used last
+        while len(self._decoders) > self.max_decoders:
+            self._decoders.pop(next(iter(self._decoders)))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return decoder.generate(prompts, params, generator, offset, total, params.poll_every)
+        finally:
+            if was_training:
+                self.model.train()
 
     def _generate(self, prompts, params, generator, offset: int, total: int) -> RolloutBatch:
         G, T_max = params.num_generations, params.max_new_tokens
