@@ -20,6 +20,10 @@ slower than the model's shapes do, and bf16 MFU then reads above 100 %: seen on 
 
     python bench/step_vs_trl.py [--steps 3] [--warmup 1] [--prompts 2] [--generations 8] [--max-tokens 96]
                                 [--compute-dtypes auto] [--trl-precisions fp32,bf16] [--backends hf,vllm] [--vllm-recompute]
+                                [--device cpu|cuda] [--random-init 135m|tiny] [--override key=value ...]
+
+`--device cuda --random-init 135m` is the GPU comparison bench/gpu_check.py runs: a random-init
+model of SmolLM2-135M's shape (no weights to carry; it samples to the token cap).
 
 `--backends hf,vllm` runs one of our trainers per rollout backend (vLLM needs `make vllm`).
 On CPUs without bf16 units (AVX2 only) bf16 is emulated and several times slower than fp32, for
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -46,22 +51,31 @@ def hash_reward(completions, **_) -> list[float]:
     return [(zlib.crc32(t.encode()) % 10007) / 10007 for t in texts]
 
 
-def measure_peak_gflops(size: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_peak_gflops(size: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     a @ b
+    _sync(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync(device)
     return 2 * size**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def measure_bandwidth_gbs(mb: int = 512, reps: int = 5) -> float:
-    x = torch.empty(mb * 2**20 // 4)
+def measure_bandwidth_gbs(mb: int = 512, reps: int = 5, device: str = "cpu") -> float:
+    x = torch.empty(mb * 2**20 // 4, device=device)
     y = torch.empty_like(x)
     y.copy_(x)
+    _sync(device)
     start = time.perf_counter()
     for _ in range(reps):
         y.copy_(x)
+    _sync(device)
     return 2 * x.numel() * 4 * reps / (time.perf_counter() - start) / 1e9  # read + write
 
 
@@ -85,6 +99,10 @@ def main() -> None:
     parser.add_argument("--vllm-recompute", action="store_true", help="vLLM backend: recompute old log-probs with the policy")
     parser.add_argument("--compute-dtypes", default="auto", help="ours: model.compute_dtype values, comma-separated")
     parser.add_argument("--trl-precisions", default="fp32,bf16", help="TRL runs, comma-separated: fp32 (bf16=False), bf16 (bf16=True)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both trainers run")
+    parser.add_argument("--random-init", choices=["135m", "tiny"], default=None,
+                        help="a random-init model of this shape (gpu_check.SHAPES) with the SmolLM2 tokenizer, instead of the weights")
+    parser.add_argument("--override", action="append", default=[], help="ours: an extra key=value (repeatable)")
     args = parser.parse_args()
     trl_precisions = args.trl_precisions.split(",")
     if not set(trl_precisions) <= {"fp32", "bf16"}:
@@ -103,27 +121,36 @@ def main() -> None:
     total_steps = args.steps + args.warmup
     P, G, T = args.prompts, args.generations, args.max_tokens
     items = problems(P * total_steps)
-    model_dir = resolve_model_dir("smollm2-135m-instruct")
+    bench_dir = Path(__file__).resolve().parent
+    if args.random_init:
+        sys.path.insert(0, str(bench_dir))
+        from gpu_check import random_model_dir
+
+        model_dir = str(random_model_dir(args.random_init, Path(tempfile.mkdtemp()) / args.random_init))
+    else:
+        model_dir = resolve_model_dir("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    print(f"measuring the machine ({threads} threads) ...", flush=True)
-    peaks = {"float32": measure_peak_gflops(), "bfloat16": measure_peak_gflops(1024, 3, torch.bfloat16)}
-    bandwidth = measure_bandwidth_gbs()
+    print(f"measuring the machine ({args.device}, {threads} threads) ...", flush=True)
+    peaks = {"float32": measure_peak_gflops(device=args.device),
+             "bfloat16": measure_peak_gflops(1024 if args.device == "cpu" else 4096, 3, torch.bfloat16, args.device)}
+    bandwidth = measure_bandwidth_gbs(device=args.device)
     print(f"matmul peak fp32 {peaks['float32']:.1f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} GFLOP/s; memory bandwidth {bandwidth:.1f} GB/s")
 
     # ---- ours
-    bench_dir = Path(__file__).resolve().parent
     sys.path.insert(0, str(bench_dir))
     overrides = [
-        "model.name=smollm2-135m-instruct", "data.source=reasoning_gym", "data.eval_size=0",
+        f"model.name={model_dir if args.random_init else 'smollm2-135m-instruct'}", "data.source=reasoning_gym", "data.eval_size=0",
         f"prompt.system_prompt={SYSTEM}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={T}",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "grpo.loss_type=dapo", "grpo.scale_rewards=group",
         "grpo.epsilon=0.2", "grpo.epsilon_high=0.2", "grpo.beta=0.0", "grpo.num_iterations=1",
         f"optim.lr={args.lr}", "optim.adam_beta1=0.9", "optim.adam_beta2=0.999", "optim.weight_decay=0.0",
         "optim.max_grad_norm=1.0", "optim.warmup_steps=0", f"optim.micro_batch_size={G}",
-        "eval.at_start=false", "eval.at_end=false", "rewards=[{name: 'step_vs_trl:hash_reward'}]",
+        "eval.at_start=false", "eval.at_end=false", "rewards=[{name: 'step_vs_trl:hash_reward'}]", *args.override,
         f"prompts_per_step={P}", f"max_steps={total_steps}", f"threads={threads}",
     ]
+    if any(o.startswith("optim.micro_batch_tokens=") for o in args.override):  # the budget plans the micro-batches
+        overrides.remove(f"optim.micro_batch_size={G}")
     ours, our_steps, lengths_of, dtype_of = {}, {}, {}, {}
     measured_lengths: dict[str, list] = {}
     runs = len(trl_precisions)
@@ -155,7 +182,7 @@ def main() -> None:
             max_completion_length=T, max_steps=total_steps, learning_rate=args.lr, lr_scheduler_type="constant",
             adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0, temperature=1.0, top_p=1.0, top_k=0,
             loss_type="dapo", scale_rewards="group", epsilon=0.2, beta=0.0, num_iterations=1,
-            gradient_checkpointing=False, bf16=prec == "bf16", fp16=False, use_cpu=True, report_to=[], save_strategy="no",
+            gradient_checkpointing=False, bf16=prec == "bf16", fp16=False, use_cpu=args.device == "cpu", report_to=[], save_strategy="no",
             logging_steps=1, shuffle_dataset=False, seed=0, dataloader_num_workers=0,
         )
         trainer = trl.GRPOTrainer(model=trl_model, reward_funcs=[hash_reward], args=config, train_dataset=data, processing_class=tokenizer)
@@ -265,7 +292,8 @@ def report(name, dtype, ours_m, trl_runs, prompt_tokens, n_params, peaks, bandwi
     mem_floor = T * n_params * bytes_per_weight / (bandwidth * 1e9)
 
     print(f"\n== ours[{name}], computing in {dtype} ==")
-    print(f"SmolLM2-135M-Instruct, fp32 master weights, {threads} threads, {P} prompts x {G} generations, <= {T} new tokens, "
+    model = f"random-init {args.random_init} shape" if args.random_init else "SmolLM2-135M-Instruct"
+    print(f"{model} on {args.device}, fp32 master weights, {threads} threads, {P} prompts x {G} generations, <= {T} new tokens, "
           f"prompt {mean_prompt:.0f} tokens; median of {len(ours_m)} steps of ours and {args.steps} of each TRL run, after {W} warm-up")
     print(f"generated tokens per step: ours {our_gen_tokens:.0f}, " + ", ".join(f"TRL[{p}] {t['tokens']:.0f}" for p, t in trl.items())
           + " (different samples, same settings)\n")

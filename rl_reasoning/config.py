@@ -304,9 +304,16 @@ class OptimConfig:
     """0 disables clipping (the norm is still logged)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate over the whole batch."""
-    prefix_grouping: bool = True
+    micro_batch_tokens: int | None = None
+    """Plan micro-batches by a token budget instead (verl's use_dynamic_bsz / max_token_len):
+    length-sorted rows are packed while rows x padded length stays within it (a longer row runs
+    alone). null = micro_batch_size rows each. On a GPU a budget that holds the whole batch in one
+    or two passes fills the device; micro_batch_size then has no effect."""
+    prefix_grouping: bool | Literal["auto"] = "auto"
     """Update: run each prompt once per micro-batch and let its G completions attend to its
     keys/values, instead of re-running the prompt per completion (same loss and gradients).
+    It saves prompt tokens but splits the batch per prompt, so it pays where compute binds (CPU)
+    and not where kernel launches do (CUDA): auto = on for CPU, off for CUDA (docs/performance.md).
     Single-process only; with several processes the plain path is used. The on-policy
     distillation teacher (no backward) scores the same way, with any number of processes."""
 
@@ -409,6 +416,7 @@ class Config:
             ("distill.micro_batch_size", self.distill.micro_batch_size is None or self.distill.micro_batch_size >= 1, "must be >= 1"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
+            ("optim.micro_batch_tokens", self.optim.micro_batch_tokens is None or self.optim.micro_batch_tokens >= 1, "must be >= 1 (null = off)"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),
             ("optim.max_grad_norm", self.optim.max_grad_norm >= 0, "must be >= 0"),
             ("optim.weight_decay", self.optim.weight_decay >= 0, "must be >= 0"),
@@ -516,6 +524,9 @@ class Config:
         self._validate_distill()
         self._validate_multi_turn()
         self._validate_decode()
+        if self.optim.micro_batch_tokens is not None and self.optim.micro_batch_size != OptimConfig().micro_batch_size:
+            raise ConfigError("optim.micro_batch_size: has no effect with optim.micro_batch_tokens (the token budget plans the "
+                              "micro-batches); remove one of them")
 
     def _validate_decode(self) -> None:
         """The static-decode keys act only on our engine, and the graph / poll / bucket keys only with static decode."""

@@ -188,8 +188,9 @@ def policy_loss(
     importance_sampling_level: str = "token",
     entropy: torch.Tensor | None = None,  # (b, T) the current policy's token entropies, with grad
     entropy_coef: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate loss for one micro-batch plus summed statistics for logging.
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate loss for one micro-batch plus summed statistics for logging, as detached
+    0-d tensors on the loss's device (the update reads them once per step, not per micro-batch).
 
     `token_weights` multiply the clipped policy-gradient term only (not the KL, not the entropy
     bonus): the truncated importance-sampling correction when another engine sampled the
@@ -215,27 +216,27 @@ def policy_loss(
     per_token = -torch.min(ratio * adv, clipped * adv)  # (b, T)
     if token_weights is not None:
         per_token = per_token * token_weights.to(per_token.dtype)  # (b, T)
-    stats = {"tokens": float(mask.sum())}
+    stats = {"tokens": mask.sum().detach()}
     if beta > 0:
         if ref_logp is None:
             raise ValueError("beta > 0 needs ref_logp")
         kl = k3_kl(logp, ref_logp)  # (b, T)
         per_token = per_token + beta * kl
-        stats["kl_sum"] = float((kl.detach() * mask).sum())
+        stats["kl_sum"] = (kl.detach() * mask).sum()
     loss = normalizer.aggregate(per_token, mask)
     if entropy_coef > 0:
         if entropy is None:
             raise ValueError("entropy_coef > 0 needs the policy's entropy")
         loss = loss - entropy_coef * (entropy * mask).sum() / max(normalizer.num_tokens, 1)  # the batch's token mean
-        stats["policy_entropy_sum"] = float((entropy.detach() * mask).sum())
+        stats["policy_entropy_sum"] = (entropy.detach() * mask).sum()
     with torch.no_grad():
         low = (ratio < 1 - epsilon) & (adv < 0)  # pessimistic bound active on the low side
         high = (ratio > 1 + epsilon_high) & (adv > 0)
-        stats["clip_low_tokens"] = float((low * mask).sum())
-        stats["clip_high_tokens"] = float((high * mask).sum())
-        stats["ratio_sum"] = float((ratio * mask).sum())
+        stats["clip_low_tokens"] = (low * mask).sum()
+        stats["clip_high_tokens"] = (high * mask).sum()
+        stats["ratio_sum"] = (ratio * mask).sum()
         if importance_sampling_level == "sequence":
             rows = mask.sum(-1) > 0  # (b,)
-            stats["sequences"] = float(rows.sum())
-            stats["clipped_sequences"] = float(((low | high)[:, 0] & rows).sum())
+            stats["sequences"] = rows.sum()
+            stats["clipped_sequences"] = ((low | high)[:, 0] & rows).sum()
     return loss, stats

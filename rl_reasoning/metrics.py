@@ -86,6 +86,7 @@ def step_metrics(rows: StepRows, stats: dict, accuracy_reward: str, lr: float, n
         "grad_norm": stats["grad_norm"],
         "lr": lr,
         "update/trained_sequences": stats["trained_sequences"],
+        "update/micro_batches": stats["micro_batches"],
         "tokens/generated": int(completion_tokens),
         "tokens/prompt": int(rows.prompt_lengths[::G].sum()),  # prefilled once per group
         "tokens/trained": stats["trained_tokens"],

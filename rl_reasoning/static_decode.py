@@ -241,22 +241,27 @@ class StaticDecoder:
         s.lengths.zero_()
         s.running.fill_(True)
 
-    def generate(self, prompts: list[list[int]], params, generator, offset: int, total: int,
-                 poll_every: int) -> RolloutBatch:
-        G, T = params.num_generations, self.T
-        N = len(prompts) * G
-        assert N == self.N, (N, self.N)
+    def prepare(self, prompts: list[list[int]], params, generator, offset: int, total: int):
+        """Prefill the prompts and draw the uniforms: the state of step 0, ready for `runner()`.
+        Returns the prompts as the batch reports them (P, Lp') and the draw (None when greedy)."""
+        G = params.num_generations
+        assert len(prompts) * G == self.N, (len(prompts) * G, self.N)
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_id)  # (P, Lp')
         pad = self.Lp - prompt_ids.shape[1]
         wide_ids = torch.nn.functional.pad(prompt_ids, (pad, 0), value=self.pad_id)  # (P, Lp)
         wide_mask = torch.nn.functional.pad(prompt_mask, (pad, 0), value=0)
         self._prefill(wide_ids, wide_mask, G)
-        draw = _Uniforms(generator, self.device, total, offset, N) if params.temperature > 0 else None
+        draw = _Uniforms(generator, self.device, total, offset, self.N) if params.temperature > 0 else None
         if draw is not None:
-            self.state.uniforms.copy_(draw.all_rows(T))
+            self.state.uniforms.copy_(draw.all_rows(self.T))
         if self.runner is None:
             self.runner = GraphRunner(self._step, self._runner_state(), self.graphed, self.backend)
+        return prompt_ids, prompt_mask, draw
 
+    def generate(self, prompts: list[list[int]], params, generator, offset: int, total: int,
+                 poll_every: int) -> RolloutBatch:
+        G, T, N = params.num_generations, self.T, self.N
+        prompt_ids, prompt_mask, draw = self.prepare(prompts, params, generator, offset, total)
         s = self.state
         host_tokens = torch.full((N, T), self.pad_id, dtype=torch.long)
         cut = torch.full((N,), -1, dtype=torch.long)  # a stop string ended the row after `cut` tokens (-1: none)

@@ -6,7 +6,7 @@ scores the policy's own token ids, so a different vocabulary would score other t
 freezes it. `Teacher.logprobs` scores a rollout's completions teacher-forced, without
 gradients, in micro-batches, at the rollout's temperature with logprobs.py's convention
 (log softmax(logits / T) over the full vocabulary), so its log-probs compare token by token with
-the rollout's own sampling log-probs. With `optim.prefix_grouping` (the default) the micro-batches
+the rollout's own sampling log-probs. With `optim.prefix_grouping` (on by default on CPU) the micro-batches
 are the update's (update.plan_micro_batches: one prompt each) and each prompt runs once per
 micro-batch (logprobs.grouped_completion_logprobs), as in the update; the teacher runs no
 backward, so this holds with several processes too, each scoring its own rows.
@@ -21,7 +21,7 @@ from .cpu_kernels import gqa_attention
 from .engine import RolloutBatch
 from .errors import UserError
 from .logprobs import grouped_completion_logprobs, micro_batch_inputs, teacher_forced_logits, token_logprobs
-from .update import plan_micro_batches, trained_tokens
+from .update import plan_micro_batches, prefix_grouping_on, trained_tokens
 
 # Chat markers, digits, punctuation, accents and CJK: encodes differently under any two
 # tokenizers that do not share their merges and ids.
@@ -43,9 +43,10 @@ def tokenizer_mismatch(student, teacher) -> str | None:
 class Teacher:
     """A frozen model that scores completions; `num_parameters` for the FLOPs count."""
 
-    def __init__(self, model, micro_batch_size: int, temperature: float, device, prefix_grouping: bool = False):
+    def __init__(self, model, micro_batch_size: int, temperature: float, device, prefix_grouping: bool = False,
+                 token_budget: int | None = None):
         self.model, self.micro_batch_size, self.temperature, self.device = model, micro_batch_size, temperature, device
-        self.prefix_grouping = prefix_grouping
+        self.prefix_grouping, self.token_budget = prefix_grouping, token_budget
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @torch.no_grad()
@@ -58,7 +59,7 @@ class Teacher:
         completion_lengths = rollout.completion_mask.sum(-1)  # (N,) what the teacher reads (tool results included)
         micro = plan_micro_batches(
             mask.sum(-1), prompt_lengths, None, self.micro_batch_size, rollout.group_size, self.prefix_grouping,
-            skip_zero_advantage=False, keep_every_row=False,
+            skip_zero_advantage=False, keep_every_row=False, token_budget=self.token_budget,
         )
         for idx in micro:
             p_ids, p_mask, c_ids, c_attn, _ = micro_batch_inputs(rollout, mask, idx, self.device)
@@ -95,4 +96,6 @@ def load_teacher(cfg: Config, device, student_tokenizer, compute_dtype: torch.dt
     model = cast_parameters(loaded.model, compute_dtype).eval().requires_grad_(False)
     model.config.use_cache = False
     micro = cfg.distill.micro_batch_size or cfg.optim.micro_batch_size
-    return Teacher(model, micro, cfg.rollout.temperature, device, prefix_grouping=cfg.optim.prefix_grouping)
+    budget = None if cfg.distill.micro_batch_size is not None else cfg.optim.micro_batch_tokens  # its own row count wins
+    return Teacher(model, micro, cfg.rollout.temperature, device, token_budget=budget,
+                   prefix_grouping=prefix_grouping_on(cfg.optim.prefix_grouping, torch.device(device)))

@@ -59,6 +59,12 @@ from .precision import Precision
 from .sharded import accumulation_boundary, is_sharded
 
 
+def prefix_grouping_on(setting: bool | str, device: torch.device) -> bool:
+    """`optim.prefix_grouping` resolved: auto = on for CPU (it saves prompt tokens where compute
+    binds), off for CUDA (it splits the batch into per-prompt passes where kernel launches bind)."""
+    return device.type != "cuda" if setting == "auto" else bool(setting)
+
+
 def importance_correction_on(cfg: Config, precision: Precision) -> bool:
     """`rollout.importance_correction` resolved: auto = on with vLLM when it recomputes the old
     log-probs, and with our engine in half-precision compute (its decode kernels and the update's
@@ -77,28 +83,25 @@ class SamplerGap:
 
     def __init__(self, cap: float):
         self.cap = cap
-        self.sums = dict.fromkeys(("tokens", "abs_diff", "excess", "excess_sq", "weight", "capped"), 0.0)
+        self.sums: dict = dict.fromkeys(("tokens", "abs_diff", "excess", "excess_sq", "weight", "capped"), 0.0)  # 0-d tensors once added to
         self.largest = 0.0
 
     def add(self, train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> None:
-        """train_logp, sampler_logp, mask: (b, T')."""
+        """train_logp, sampler_logp, mask: (b, T'). Masked sums on the device: nothing is read back here."""
         keep = mask.bool()
-        diff = (train_logp.detach().float() - sampler_logp.float())[keep]  # (M,) log pi_train - log pi_sampler
-        if diff.numel() == 0:
-            return
-        ratio = diff.double().exp()
+        diff = torch.where(keep, train_logp.detach().double() - sampler_logp.double(), 0.0)  # (b, T') log pi_train - log pi_sampler
+        ratio = diff.exp()  # (b, T') 1 where not kept
         excess = ratio - 1  # the spread is taken from sums of (r - 1): r is ~1, and r^2 sums would cancel it away
-        self.sums["tokens"] += diff.numel()
-        self.sums["abs_diff"] += float(diff.abs().sum())
-        self.sums["excess"] += float(excess.sum())
-        self.sums["excess_sq"] += float((excess * excess).sum())
-        self.sums["weight"] += float(ratio.clamp(max=self.cap).sum())
-        self.sums["capped"] += float((ratio > self.cap).sum())
-        self.largest = max(self.largest, float(diff.abs().max()))
+        weight = torch.where(keep, ratio.clamp(max=self.cap), 0.0)
+        for key, value in (("tokens", keep.sum()), ("abs_diff", diff.abs().sum()), ("excess", excess.sum()),
+                           ("excess_sq", (excess * excess).sum()), ("weight", weight.sum()), ("capped", (ratio > self.cap).sum())):
+            self.sums[key] = self.sums[key] + value
+        self.largest = torch.maximum(torch.as_tensor(self.largest, dtype=diff.dtype, device=diff.device), diff.abs().max())
 
     def metrics(self, collective: Collective, corrected: bool) -> dict:
-        sums = collective.sum(self.sums)
-        largest = collective.max({"largest": self.largest})["largest"]
+        local = host_values({**self.sums, "largest": self.largest})
+        largest = collective.max({"largest": local.pop("largest")})["largest"]
+        sums = collective.sum(local)
         n = sums["tokens"]
         if n == 0:
             return {}
@@ -112,6 +115,16 @@ class SamplerGap:
             out["sampler/importance_weight_mean"] = sums["weight"] / n
             out["sampler/importance_weight_capped_frac"] = sums["capped"] / n
         return out
+
+
+def host_values(values: dict) -> dict[str, float]:
+    """Floats of a dict of 0-d tensors (and numbers), read with one device-to-host copy."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        stacked = torch.stack([values[k].detach().double().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, stacked))
+    return {k: out[k] for k in values}
 
 
 def dropped_rows(zero_variance: torch.Tensor, group_size: int, enabled: bool) -> torch.Tensor:
@@ -154,6 +167,7 @@ def plan_micro_batches(
     prefix_grouping: bool,
     skip_zero_advantage: bool,
     keep_every_row: bool,
+    token_budget: int | None = None,
 ) -> list[torch.Tensor]:
     """Row indices of each micro-batch, in the order they run.
 
@@ -162,6 +176,10 @@ def plan_micro_batches(
     keeps them all, so every rank runs the same number of micro-batches (DDP's all-reduce).
     Rows are sorted by prompt + completion length (little padding); with `prefix_grouping`
     a micro-batch never mixes prompts (row // G is the prompt).
+    With `token_budget` (optim.micro_batch_tokens) a micro-batch takes rows in that order for as
+    long as its padded size stays within the budget, instead of `micro_batch_size` rows: padded
+    size = rows x (widest prompt + longest completion), or with `prefix_grouping` the prompt once
+    plus rows x longest completion. A row larger than the budget runs alone.
     """
     if keep_every_row:
         trainable = torch.ones_like(lengths, dtype=torch.bool)
@@ -175,8 +193,33 @@ def plan_micro_batches(
     rows = rows[torch.argsort(total_len[rows], stable=True)]
     if prefix_grouping:
         prompts = len(lengths) // group_size
-        return [c for p in range(prompts) for c in torch.split(rows[rows // group_size == p], micro_batch_size) if len(c)]
+        groups = [rows[rows // group_size == p] for p in range(prompts)]
+        if token_budget is not None:
+            return [c for g in groups for c in split_by_tokens(g, prompt_lengths, lengths, token_budget, grouped=True)]
+        return [c for g in groups for c in torch.split(g, micro_batch_size) if len(c)]
+    if token_budget is not None:
+        return split_by_tokens(rows, prompt_lengths, lengths, token_budget, grouped=False)
     return [rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
+
+
+def split_by_tokens(rows: torch.Tensor, prompt_lengths: torch.Tensor, lengths: torch.Tensor, budget: int,
+                    grouped: bool) -> list[torch.Tensor]:
+    """`rows` (in order) cut into consecutive micro-batches whose padded token count stays within
+    `budget` (see plan_micro_batches); each micro-batch holds at least one row."""
+    out, start = [], 0
+    prompt, completion = prompt_lengths[rows].tolist(), lengths[rows].tolist()
+    widest_prompt = longest = 0
+    for i in range(len(prompt)):
+        p, c = max(widest_prompt, prompt[i]), max(longest, completion[i])
+        n = i - start + 1
+        size = (p + n * c) if grouped else n * (p + c)
+        if n > 1 and size > budget:
+            out.append(rows[start:i])
+            start, p, c = i, prompt[i], completion[i]
+        widest_prompt, longest = p, c
+    if start < len(prompt):
+        out.append(rows[start:])
+    return out
 
 
 def trained_tokens(micro: list[torch.Tensor], lengths: torch.Tensor, prompt_lengths: torch.Tensor, prefix_grouping: bool) -> int:
@@ -235,7 +278,8 @@ class PolicyUpdate:
     def prefix_grouping(self) -> bool:
         # DDP expects one forward per backward and the router loss one batch of whole sequences;
         # the grouped path runs the model twice.
-        return self.cfg.optim.prefix_grouping and self.accelerator.num_processes == 1 and self.moe is None
+        grouping = prefix_grouping_on(self.cfg.optim.prefix_grouping, self.accelerator.device)
+        return grouping and self.accelerator.num_processes == 1 and self.moe is None
 
     def __call__(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor,
                  entropy_coef: float | None = None) -> dict:
@@ -255,6 +299,7 @@ class PolicyUpdate:
         micro = plan_micro_batches(
             lengths, prompt_lengths, advantages, cfg.optim.micro_batch_size, rollout.group_size, grouped,
             skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss and not bonus, keep_every_row=world > 1,
+            token_budget=cfg.optim.micro_batch_tokens,
         )
         ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if cfg.grpo.beta > 0 else {}
         has_entropy = cfg.rollout.backend != "vllm" or cfg.rollout.vllm.recompute_logprobs
@@ -276,7 +321,7 @@ class PolicyUpdate:
             for k, idx in enumerate(micro):
                 if self.moe is not None:
                     logp, c_mask, aux, load, entropy = self._moe_logprobs(rollout, mask, idx, bonus)  # (b, T'), (b, T'), scalar, (E,), (b, T')
-                    aux_sum += float(aux.detach())
+                    aux_sum = aux_sum + aux.detach()
                     load_sum = load if load_sum is None else load_sum + load
                 else:
                     logp, c_mask, entropy = self._logprobs(self.model, rollout, mask, idx, grouped, bonus)  # (b, T') each
@@ -314,7 +359,7 @@ class PolicyUpdate:
                 # over processes, so scaling by W makes the all-reduced gradient their sum.
                 with accumulation_boundary(self.accelerator, self.model, last=k == len(micro) - 1):
                     self.accelerator.backward(loss * world)
-                totals["loss"] += float(loss.detach())
+                totals["loss"] = totals["loss"] + loss.detach()
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
             totals["grad_norm"] += self._optimizer_step()
@@ -322,8 +367,9 @@ class PolicyUpdate:
 
         mu = cfg.grpo.num_iterations
         grad_norm = totals.pop("grad_norm") / mu  # already identical on every process
-        totals = {k: v / mu for k, v in totals.items()}
+        totals = {k: v / mu for k, v in host_values(totals).items()}  # the update's one read of its statistics
         totals["trained_sequences"] = sum(len(idx) for idx in micro)
+        totals["micro_batches"] = len(micro)  # per process and iteration
         totals["trained_tokens"] = trained_tokens(micro, lengths, prompt_lengths, grouped)
         totals = self.collective.sum(totals)
         totals["grad_norm"] = grad_norm
@@ -332,7 +378,7 @@ class PolicyUpdate:
         if load_sum is not None:
             passes = len(micro) * mu * world
             load = torch.tensor(self.collective.gather_objects([load_sum.tolist()])).sum(0) / passes  # (E,)
-            totals["moe"] = load_metrics(load, self.collective.sum({"aux": aux_sum})["aux"] / passes)
+            totals["moe"] = load_metrics(load, self.collective.sum({"aux": float(aux_sum)})["aux"] / passes)
         return totals
 
     def _optimizer_step(self) -> float:

@@ -104,6 +104,25 @@ def test_prefix_grouped_micro_batches_never_mix_prompts():
     assert plan(adv, lengths, prefix_grouping=True, micro=1) == [[1], [0], [3], [2], [4], [5]]
 
 
+def test_a_token_budget_packs_length_sorted_rows_while_their_padded_size_fits():
+    lengths, prompts = torch.tensor([3, 2, 4, 1, 2, 3]), torch.tensor([5, 5, 3, 3, 4, 4])
+    adv = torch.ones(6)
+
+    def budget_plan(budget, grouped):
+        out = plan_micro_batches(lengths, prompts, adv, 99, G, grouped, skip_zero_advantage=True, keep_every_row=False,
+                                 token_budget=budget)
+        return [idx.tolist() for idx in out]
+
+    # sorted by prompt + completion: rows 3 (3+1), 4 (4+2), 1 (5+2), 2 (3+4), 5 (4+3), 0 (5+3);
+    # padded size = rows x (widest prompt + longest completion): [3, 4] = 2 x 6 = 12, adding 1 makes 3 x 7 = 21 > 16
+    assert budget_plan(16, grouped=False) == [[3, 4], [1], [2, 5], [0]]
+    assert budget_plan(1, grouped=False) == [[3], [4], [1], [2], [5], [0]]  # a row larger than the budget runs alone
+    assert budget_plan(10_000, grouped=False) == [[3, 4, 1, 2, 5, 0]]
+    # grouped: one prompt per micro-batch, the prompt counted once: [4, 5] = 4 + 2 x 3 = 10; [1, 0] = 5 + 2 x 3 = 11
+    assert budget_plan(10, grouped=True) == [[1], [0], [3], [2], [4, 5]]
+    assert budget_plan(11, grouped=True) == [[1, 0], [3, 2], [4, 5]]
+
+
 def test_trained_tokens_count_a_grouped_prompt_once_per_micro_batch():
     micro = [torch.tensor([1, 0]), torch.tensor([5])]
     lengths, prompt_lengths = torch.tensor([3, 2, 4, 1, 2, 3]), torch.tensor([5, 5, 3, 3, 4, 4])
@@ -126,12 +145,13 @@ def sgd_update(cfg, model, rollout, advantages, mask, dropped):
     return update, update(rollout, advantages, mask, dropped)
 
 
+@pytest.mark.parametrize("plan", ["rows", "tokens"])
 @pytest.mark.parametrize("prefix_grouping", [True, False])
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
-def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss_type):
-    """PolicyUpdate (micro-batches of 3, length-sorted, prefix-grouped or not, zero-advantage rows
-    skipped, a dropped group) moves the weights exactly as one SGD step on the plain full-batch
-    loss of the same rollout does."""
+def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss_type, plan):
+    """PolicyUpdate (micro-batches of 3 rows, or planned by a 14-token budget; length-sorted,
+    prefix-grouped or not, zero-advantage rows skipped, a dropped group) moves the weights exactly
+    as one SGD step on the plain full-batch loss of the same rollout does."""
 
     from rl_reasoning.config import load_config
     from rl_reasoning.engine import RolloutBatch
@@ -156,12 +176,16 @@ def test_the_update_equals_one_plain_full_batch_step(tiny, prefix_grouping, loss
     mask = loss_mask(completion_mask, rewards, rollout.truncated, dropped, mask_truncated=False)
 
     cfg = load_config(None, [f"grpo.loss_type={loss_type}", "rollout.max_new_tokens=5", "rollout.temperature=1.0",
-                             "optim.micro_batch_size=3", f"optim.prefix_grouping={str(prefix_grouping).lower()}",
+                             "optim.micro_batch_size=3" if plan == "rows" else "optim.micro_batch_tokens=14",
+                             f"optim.prefix_grouping={str(prefix_grouping).lower()}",
                              "optim.max_grad_norm=0", "grpo.epsilon_high=0.3"])
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     update, stats = sgd_update(cfg, model, rollout, advantages, mask, dropped)
     assert update.prefix_grouping == prefix_grouping
     assert stats["trained_sequences"] == 4  # group 1 dropped, no row has advantage 0 otherwise
+    # rows 5, 1, 0, 4 (prompts of 4 tokens; 1, 3, 5, 5 trained): 3 rows a pass and one prompt a
+    # pass give 2 passes; a 14-token budget [5, 1] (2 x (4 + 3)), [0], [4], or grouped [1, 0] (4 + 2 x 5), [5, 4]
+    assert stats["micro_batches"] == {"rows": 2, "tokens": 2 if prefix_grouping else 3}[plan]
 
     reference = {n: p.detach().clone().requires_grad_(True) for n, p in start.items()}
     logp = torch.func.functional_call(model, reference, (), dict(
