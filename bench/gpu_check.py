@@ -14,9 +14,9 @@ finishes (a timeout keeps what was measured):
    single steps timed with CUDA events, and kernel launches per step from torch.profiler;
 3. equivalence: eager vs graphed static decode from the same seed (tokens equal, max |Δ logp|),
    and the dynamic engine against the static one (share of equal tokens, max |Δ logp| where equal);
-4. one update (16 × 8 rows, prompt 100, completions of 128..256 tokens, fp32 master weights,
+4. one update (`--rows` / 8 prompts × 8, completions of half to all of `--new-tokens`, fp32 master weights,
    compute-dtype autocast, AdamW) for three plans: prefix grouping with 8-row micro-batches,
-   8-row micro-batches without grouping, and a token budget; forward, backward and optimizer
+   8-row micro-batches without grouping, and a token budget; forward, backward (and the rest) and optimizer
    seconds, micro-batches and peak memory;
 5. stale weights: the share of weights one AdamW step at lr 1e-6 moves, fp32 masters vs pure
    bf16 weights, and |rollout log p − teacher-forced log p| of the bf16 sampler against the
@@ -208,7 +208,7 @@ def synthetic_rollout(vocab: int, P: int, G: int, prompt_len: int, new_tokens: i
                         torch.zeros(N, new_tokens), torch.zeros(N, dtype=torch.bool), [""] * N, G)
 
 
-def update_section(model_dir: str, device, dry: bool, new_tokens: int, prompt_len: int) -> dict:
+def update_section(model_dir: str, device, rows: int, new_tokens: int, prompt_len: int) -> dict:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
@@ -217,7 +217,8 @@ def update_section(model_dir: str, device, dry: bool, new_tokens: int, prompt_le
     from rl_reasoning.precision import Precision
     from rl_reasoning.update import PolicyUpdate, optimizer_and_scheduler
 
-    P, G = (2, 4) if dry else (16, 8)
+    G = 8
+    P = max(rows // G, 1)
     rollout = synthetic_rollout(AutoModelForCausalLM.from_pretrained(model_dir).config.vocab_size, P, G, prompt_len, new_tokens)
     N = P * G
     advantages = torch.randn(N, generator=torch.Generator().manual_seed(1))
@@ -234,36 +235,68 @@ def update_section(model_dir: str, device, dry: bool, new_tokens: int, prompt_le
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
         optimizer, scheduler = optimizer_and_scheduler(model, cfg)
         update = PolicyUpdate(cfg, accelerator, model, optimizer, scheduler, Collective(accelerator), moe=None, precision=precision)
-        phase = {"forward": 0.0, "optimizer": 0.0}
-        marks = []
-        model.register_forward_pre_hook(lambda *_: marks.append(Clock(device).__enter__()))
-        model.register_forward_hook(lambda *_: marks[-1].__exit__())
-        step = optimizer.step
-
-        def timed_step(*a, step=step, **kw):
-            with Clock(device) as clock:
-                result = step(*a, **kw)
-            phase["optimizer"] += clock.seconds
-            return result
-
-        optimizer.step = timed_step
-        runs = []
-        for _ in range(3):  # the first warms up kernels and the allocator
-            marks.clear()
-            phase.update(forward=0.0, optimizer=0.0)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            with Clock(device) as clock:
-                stats = update(rollout, advantages, mask, dropped)
-            forward = sum(m.seconds for m in marks)
-            runs.append({"update_s": clock.seconds, "forward_s": forward, "optimizer_s": phase["optimizer"],
-                         "backward_s": clock.seconds - forward - phase["optimizer"], "micro_batches": stats["micro_batches"],
-                         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None})
+        runs = [timed_update(update, model, optimizer, device, rollout, advantages, mask, dropped) for _ in range(3)]  # the first warms up
         best = min(runs[1:], key=lambda r: r["update_s"])
         out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in best.items()}
         print(f"update {name}: {out[name]}", flush=True)
         del model, optimizer, update
     return out
+
+
+class Marks:
+    """Start/end marks around calls, read after the timed block: CUDA events recorded without a
+    sync (the update keeps running ahead of the host), or perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda, self.pairs = device.type == "cuda", []
+
+    def start(self, *_):
+        self.pairs.append([self._now(), None])
+
+    def end(self, *_):
+        self.pairs[-1][1] = self._now()
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.pairs) / 1e3
+        return sum(b - a for a, b in self.pairs)
+
+
+def timed_update(update, model, optimizer, device, rollout, advantages, mask, dropped) -> dict:
+    """One PolicyUpdate call: its wall time, forward and optimizer time (marks around the model's
+    forward and optimizer.step), backward and the rest (log-probs, loss, copies) = the remainder, micro-batches and peak memory."""
+    forward, optim = Marks(device), Marks(device)
+    hooks = [model.register_forward_pre_hook(forward.start), model.register_forward_hook(forward.end)]
+    step = optimizer.step
+
+    def marked_step(*a, **kw):
+        optim.start()
+        result = step(*a, **kw)
+        optim.end()
+        return result
+
+    optimizer.step = marked_step
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with Clock(device) as clock:
+            stats = update(rollout, advantages, mask, dropped)
+    finally:
+        optimizer.step = step
+        for hook in hooks:
+            hook.remove()
+    f, o = forward.seconds(), optim.seconds()
+    return {"update_s": clock.seconds, "forward_s": f, "optimizer_s": o, "backward_and_rest_s": clock.seconds - f - o,
+            "micro_batches": stats["micro_batches"],
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None}
 
 
 def stale_weight_section(model_dir: str, device, batch) -> dict:
@@ -357,7 +390,7 @@ def main() -> int:
         del model
         if "update" not in skip:
             started = time.perf_counter()
-            report["update"] = update_section(model_dir, device, dry, new_tokens, prompt_len)
+            report["update"] = update_section(model_dir, device, rows, new_tokens, prompt_len)
             report["update_section_s"] = round(time.perf_counter() - started, 1)
             save()
         if "stale" not in skip and batches:

@@ -2,8 +2,10 @@
 
 Both sample at T=1 with no top-k/top-p, stop at EOS, and run in this process, alternating.
 `--profile` adds a torch.profiler table of one engine call (top operators by CPU time).
+`--static` adds our engine with `rollout.static_decode: true` (fixed buffers, no compaction; the
+path CUDA graphs replay) to the same rounds, from the same seeds.
 
-    python bench/rollout.py [--configs 2x8,4x8,8x4] [--max-tokens 96] [--repeats 2] [--profile]
+    python bench/rollout.py [--configs 2x8,4x8,8x4] [--max-tokens 96] [--repeats 2] [--profile] [--static]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--static", action="store_true", help="also time rollout.static_decode: true")
     args = parser.parse_args()
 
     import reasoning_gym
@@ -44,18 +47,26 @@ def main() -> None:
         return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
 
     print(f"SmolLM2-135M-Instruct fp32, {torch.get_num_threads()} threads, <= {args.max_tokens} new tokens, T=1\n")
-    print("| P x G | ours tok/s | model.generate tok/s | ours / generate |")
-    print("|---|---|---|---|")
+    extra = " ours static tok/s | static / ours |" if args.static else ""
+    print(f"| P x G | ours tok/s | model.generate tok/s | ours / generate |{extra}")
+    print("|---|---|---|---|" + ("---|---|" if args.static else ""))
     for config in args.configs.split(","):
         P, G = (int(x) for x in config.split("x"))
         ids = prompts(P)
-        ours, hf = [], []
+        ours, hf, static = [], [], []
         for r in range(args.repeats + 1):  # the first round is a warm-up
             gen = torch.Generator().manual_seed(r)
             start = time.perf_counter()
             batch = engine.generate(ids, RolloutConfig(num_generations=G, max_new_tokens=args.max_tokens, temperature=1.0), gen)
             t_ours = time.perf_counter() - start
             n_ours = int(batch.lengths.sum())
+            if args.static:
+                start = time.perf_counter()
+                fixed = engine.generate(ids, RolloutConfig(num_generations=G, max_new_tokens=args.max_tokens, temperature=1.0,
+                                                           static_decode=True), torch.Generator().manual_seed(r))
+                if r:
+                    static.append(int(fixed.lengths.sum()) / (time.perf_counter() - start))
+                assert fixed.texts == batch.texts, "static decode sampled other completions than the dynamic engine"
 
             p_ids, p_mask = left_pad([i for i in ids for _ in range(G)], tok.pad_token_id)
             start = time.perf_counter()
@@ -69,7 +80,8 @@ def main() -> None:
                 ours.append(n_ours / t_ours)
                 hf.append(n_hf / t_hf)
         a, b = statistics.median(ours), statistics.median(hf)
-        print(f"| {P} x {G} | {a:.0f} | {b:.0f} | {a / b:.2f}x |", flush=True)
+        tail = f" {statistics.median(static):.0f} | {statistics.median(static) / a:.2f}x |" if args.static else ""
+        print(f"| {P} x {G} | {a:.0f} | {b:.0f} | {a / b:.2f}x |{tail}", flush=True)
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
