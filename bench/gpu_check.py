@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -144,10 +145,12 @@ def decode_section(model, tok, device, rows: int, prompt_len: int, new_tokens: i
         engine = RolloutEngine(model, tok, [tok.eos_token_id], tok.pad_token_id)
         params = RolloutConfig(num_generations=G, max_new_tokens=new_tokens, temperature=1.0, **settings)
         times = []
-        for _ in range(3):  # the first includes allocation and (graph) capture
-            with Clock(device) as clock:
-                batch = engine.generate(prompts, params, torch.Generator(device=device).manual_seed(seed))
-            times.append(clock.seconds)
+        with warnings.catch_warnings(record=True) as caught:  # a failed capture warns once and decodes eagerly
+            warnings.simplefilter("always")
+            for _ in range(3):  # the first includes allocation and (graph) capture
+                with Clock(device) as clock:
+                    batch = engine.generate(prompts, params, torch.Generator(device=device).manual_seed(seed))
+                times.append(clock.seconds)
         batches[name] = batch
         steps = int(batch.lengths.max())
         tokens = int(batch.lengths.sum())
@@ -157,6 +160,7 @@ def decode_section(model, tok, device, rows: int, prompt_len: int, new_tokens: i
         entry = {"rollout_s": round(steady, 4), "first_rollout_s": round(times[0], 4), "steps": steps, "tokens": tokens,
                  "ms_per_step": round(1e3 * step_s, 3), "tok_per_s": round(tokens / steady, 1),
                  "achieved_gb_per_s": round((n_params * elem + rows * columns * kv_per_column) / step_s / 1e9, 2)}
+        entry["warnings"] = sorted({str(w.message)[:300] for w in caught if "graph" in str(w.message).lower()})
         if settings.get("static_decode"):
             (decoder,) = engine._decoders.values()
             entry["capture_s_est"] = round(max(times[0] - steady, 0.0), 4)
