@@ -9,7 +9,7 @@ whole decode state in tensors allocated once per shape:
 - `DecodeState`: next tokens, positions, a device step counter, a 4-D attention mask at full
   length, the K/V cache (transformers' `StaticLayer`: `index_copy_` at a device counter),
   pre-drawn uniforms, output tokens / log-probs / entropies, lengths and running flags.
-- `decode_step(state)`: sample from the current logits (`rollout.sample_tokens`, the uniforms of
+- `decode_step(state)`: sample from the current logits (`sampling.sample_tokens`, the uniforms of
   row `step`), write column `step` of the outputs, finish rows on EOS, run the model on the new
   tokens and keep the next logits. It only mutates those buffers: no host read, no Python-int
   state, the same ops on the same shapes every step (tests/test_static_decode.py checks all
@@ -40,6 +40,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from .engine import RolloutBatch, cut_at_stop, left_pad, positions_from_mask
+from .sampling import sample_tokens
 
 SDPA_IMPLEMENTATIONS = ("sdpa", "rl_reasoning_sdpa_gqa")  # those that take a boolean 4-D mask as given
 
@@ -69,8 +70,6 @@ class DecodeState:
 
 def decode_step(model, cache: StaticCache, state: DecodeState, temperature: float, top_p: float, pad_id: int) -> None:
     """One decode step in place: sample at column `step`, then one forward on the sampled tokens."""
-    from .rollout import sample_tokens
-
     s = state
     uniforms = s.uniforms.index_select(0, s.step).squeeze(0) if temperature > 0 else None  # (N,)
     tok, logp, entropy = sample_tokens(s.logits, temperature, top_p, uniforms)  # (N,) each

@@ -7,7 +7,8 @@ import torch
 
 from rl_reasoning.config import RolloutConfig
 from rl_reasoning.logprobs import completion_logprobs, grouped_completion_logprobs
-from rl_reasoning.rollout import RolloutEngine, inverse_cdf_sample
+from rl_reasoning.rollout import RolloutEngine
+from rl_reasoning.sampling import inverse_cdf_sample
 
 
 def prompts_for(tokenizer, questions):

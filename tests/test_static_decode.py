@@ -354,3 +354,17 @@ def test_static_decode_settings_resolve_and_refuse_what_does_nothing(tiny):
                      ({"backend": "vllm", "static_decode": True}, "rollout.static_decode")]:
         with pytest.raises(ConfigError, match=key):
             Config(rollout=RolloutConfig(**bad)).validate()
+
+
+def test_the_token_budget_settings_are_checked():
+    from rl_reasoning.config import OptimConfig
+    from rl_reasoning.update import prefix_grouping_on
+
+    Config(optim=OptimConfig(micro_batch_tokens=4096)).validate()
+    with pytest.raises(ConfigError, match="optim.micro_batch_size: has no effect with optim.micro_batch_tokens"):
+        Config(optim=OptimConfig(micro_batch_tokens=4096, micro_batch_size=4)).validate()
+    with pytest.raises(ConfigError, match="optim.micro_batch_tokens"):
+        Config(optim=OptimConfig(micro_batch_tokens=0)).validate()
+    assert prefix_grouping_on("auto", torch.device("cpu")) is True
+    assert prefix_grouping_on("auto", torch.device("cuda")) is False
+    assert prefix_grouping_on(False, torch.device("cpu")) is False
