@@ -16,7 +16,7 @@ finishes (a timeout keeps what was measured):
    and the dynamic engine against the static one (share of equal tokens, max |Δ logp| where equal);
 4. one update (`--rows` / 8 prompts × 8, completions of half to all of `--new-tokens`, fp32 master weights,
    compute-dtype autocast, AdamW) for three plans: prefix grouping with 8-row micro-batches,
-   8-row micro-batches without grouping, and a token budget; forward, backward (and the rest) and optimizer
+   8-row micro-batches without grouping, and a token budget (on CUDA the one `auto` picks); forward, backward (and the rest) and optimizer
    seconds, micro-batches and peak memory;
 5. stale weights: the share of weights one AdamW step at lr 1e-6 moves, fp32 masters vs pure
    bf16 weights, and |rollout log p − teacher-forced log p| of the bf16 sampler against the
@@ -219,7 +219,7 @@ def update_section(model_dir: str, device, rows: int, new_tokens: int, prompt_le
     from rl_reasoning.config import load_config
     from rl_reasoning.distributed import Collective
     from rl_reasoning.precision import Precision
-    from rl_reasoning.update import PolicyUpdate, optimizer_and_scheduler
+    from rl_reasoning.update import AUTO_MICRO_BATCH_TOKENS, PolicyUpdate, optimizer_and_scheduler
 
     G = 8
     P = max(rows // G, 1)
@@ -227,7 +227,7 @@ def update_section(model_dir: str, device, rows: int, new_tokens: int, prompt_le
     N = P * G
     advantages = torch.randn(N, generator=torch.Generator().manual_seed(1))
     mask, dropped = rollout.completion_mask.clone(), torch.zeros(N, dtype=torch.bool)
-    budget = 2 * max(64, (N * (prompt_len + new_tokens)) // 4)  # the batch in about two passes
+    budget = AUTO_MICRO_BATCH_TOKENS if device.type == "cuda" else 2 * max(64, (N * (prompt_len + new_tokens)) // 4)  # CPU: ~two passes
     plans = {"grouped_rows8": ["optim.prefix_grouping=true", "optim.micro_batch_size=8"],
              "plain_rows8": ["optim.prefix_grouping=false", "optim.micro_batch_size=8"],
              f"plain_tokens{budget}": ["optim.prefix_grouping=false", f"optim.micro_batch_tokens={budget}"]}

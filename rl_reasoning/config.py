@@ -304,11 +304,13 @@ class OptimConfig:
     """0 disables clipping (the norm is still logged)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate over the whole batch."""
-    micro_batch_tokens: int | None = None
+    micro_batch_tokens: int | Literal["auto"] | None = "auto"
     """Plan micro-batches by a token budget instead (verl's use_dynamic_bsz / max_token_len):
     length-sorted rows are packed while rows x padded length stays within it (a longer row runs
-    alone). null = micro_batch_size rows each. On a GPU a budget that holds the whole batch in one
-    or two passes fills the device; micro_batch_size then has no effect."""
+    alone); micro_batch_size then has no effect. null = micro_batch_size rows each. auto = 16384
+    tokens (verl's ppo_max_token_len_per_gpu default) on CUDA in a single process, unless
+    micro_batch_size is set; rows on CPU (prefix grouping pays there). Single-process only (DDP
+    ranks must run the same number of micro-batches)."""
     prefix_grouping: bool | Literal["auto"] = "auto"
     """Update: run each prompt once per micro-batch and let its G completions attend to its
     keys/values, instead of re-running the prompt per completion (same loss and gradients).
@@ -416,7 +418,8 @@ class Config:
             ("distill.micro_batch_size", self.distill.micro_batch_size is None or self.distill.micro_batch_size >= 1, "must be >= 1"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.micro_batch_size", self.optim.micro_batch_size >= 1, "must be >= 1"),
-            ("optim.micro_batch_tokens", self.optim.micro_batch_tokens is None or self.optim.micro_batch_tokens >= 1, "must be >= 1 (null = off)"),
+            ("optim.micro_batch_tokens", self.optim.micro_batch_tokens in (None, "auto") or self.optim.micro_batch_tokens >= 1,
+             "must be >= 1 (null = rows, auto = a budget on CUDA)"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be >= 0"),
             ("optim.max_grad_norm", self.optim.max_grad_norm >= 0, "must be >= 0"),
             ("optim.weight_decay", self.optim.weight_decay >= 0, "must be >= 0"),
@@ -524,7 +527,7 @@ class Config:
         self._validate_distill()
         self._validate_multi_turn()
         self._validate_decode()
-        if self.optim.micro_batch_tokens is not None and self.optim.micro_batch_size != OptimConfig().micro_batch_size:
+        if self.optim.micro_batch_tokens not in (None, "auto") and self.optim.micro_batch_size != OptimConfig().micro_batch_size:
             raise ConfigError("optim.micro_batch_size: has no effect with optim.micro_batch_tokens (the token budget plans the "
                               "micro-batches); remove one of them")
 

@@ -286,9 +286,10 @@ class StaticDecoder:
             if not alive.any():
                 break
 
-        out = torch.cat([s.tokens, s.lengths[:, None], s.running[:, None].long()], dim=1).cpu()  # (N, T + 2), one sync
-        logprobs, entropies = torch.stack([s.logprobs, s.entropies]).cpu()  # (2, N, T)
-        tokens, lengths = out[:, :T], out[:, T]
+        # the results cross once: float64 holds the token ids and the fp32 log-probs exactly
+        out = torch.cat([s.tokens.double(), s.lengths[:, None].double(), s.logprobs.double(), s.entropies.double()], dim=1).cpu()
+        tokens, lengths = out[:, :T].long(), out[:, T].long()  # (N, T), (N,)
+        logprobs, entropies = out[:, T + 1 : 2 * T + 1].float(), out[:, 2 * T + 1 :].float()  # (N, T) each
         lengths = torch.where(cut >= 0, torch.minimum(cut, lengths), lengths)  # (N,)
         truncated = alive & (lengths == T)
         used = T if bool(truncated.any()) else int(lengths.max())

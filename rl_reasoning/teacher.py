@@ -21,7 +21,7 @@ from .cpu_kernels import gqa_attention
 from .engine import RolloutBatch
 from .errors import UserError
 from .logprobs import grouped_completion_logprobs, micro_batch_inputs, teacher_forced_logits, token_logprobs
-from .update import plan_micro_batches, prefix_grouping_on, trained_tokens
+from .update import micro_batch_tokens_on, plan_micro_batches, prefix_grouping_on, trained_tokens
 
 # Chat markers, digits, punctuation, accents and CJK: encodes differently under any two
 # tokenizers that do not share their merges and ids.
@@ -96,6 +96,6 @@ def load_teacher(cfg: Config, device, student_tokenizer, compute_dtype: torch.dt
     model = cast_parameters(loaded.model, compute_dtype).eval().requires_grad_(False)
     model.config.use_cache = False
     micro = cfg.distill.micro_batch_size or cfg.optim.micro_batch_size
-    budget = None if cfg.distill.micro_batch_size is not None else cfg.optim.micro_batch_tokens  # its own row count wins
+    budget = None if cfg.distill.micro_batch_size is not None else micro_batch_tokens_on(cfg.optim, torch.device(device), 1)  # its own row count wins
     return Teacher(model, micro, cfg.rollout.temperature, device, token_budget=budget,
                    prefix_grouping=prefix_grouping_on(cfg.optim.prefix_grouping, torch.device(device)))

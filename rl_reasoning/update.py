@@ -46,6 +46,7 @@ from .config import Config
 from .cpu_kernels import gqa_attention
 from .distributed import Collective
 from .engine import RolloutBatch
+from .errors import UserError
 from .grpo import LossNormalizer, policy_loss
 from .logprobs import (
     completion_logprobs,
@@ -57,6 +58,17 @@ from .logprobs import (
 from .moe import MoESpec, expert_load, load_metrics
 from .precision import Precision
 from .sharded import accumulation_boundary, is_sharded
+
+AUTO_MICRO_BATCH_TOKENS = 16384  # optim.micro_batch_tokens: auto on CUDA (verl's ppo_max_token_len_per_gpu default)
+
+
+def micro_batch_tokens_on(optim, device: torch.device, world: int) -> int | None:
+    """`optim.micro_batch_tokens` resolved: auto = AUTO_MICRO_BATCH_TOKENS on CUDA in a single
+    process unless micro_batch_size was set, else None (micro-batches of micro_batch_size rows)."""
+    if optim.micro_batch_tokens != "auto":
+        return optim.micro_batch_tokens
+    rows_chosen = optim.micro_batch_size != type(optim)().micro_batch_size
+    return AUTO_MICRO_BATCH_TOKENS if device.type == "cuda" and world == 1 and not rows_chosen else None
 
 
 def prefix_grouping_on(setting: bool | str, device: torch.device) -> bool:
@@ -273,6 +285,9 @@ class PolicyUpdate:
         self.precision = precision or Precision(torch.float32, "float32")
         self.importance_correction = importance_correction_on(cfg, self.precision)
         self.optimizer_steps = 0
+        if cfg.optim.micro_batch_tokens not in (None, "auto") and collective.world > 1:
+            raise UserError("optim.micro_batch_tokens: single-process only for now (with several processes every rank must run "
+                            "the same number of micro-batches, which a token budget does not guarantee); use optim.micro_batch_size")
 
     @property
     def prefix_grouping(self) -> bool:
@@ -299,7 +314,7 @@ class PolicyUpdate:
         micro = plan_micro_batches(
             lengths, prompt_lengths, advantages, cfg.optim.micro_batch_size, rollout.group_size, grouped,
             skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss and not bonus, keep_every_row=world > 1,
-            token_budget=cfg.optim.micro_batch_tokens,
+            token_budget=micro_batch_tokens_on(cfg.optim, self.accelerator.device, world),
         )
         ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if cfg.grpo.beta > 0 else {}
         has_entropy = cfg.rollout.backend != "vllm" or cfg.rollout.vllm.recompute_logprobs

@@ -358,13 +358,20 @@ def test_static_decode_settings_resolve_and_refuse_what_does_nothing(tiny):
 
 def test_the_token_budget_settings_are_checked():
     from rl_reasoning.config import OptimConfig
-    from rl_reasoning.update import prefix_grouping_on
+    from rl_reasoning.update import AUTO_MICRO_BATCH_TOKENS, micro_batch_tokens_on, prefix_grouping_on
 
     Config(optim=OptimConfig(micro_batch_tokens=4096)).validate()
     with pytest.raises(ConfigError, match="optim.micro_batch_size: has no effect with optim.micro_batch_tokens"):
         Config(optim=OptimConfig(micro_batch_tokens=4096, micro_batch_size=4)).validate()
     with pytest.raises(ConfigError, match="optim.micro_batch_tokens"):
         Config(optim=OptimConfig(micro_batch_tokens=0)).validate()
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert micro_batch_tokens_on(OptimConfig(), cuda, 1) == AUTO_MICRO_BATCH_TOKENS
+    assert micro_batch_tokens_on(OptimConfig(), cpu, 1) is None
+    assert micro_batch_tokens_on(OptimConfig(), cuda, 2) is None  # DDP ranks need equal micro-batch counts
+    assert micro_batch_tokens_on(OptimConfig(micro_batch_size=4), cuda, 1) is None  # rows chosen by the user
+    assert micro_batch_tokens_on(OptimConfig(micro_batch_tokens=None), cuda, 1) is None
+    assert micro_batch_tokens_on(OptimConfig(micro_batch_tokens=512), cpu, 1) == 512
     assert prefix_grouping_on("auto", torch.device("cpu")) is True
     assert prefix_grouping_on("auto", torch.device("cuda")) is False
     assert prefix_grouping_on(False, torch.device("cpu")) is False

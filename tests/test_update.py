@@ -261,3 +261,18 @@ def test_top_entropy_quantile_trains_exactly_the_highest_entropy_tokens(tiny, mo
     top = sorted(trained, key=lambda rt: -float(entropies[rt]))[:5]  # the highest-entropy quarter of the 20 trained tokens
     assert {(r, t) for r in range(N) for t in range(Lc) if grads[r, t] != 0} == set(top)
     assert stats["entropy"]["entropy/selected_frac"] == 0.25
+
+
+def test_a_token_budget_is_refused_with_several_processes(tiny):
+    """Every DDP rank must run the same number of micro-batches; a token budget plans them per rank."""
+    from types import SimpleNamespace
+
+    from rl_reasoning.config import load_config
+    from rl_reasoning.errors import UserError
+    from rl_reasoning.update import PolicyUpdate
+
+    model, _ = tiny
+    cfg = load_config(None, ["optim.micro_batch_tokens=512"])
+    two_ranks = SimpleNamespace(world=2)
+    with pytest.raises(UserError, match="optim.micro_batch_tokens: single-process only"):
+        PolicyUpdate(cfg, None, model, None, None, two_ranks, moe=None)
