@@ -214,6 +214,12 @@ class RolloutConfig:
 class GRPOConfig:
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    advantage_estimator: Literal["grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = "grpo"
+    """How advantages are computed (verl's names; rl_reasoning/grpo.py): grpo = group-centred, scaled
+    by scale_rewards; rloo = leave-one-out baseline, no scaling; reinforce_plus_plus = the reward,
+    with beta > 0 a per-token KL to the reference folded into the return (beta is then that
+    penalty's coefficient, not a loss term), normalised over every token of the batch;
+    reinforce_plus_plus_baseline = group-centred, then normalised over the batch."""
     epsilon: float = 0.2
     epsilon_high: float | None = None
     """Upper clip (DAPO clip-higher); default = epsilon."""
@@ -527,6 +533,13 @@ class Config:
         self._validate_distill()
         self._validate_multi_turn()
         self._validate_decode()
+        if self.grpo.advantage_estimator != "grpo":
+            if self.grpo.scale_rewards != GRPOConfig().scale_rewards:
+                raise ConfigError(f"grpo.scale_rewards: has no effect with grpo.advantage_estimator: {self.grpo.advantage_estimator} "
+                                  "(it scales GRPO's advantages only); remove it")
+            if self.distill.teacher is not None:
+                raise ConfigError("grpo.advantage_estimator: on-policy distillation (distill.teacher) builds on GRPO's group "
+                                  "advantages; use grpo.advantage_estimator: grpo with it")
         if self.optim.micro_batch_tokens not in (None, "auto") and self.optim.micro_batch_size != OptimConfig().micro_batch_size:
             raise ConfigError("optim.micro_batch_size: has no effect with optim.micro_batch_tokens (the token budget plans the "
                               "micro-batches); remove one of them")

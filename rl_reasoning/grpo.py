@@ -11,6 +11,14 @@ Advantages (`scale_rewards`, names as in TRL):
     returned None) are left out of the statistics and get advantage 0, and so does every
     completion of a group whose valid rewards are all equal.
 
+Other estimators (`advantage_estimator`, verl's names): RLOO, A_i = r_i - mean of the other
+rewards of i's group = G/(G-1) (r_i - mean), no std scaling (`rloo_advantages`). REINFORCE++
+(Hu 2025): no group baseline; the reward, with beta > 0 a per-token KL penalty to the reference
+folded into the return (G_t = r_i - beta * sum_{t' >= t} KL_t', KL = log pi_old - log pi_ref, k1,
+instead of the k3 loss term), then normalised over every trained token of the whole batch
+(`kl_folded_returns`, `whiten`). REINFORCE++-baseline: the group-centred reward, then the same
+batch normalisation (GRPO's centring with a batch-level scale).
+
 Per-token loss, with ratio rho = exp(logp - logp_old):
     l_it = -min(rho * A_it, clip(rho, 1 - epsilon, 1 + epsilon_high) * A_it) + beta * KL_it
     KL_it = exp(ref - logp) - (ref - logp) - 1           (k3 estimator, Schulman 2020)
@@ -103,6 +111,54 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     flat_groups = zero_variance_groups(rewards, group_size)[:, None]  # (B, 1); includes groups of one valid reward
     adv = torch.where(flat_groups, torch.zeros_like(adv), adv)  # no baseline, or no signal
     return adv.reshape(-1)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): A_i = r_i - the mean of the other valid rewards of i's group
+    = n/(n-1) (r_i - group mean) for n valid rewards; no std scaling. (N,); 0 for NaN rewards and
+    for groups with fewer than two valid rewards."""
+    centred, count = _centred_groups(rewards, group_size)  # (B, G), (B, 1)
+    adv = centred * count / (count - 1).clamp(min=1)
+    return torch.where(count < 2, torch.zeros_like(adv), adv).reshape(-1)
+
+
+def reinforce_scores(rewards: torch.Tensor, group_size: int, baseline: bool) -> torch.Tensor:
+    """REINFORCE++'s sequence scores before the batch normalisation (N,): the rewards
+    (`reinforce_plus_plus`), or the rewards less their group's mean valid reward
+    (`reinforce_plus_plus_baseline`); 0 where the reward is NaN."""
+    if baseline:
+        return _centred_groups(rewards, group_size)[0].reshape(-1)
+    return torch.nan_to_num(rewards, nan=0.0)
+
+
+def kl_folded_returns(scores: torch.Tensor, sampler_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                      beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++'s token returns with the KL penalty folded in (gamma = 1): the reward arrives at
+    the last token and every token t pays beta * KL_t, KL_t = log pi_old - log pi_ref (k1, at the
+    sampled token), so G_t = score - beta * sum_{i >= t} m_i KL_i. Returns (G (N, T), KL * m (N, T))."""
+    kl = (sampler_logp - ref_logp) * mask  # (N, T)
+    to_go = kl.flip(-1).cumsum(-1).flip(-1)  # (N, T): sum over i >= t
+    return (scores[:, None] - beta * to_go) * mask, kl
+
+
+def whitening_sums(values: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """This process's share of the batch statistics `whiten` needs: trained tokens, and the sums of
+    the values and their squares over them. values: (N,) one per row (weighted by its trained
+    tokens) or (N, T) per token."""
+    m = mask.double()
+    v = values.double()[:, None].expand_as(m) if values.dim() == 1 else values.double()
+    return {"count": float(m.sum()), "sum": float((v * m).sum()), "sum_sq": float((v * v * m).sum())}
+
+
+def whiten(values: torch.Tensor, sums: dict[str, float]) -> torch.Tensor:
+    """(values - mean) / sqrt(var + 1e-8) with the mean and unbiased variance over every trained
+    token of the (global) batch (`whitening_sums`, summed over processes): verl's masked_whiten."""
+    n = sums["count"]
+    if n < 2:
+        return torch.zeros_like(values)
+    mean = sums["sum"] / n
+    var = max(sums["sum_sq"] / n - mean * mean, 0.0) * n / (n - 1)
+    return ((values.double() - mean) / (var + 1e-8) ** 0.5).to(values.dtype)
 
 
 @dataclass

@@ -38,7 +38,16 @@ from .dynamic_sampling import DynamicSampling, Sampled
 from .engine import RolloutBatch, rollout_seed
 from .errors import UserError
 from .evaluation import EvalSettings, evaluate, problem_columns
-from .grpo import AdaptiveEntropy, distillation_advantages, group_advantages
+from .grpo import (
+    AdaptiveEntropy,
+    distillation_advantages,
+    group_advantages,
+    kl_folded_returns,
+    reinforce_scores,
+    rloo_advantages,
+    whiten,
+    whitening_sums,
+)
 from .jsonl import read_records
 from .metrics import StepRows, distill_metrics, distill_sums, format_summary, gather_rows, step_metrics, summary_line, timing_metrics
 from .models import eos_token_ids, load_model
@@ -289,15 +298,17 @@ class GRPOTrainer:
 
         # advantages (on the global batch) and the update (on this process's rows)
         rows = gather_rows(self.collective, rollout, rewards, batch.completions, has_entropy=not self.vllm or self.vllm.recomputes)
-        rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
-        mine = self.collective.shard.row_slice(len(rows.advantages))
+        mine = self.collective.shard.row_slice(len(rows.rewards))
         dropped = dropped_rows(rows.zero_variance, G, cfg.grpo.drop_zero_variance_groups)[mine]  # (N,)
         mask = loss_mask(rollout.sampled_mask, rewards.total, rollout.truncated, dropped, cfg.grpo.mask_truncated_completions)  # (N, T)
-        advantages, teacher_sums = rows.advantages[mine], None  # (N,)
+        advantages, reward_kl = self._advantages(rollout, rows, mine, mask)  # (N,) or (N, T) REINFORCE++ with its KL
+        teacher_sums = None
         if self.teacher is not None:  # on-policy distillation: per-token advantages (N, T)
             advantages, teacher_sums = self._distillation_advantages(rollout, advantages, mask, seconds)
         entropy_coef = self._entropy_coef(rollout, mask)
         update_stats = self.update(rollout, advantages, mask, dropped, entropy_coef)
+        if reward_kl is not None:  # REINFORCE++: the KL folded into the return is the `kl` metric
+            update_stats["kl_sum"] = self.collective.sum({"kl": float(reward_kl.sum())})["kl"]
         if self.vllm:
             sampler_stats.update(self.vllm.after_update(self.step + 1, self.update.optimizer_steps))
         t_upd = time.perf_counter()
@@ -311,6 +322,28 @@ class GRPOTrainer:
             self.files.step(metrics, traces)
             self._track(metrics, self.step + 1)
         return metrics
+
+    def _advantages(self, rollout: RolloutBatch, rows: StepRows, mine: slice, mask: torch.Tensor):
+        """This process's advantages, (N,) or per token (N, T), by `grpo.advantage_estimator`, and
+        with REINFORCE++ and beta > 0 its per-token KL (N, T) (else None). Sets `rows.advantages`
+        (B*G,) for metrics and traces: per-token advantages appear there as each row's token mean."""
+        cfg, G = self.cfg, self.cfg.rollout.num_generations
+        estimator = cfg.grpo.advantage_estimator
+        if estimator == "grpo":
+            rows.advantages = group_advantages(rows.rewards, G, cfg.grpo.scale_rewards)  # (B*G,)
+            return rows.advantages[mine], None
+        if estimator == "rloo":
+            rows.advantages = rloo_advantages(rows.rewards, G)  # (B*G,)
+            return rows.advantages[mine], None
+        scores = reinforce_scores(rows.rewards, G, baseline=estimator == "reinforce_plus_plus_baseline")[mine]  # (N,)
+        kl = None
+        if estimator == "reinforce_plus_plus" and cfg.grpo.beta > 0:
+            ref_logp = self.update.reference_token_logprobs(rollout, mask)  # (N, T)
+            scores, kl = kl_folded_returns(scores, rollout.logprobs, ref_logp, mask, cfg.grpo.beta)  # (N, T) each
+        advantages = whiten(scores, self.collective.sum(whitening_sums(scores, mask)))  # over the global batch's trained tokens
+        per_row = advantages if advantages.dim() == 1 else (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (N,)
+        rows.advantages = self.collective.gather(per_row.float())  # (B*G,)
+        return advantages, kl
 
     def _distillation_advantages(self, rollout: RolloutBatch, advantages: torch.Tensor, mask: torch.Tensor, seconds: dict):
         """On-policy distillation: the teacher scores the sampled tokens; returns per-token

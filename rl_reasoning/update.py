@@ -290,6 +290,22 @@ class PolicyUpdate:
                             "the same number of micro-batches, which a token budget does not guarantee); use optim.micro_batch_size")
 
     @property
+    def loss_beta(self) -> float:
+        """The k3 KL term's coefficient in the loss: grpo.beta, except with REINFORCE++, which folds
+        the KL into the return instead (trainer / grpo.kl_folded_returns)."""
+        return 0.0 if self.cfg.grpo.advantage_estimator == "reinforce_plus_plus" else self.cfg.grpo.beta
+
+    def reference_token_logprobs(self, rollout: RolloutBatch, mask: torch.Tensor) -> torch.Tensor:
+        """The reference policy's log-probs of the sampled tokens (N, T) on the CPU, 0 where `mask` is 0."""
+        grouped = self.prefix_grouping
+        micro = plan_micro_batches(mask.sum(-1), rollout.prompt_mask.sum(-1), None, self.cfg.optim.micro_batch_size,
+                                   rollout.group_size, grouped, skip_zero_advantage=False, keep_every_row=False)
+        out = torch.zeros(mask.shape, dtype=torch.float32)  # (N, T)
+        for idx, logp in zip(micro, self._reference_logprobs(rollout, mask, micro, grouped).values()):
+            out[idx, : logp.shape[1]] = logp.detach().float().cpu()
+        return out * mask
+
+    @property
     def prefix_grouping(self) -> bool:
         # DDP expects one forward per backward and the router loss one batch of whole sequences;
         # the grouped path runs the model twice.
@@ -313,10 +329,10 @@ class PolicyUpdate:
         grouped = self.prefix_grouping
         micro = plan_micro_batches(
             lengths, prompt_lengths, advantages, cfg.optim.micro_batch_size, rollout.group_size, grouped,
-            skip_zero_advantage=cfg.grpo.beta == 0 and not router_loss and not bonus, keep_every_row=world > 1,
+            skip_zero_advantage=self.loss_beta == 0 and not router_loss and not bonus, keep_every_row=world > 1,
             token_budget=micro_batch_tokens_on(cfg.optim, self.accelerator.device, world),
         )
-        ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if cfg.grpo.beta > 0 else {}
+        ref_logps = self._reference_logprobs(rollout, mask, micro, grouped) if self.loss_beta > 0 else {}
         has_entropy = cfg.rollout.backend != "vllm" or cfg.rollout.vllm.recompute_logprobs
         keep, entropy_stats = entropy_selection(rollout.entropies, mask, cfg.grpo.top_entropy_quantile, self.collective) if has_entropy else (None, {})
         select = keep is not None and cfg.grpo.top_entropy_quantile < 1
@@ -361,7 +377,7 @@ class PolicyUpdate:
                     normalizer,
                     epsilon=cfg.grpo.epsilon,
                     epsilon_high=cfg.grpo.epsilon_high,
-                    beta=cfg.grpo.beta,
+                    beta=self.loss_beta,
                     ref_logp=ref_logps.get(k),
                     token_weights=self._token_weights(idx, width, keep if select else None, is_weights),
                     importance_sampling_level=cfg.grpo.importance_sampling_level,

@@ -150,3 +150,17 @@ def test_a_runs_config_yaml_loads_back_as_a_recipe(tmp_path):
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
     older = dump_config(cfg).replace("split: null", "split: train")
     assert "split: train" in older and load_config(write(tmp_path, older)).data.split == "train"
+
+
+def test_advantage_estimator_keys_that_do_nothing_are_refused():
+    from rl_reasoning.config import Config, ConfigError, DistillConfig, GRPOConfig
+
+    Config(grpo=GRPOConfig(advantage_estimator="rloo")).validate()
+    with pytest.raises(ConfigError, match="grpo.scale_rewards: has no effect with grpo.advantage_estimator: rloo"):
+        Config(grpo=GRPOConfig(advantage_estimator="rloo", scale_rewards="none")).validate()
+    with pytest.raises(ConfigError, match="grpo.advantage_estimator: on-policy distillation"):
+        Config(grpo=GRPOConfig(advantage_estimator="reinforce_plus_plus"), distill=DistillConfig(teacher="x")).validate()
+    from rl_reasoning.config import load_config
+
+    with pytest.raises(ConfigError, match="grpo.advantage_estimator"):
+        load_config(None, ["grpo.advantage_estimator=ppo"])

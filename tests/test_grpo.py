@@ -151,3 +151,52 @@ def test_equal_rewards_give_exactly_zero_advantage():
     for scale in ("group", "batch", "none"):
         adv = group_advantages(r, 8, scale)
         assert torch.count_nonzero(adv[:8]) == 0 and torch.count_nonzero(adv[8:]) == 8
+
+
+# ---- other advantage estimators (grpo.advantage_estimator), hand-computed ----
+
+
+def test_rloo_baseline_is_the_mean_of_the_other_samples():
+    from rl_reasoning.grpo import rloo_advantages
+
+    adv = rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4)
+    # A_0 = 1 - (0 + 0 + 1) / 3 = 2/3; A_1 = 0 - (1 + 0 + 1) / 3 = -2/3; no std scaling
+    assert torch.allclose(adv, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    # NaN rewards leave the baseline: A_0 = 1 - (0 + 0) / 2; a group with one valid reward has none
+    adv = rloo_advantages(torch.tensor([1.0, float("nan"), 0.0, 0.0, 5.0, float("nan"), float("nan"), float("nan")]), 4)
+    assert torch.allclose(adv, torch.tensor([1.0, 0.0, -0.5, -0.5, 0.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(rloo_advantages(torch.tensor([0.3, 0.3, 0.3, 0.3]), 4), torch.zeros(4))  # equal rewards: no signal
+
+
+def test_reinforce_scores_and_the_batch_normalisation():
+    from rl_reasoning.grpo import reinforce_scores, whiten, whitening_sums
+
+    rewards = torch.tensor([1.0, 0.0, float("nan"), 3.0])
+    assert torch.equal(reinforce_scores(rewards, 2, baseline=False), torch.tensor([1.0, 0.0, 0.0, 3.0]))
+    assert torch.equal(reinforce_scores(rewards, 2, baseline=True), torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    # per-row values weigh by their trained tokens: [1] x 1 token and [3] x 3 tokens -> tokens 1, 3, 3, 3:
+    # mean 2.5, unbiased variance (1.5^2 + 3 * 0.5^2) / 3 = 1
+    values, mask = torch.tensor([1.0, 3.0]), torch.tensor([[1, 0, 0], [1, 1, 1]])
+    sums = whitening_sums(values, mask)
+    assert sums == {"count": 4.0, "sum": 10.0, "sum_sq": 28.0}
+    assert torch.allclose(whiten(values, sums), torch.tensor([-1.5, 0.5]), atol=1e-6)
+    # the same values given per token whiten alike
+    per_token = values[:, None].expand(2, 3) * mask
+    assert whitening_sums(per_token, mask) == sums
+    # sums from several processes add up to the whole batch's
+    halves = [whitening_sums(values[i : i + 1], mask[i : i + 1]) for i in range(2)]
+    assert {k: sum(h[k] for h in halves) for k in sums} == sums
+    assert torch.equal(whiten(torch.tensor([2.0]), {"count": 1.0, "sum": 2.0, "sum_sq": 4.0}), torch.zeros(1))
+
+
+def test_reinforce_plus_plus_folds_the_kl_into_the_return():
+    from rl_reasoning.grpo import kl_folded_returns
+
+    sampler = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0]])  # KL_t = log pi_old - log pi_ref = 0.5, 0, -1
+    returns, kl = kl_folded_returns(torch.tensor([1.0]), sampler, ref, torch.ones(1, 3), beta=0.5)
+    # G_t = 1 - 0.5 * sum_{i >= t} KL_i: to go 0.5 + 0 - 1 = -0.5, then -1, -1
+    assert torch.allclose(returns, torch.tensor([[1.25, 1.5, 1.5]]))
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, -1.0]]))
+    returns, _ = kl_folded_returns(torch.tensor([1.0]), sampler, ref, torch.tensor([[1, 1, 0]]), beta=0.5)
+    assert torch.allclose(returns, torch.tensor([[0.75, 1.0, 0.0]]))  # an untrained token neither pays nor is trained

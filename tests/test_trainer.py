@@ -105,14 +105,22 @@ def test_checkpoint_is_a_loadable_model(tiny_model_dir, arithmetic_jsonl, tmp_pa
 @pytest.mark.parametrize("extra", [
     {"grpo__loss_type": "grpo", "grpo__num_iterations": 2, "grpo__beta": 0.1, "optim__scheduler": "cosine", "optim__warmup_steps": 1},
     {"grpo__loss_type": "dr_grpo", "grpo__scale_rewards": "none", "grpo__mask_truncated_completions": "true"},
+    {"grpo__advantage_estimator": "rloo"},
+    {"grpo__advantage_estimator": "reinforce_plus_plus_baseline", "grpo__loss_type": "grpo"},
+    {"grpo__advantage_estimator": "reinforce_plus_plus", "grpo__beta": 0.1},
 ])
 def test_algorithm_variants_run(tiny_model_dir, arithmetic_jsonl, tmp_path, extra):
     _, _ = train(tiny_model_dir, arithmetic_jsonl, tmp_path / "run", max_steps=2, eval__at_start="false", **extra)
     metrics = list(read_records(tmp_path / "run" / "metrics.jsonl"))
     assert len(metrics) == 2
-    if "grpo__beta" in extra:
+    if extra.get("grpo__advantage_estimator") == "reinforce_plus_plus":  # the k1 KL folded into the return
+        assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
+        assert metrics[1]["kl"] != 0
+    elif "grpo__beta" in extra:
         assert "kl" in metrics[0] and metrics[1]["kl"] >= 0
         assert metrics[1]["kl"] > 0  # after one update the policy has left the reference
+    if extra.get("grpo__advantage_estimator", "grpo").startswith("reinforce"):
+        assert all(m["advantage/abs_mean"] > 0 for m in metrics)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_model_dir, arithmetic_jsonl, tmp_path):
