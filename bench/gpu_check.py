@@ -164,7 +164,7 @@ def decode_section(model, tok, device, rows: int, prompt_len: int, new_tokens: i
         if settings.get("static_decode"):
             (decoder,) = engine._decoders.values()
             entry["capture_s_est"] = round(max(times[0] - steady, 0.0), 4)
-            entry["graph_captured"] = decoder.runner.captures > 0
+            entry["graph_captures"] = decoder.runner.captures  # 1 on CUDA: the three rollouts replay one graph
             decoder.prepare(prompts, params, torch.Generator(device=device).manual_seed(seed), 0, rows)
             single = []
             for _ in range(min(20, new_tokens)):
