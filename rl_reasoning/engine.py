@@ -89,6 +89,29 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:cut] if cut is not None else text
 
 
+def finished_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                   logprobs: torch.Tensor, entropies: torch.Tensor, truncated: torch.Tensor, tokenizer, stop: list[str],
+                   group_size: int, pad_id: int) -> RolloutBatch:
+    """The batch a decode loop returns: prompts (P, Lp) repeated G times, and each row's first
+    `lengths` tokens (N, T) kept (padding, and log-probs / entropies of 0, after them), its text
+    decoded without special tokens and cut at the first stop string."""
+    width = max(int(lengths.max()), 1)
+    completion_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (N, width)
+    completion_ids = torch.where(completion_mask.bool(), tokens[:, :width], pad_id)
+    return RolloutBatch(
+        prompt_ids=prompt_ids.repeat_interleave(group_size, dim=0),
+        prompt_mask=prompt_mask.repeat_interleave(group_size, dim=0),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        logprobs=logprobs[:, :width] * completion_mask,
+        entropies=entropies[:, :width] * completion_mask,
+        truncated=truncated,
+        texts=[cut_at_stop(tokenizer.decode(completion_ids[i, : lengths[i]], skip_special_tokens=True), stop)
+               for i in range(len(lengths))],
+        group_size=group_size,
+    )
+
+
 def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """The rows of `batches`, in order, as one batch (on the CPU): prompts left-padded and
     completions right-padded to the widest of them. All batches must share G, and either all or

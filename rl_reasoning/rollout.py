@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from .config import RolloutConfig
 from .cpu_kernels import gqa_attention, packed_linear_weights
-from .engine import RolloutBatch, cut_at_stop, left_pad, positions_from_mask
+from .engine import RolloutBatch, cut_at_stop, finished_batch, left_pad, positions_from_mask
 from .kv_cache import PreallocatedCache
 from .sampling import sample_tokens
 from .static_decode import SDPA_IMPLEMENTATIONS, CudaGraphBackend, StaticDecoder, prompt_width, weights_key
@@ -186,20 +186,8 @@ class RolloutEngine:
 
         if was_training:
             self.model.train()
-        width = max(int(lengths.max()), 1)
-        completion_ids = tokens_out[:, :width]
-        completion_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(G, dim=0),
-            prompt_mask=prompt_mask.repeat_interleave(G, dim=0),
-            completion_ids=completion_ids,
-            completion_mask=completion_mask,
-            logprobs=logp_out[:, :width] * completion_mask,
-            entropies=ent_out[:, :width] * completion_mask,
-            truncated=truncated,
-            texts=[self.decode(completion_ids[i, : lengths[i]], params.stop) for i in range(N)],
-            group_size=G,
-        )
+        return finished_batch(prompt_ids, prompt_mask, tokens_out, lengths, logp_out, ent_out, truncated, self.tokenizer,
+                              params.stop, G, self.pad_token_id)
 
     def decode(self, ids: torch.Tensor, stop: list[str]) -> str:
         return cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 import torch
 from transformers import DynamicCache, StaticCache
 
-from .engine import RolloutBatch, cut_at_stop, left_pad, positions_from_mask
+from .engine import RolloutBatch, finished_batch, left_pad, positions_from_mask
 from .sampling import sample_tokens
 
 SDPA_IMPLEMENTATIONS = ("sdpa", "rl_reasoning_sdpa_gqa")  # those that take a boolean 4-D mask as given
@@ -296,21 +296,8 @@ class StaticDecoder:
         if draw is not None:
             draw.leave_generator_after(used)
 
-        width = max(int(lengths.max()), 1)
-        completion_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (N, width)
-        completion_ids = torch.where(completion_mask.bool(), tokens[:, :width], self.pad_id)
-        return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(G, dim=0),
-            prompt_mask=prompt_mask.repeat_interleave(G, dim=0),
-            completion_ids=completion_ids,
-            completion_mask=completion_mask,
-            logprobs=logprobs[:, :width] * completion_mask,
-            entropies=entropies[:, :width] * completion_mask,
-            truncated=truncated,
-            texts=[cut_at_stop(self.tokenizer.decode(completion_ids[i, : lengths[i]], skip_special_tokens=True), params.stop)
-                   for i in range(N)],
-            group_size=G,
-        )
+        return finished_batch(prompt_ids, prompt_mask, tokens, lengths, logprobs, entropies, truncated, self.tokenizer,
+                              params.stop, G, self.pad_id)
 
     def _stop_cuts(self, tokens: torch.Tensor, alive: torch.Tensor, running: torch.Tensor, lengths: torch.Tensor,
                    start: int, end: int, stop: list[str], window: int) -> dict[int, int]:
